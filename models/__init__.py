@@ -1,0 +1,1 @@
+"""Data shapes only: pydantic payloads, envelopes and SQLAlchemy tables. No I/O."""

@@ -1,0 +1,154 @@
+"""Process settings: one pydantic-settings class, env prefix ``VIGIL_``.
+
+Every secret may come from the environment or from a ``*_FILE`` path
+(Docker-secrets style). Invalid settings stop start-up with an error that
+names the setting, never a half-configured worker.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Severity = Literal["safe", "low", "medium", "high", "critical"]
+SEVERITIES: tuple[str, ...] = ("safe", "low", "medium", "high", "critical")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/vigil"
+
+_URL_FIELDS = ("broker_url", "redis_url", "database_url")
+
+
+class Settings(BaseSettings):
+    """Everything a worker, beat, the CLI and the tests need to agree on."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore", frozen=True)
+
+    # Connections. Unset means "the default, or embedded if nothing answers there".
+    broker_url: str | None = None
+    redis_url: str | None = None
+    database_url: str | None = None
+    redis_password: str | None = Field(default=None, repr=False)
+    database_password: str | None = Field(default=None, repr=False)
+
+    # Key layout. The defaults are the seed systems' own, so their data reads as-is.
+    bond_prefix: str = "abl:"
+    history_prefix: str = "ash:history:"
+    vigil_prefix: str = "vigil:"
+
+    # Streams: topic groups, each with its own self-contained contract.
+    stream_bond: str = "vigil:stream:bond"
+    stream_attribution: str = "vigil:stream:attribution"
+    stream_user: str = "vigil:stream:user"
+    stream_maxlen: int = Field(default=100_000, ge=100)
+    stream_max_deliveries: int = Field(default=5, ge=1)
+
+    # Message history (seed 004).
+    history_min_severity: Severity = "low"
+    history_max_messages: int = Field(default=100, ge=1, le=10_000)
+    history_ttl_days: int = Field(default=14, ge=1)
+    history_text_chars: int = Field(default=500, ge=1)
+    history_context_limit: int = Field(default=20, ge=0, le=100)
+
+    # Bond ledger (seed 000).
+    events_max: int = Field(default=500, ge=1)
+    notes_max: int = Field(default=20, ge=1)
+    default_daily_cap: int = Field(default=0, ge=0)
+
+    # Payload bounds.
+    max_text_chars: int = Field(default=8000, ge=1)
+    max_batch: int = Field(default=500, ge=1, le=5000)
+    dedupe_ttl_days: int = Field(default=7, ge=1)
+
+    # Detector.
+    detector: Literal["builtin", "http"] = "builtin"
+    detector_url: str | None = None
+    detector_timeout_s: float = Field(default=2.0, gt=0, le=30)
+
+    # Attribution thresholds (DECNET reference engine).
+    attribution_window: int = Field(default=5, ge=2)
+    attribution_min_observations: int = Field(default=3, ge=1)
+    attribution_majority: int = Field(default=4, ge=1)
+    attribution_ewma_alpha: float = Field(default=0.3, gt=0, le=1)
+    attribution_cv_conflicted: float = Field(default=1.0, gt=0)
+    attribution_drift_shift: float = Field(default=0.30, gt=0)
+    attribution_hash_window_s: int = Field(default=86_400, ge=60)
+    correlator_interval_s: float = Field(default=60.0, gt=0)
+
+    # Dead letters.
+    dead_letter_retention_days: int = Field(default=30, ge=1)
+
+    # Embedded services (used only when nothing is configured and nothing answers).
+    data_dir: Path = Path(".vigil")
+    embedded: Literal["auto", "never", "always"] = "auto"
+    embedded_redis_port: int = 6391
+    embedded_postgres_port: int = 5441
+
+    # Flower.
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_basic_auth: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: dict) -> dict:
+        """``VIGIL_X_FILE=/run/secrets/x`` fills ``x`` when ``VIGIL_X`` is unset."""
+        if not isinstance(data, dict):
+            return data
+        for key, value in list(os.environ.items()):
+            if not (key.startswith("VIGIL_") and key.endswith("_FILE")):
+                continue
+            name = key[len("VIGIL_") : -len("_FILE")].lower()
+            if name in cls.model_fields and data.get(name) is None:
+                path = Path(value)
+                if not path.is_file():
+                    raise ValueError(f"{key}: secret file {value!r} does not exist")
+                data[name] = path.read_text().strip()
+        return data
+
+    @field_validator(*_URL_FIELDS)
+    @classmethod
+    def _check_url(cls, value: str | None, info) -> str | None:
+        if value is None or value == "":
+            return None
+        schemes = {
+            "broker_url": {"redis", "rediss", "amqp", "amqps", "pyamqp", "redis+socket"},
+            "redis_url": {"redis", "rediss", "unix"},
+            "database_url": {"postgresql", "postgresql+psycopg", "postgres"},
+        }[info.field_name]
+        scheme = urlsplit(value).scheme
+        if scheme not in schemes:
+            raise ValueError(
+                f"VIGIL_{info.field_name.upper()}: scheme {scheme!r} not one of {sorted(schemes)}"
+            )
+        if info.field_name == "database_url" and scheme != "postgresql+psycopg":
+            # One driver everywhere: psycopg 3.
+            value = "postgresql+psycopg" + value[len(scheme) :]
+        return value
+
+    @field_validator("bond_prefix", "history_prefix", "vigil_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "*?[] "):
+            raise ValueError(f"key prefix {value!r} must be non-empty without glob characters")
+        return value
+
+    @property
+    def history_ttl_s(self) -> int:
+        return self.history_ttl_days * 86_400
+
+    @property
+    def min_severity_rank(self) -> int:
+        return SEVERITIES.index(self.history_min_severity)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process; tests build their own ``Settings`` instead."""
+    return Settings()

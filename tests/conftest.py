@@ -1,0 +1,233 @@
+"""Test harness: real Redis, real PostgreSQL (migrated once with Alembic) and a
+real Celery worker process.
+
+Services come from ``VIGIL_TEST_REDIS_URL`` / ``VIGIL_TEST_DATABASE_URL`` when
+set, else the defaults on 127.0.0.1, else embedded ones started for the run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from alembic import command
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DB = "vigil_test"
+STATE_DB = 15
+BROKER_DB = 14
+
+
+def _resolve_services() -> tuple[str, str]:
+    """Base Redis URL (no db) and PostgreSQL server URL (no database)."""
+    from services.discovery import ensure_services
+
+    found = ensure_services(
+        redis_url=os.environ.get("VIGIL_TEST_REDIS_URL"),
+        database_url=os.environ.get("VIGIL_TEST_DATABASE_URL"),
+        data_dir=ROOT / ".vigil" / "test-services",
+    )
+    return found.redis_url, found.database_url
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> Iterator[dict[str, str]]:
+    redis_base, pg_url = _resolve_services()
+    redis_base = redis_base.rsplit("/", 1)[0] if redis_base.count("/") > 2 else redis_base
+    pg = make_url(pg_url).set(drivername="postgresql+psycopg")
+    admin = create_engine(pg.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+            {"d": TEST_DB},
+        )
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{TEST_DB}"'))
+        conn.execute(text(f'CREATE DATABASE "{TEST_DB}"'))
+    admin.dispose()
+    urls = {
+        "redis": f"{redis_base}/{STATE_DB}",
+        "broker": f"{redis_base}/{BROKER_DB}",
+        "database": pg.set(database=TEST_DB).render_as_string(hide_password=False),
+        "database_admin": pg.set(database="postgres").render_as_string(hide_password=False),
+    }
+    yield urls
+
+
+@pytest.fixture(scope="session")
+def test_env(service_urls: dict[str, str], tmp_path_factory) -> dict[str, str]:
+    """Environment for this process and every worker the tests start."""
+    env = {
+        "VIGIL_REDIS_URL": service_urls["redis"],
+        "VIGIL_BROKER_URL": service_urls["broker"],
+        "VIGIL_DATABASE_URL": service_urls["database"],
+        "VIGIL_EMBEDDED": "never",
+        "VIGIL_DATA_DIR": str(tmp_path_factory.mktemp("vigil-data")),
+    }
+    os.environ.update(env)
+    from services.settings import get_settings
+
+    get_settings.cache_clear()
+    return env
+
+
+@pytest.fixture(scope="session")
+def settings(test_env):
+    from services.settings import Settings
+
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def migrated(settings, service_urls) -> str:
+    cfg = alembic_config(service_urls["database"])
+    command.upgrade(cfg, "head")
+    return service_urls["database"]
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    cfg.attributes["url"] = url
+    cfg.attributes["configure_logging"] = False
+    return cfg
+
+
+@pytest.fixture
+def r(settings) -> Iterator[redis.Redis]:
+    """The state Redis, emptied before each test."""
+    from services.runtime import get_redis
+
+    client = get_redis(settings)
+    client.flushdb()
+    yield client
+
+
+@pytest.fixture
+def db(settings, migrated):
+    """A session factory on the migrated test database, emptied before each test.
+
+    Tests that run workers need committed data, so isolation is TRUNCATE rather
+    than a rolled-back outer transaction."""
+    from models.tables import Base
+    from services.runtime import get_engine, session_factory
+
+    engine = get_engine(settings)
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    return session_factory(settings)
+
+
+@pytest.fixture(scope="session")
+def celery_app(test_env):
+    from tasks import app
+
+    app.conf.broker_url = test_env["VIGIL_BROKER_URL"]
+    app.conf.result_backend = test_env["VIGIL_REDIS_URL"]
+    return app
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        concurrency: int = 2,
+        queues: str = "ingest,admin,periodic",
+        name: str | None = None,
+    ) -> None:
+        self.log_path = log_path
+        self.name = name or f"w{uuid.uuid4().hex[:6]}@%h"
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                str(concurrency),
+                "-Q",
+                queues,
+                "-n",
+                self.name,
+                "-l",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "-E",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, app, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            replies = app.control.ping(timeout=1.0)
+            if any(self.name.split("@")[0] in next(iter(r)) for r in replies):
+                return
+        raise TimeoutError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def worker(celery_app, test_env, migrated, tmp_path_factory) -> Iterator[WorkerProcess]:
+    """One shared worker (2 prefork processes) for integration tests."""
+    redis.Redis.from_url(test_env["VIGIL_BROKER_URL"]).flushdb()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = WorkerProcess(test_env, log)
+    try:
+        proc.wait_ready(celery_app)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def start_worker(celery_app, test_env, migrated, tmp_path):
+    """Factory for extra workers a test starts (and may kill) itself."""
+    started: list[WorkerProcess] = []
+
+    def start(**kwargs) -> WorkerProcess:
+        proc = WorkerProcess(test_env, tmp_path / f"worker{len(started)}.log", **kwargs)
+        started.append(proc)
+        proc.wait_ready(celery_app)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
