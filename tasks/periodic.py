@@ -1,3 +1,47 @@
-"""Periodic tasks (queue ``periodic``), scheduled by beat from ``celeryconfig.beat_schedule``."""
+"""Periodic tasks (queue ``periodic``), scheduled by beat from ``celeryconfig.beat_schedule``.
 
-from tasks.app import app  # noqa: F401
+Each is safe to run twice for the same slot: beat runs once (redbeat's lock),
+and the work itself is idempotent in case a slot is redelivered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.runtime import get_redis, session_factory
+from services.settings import get_settings
+from tasks.app import app
+
+
+@app.task(name="vigil.periodic.correlate_multi_actor", time_limit=120, soft_time_limit=100)
+def correlate_multi_actor() -> dict[str, Any]:
+    from services.attribution import correlator
+
+    settings = get_settings()
+    return correlator.run(session_factory(settings), settings)
+
+
+@app.task(name="vigil.periodic.reset_daily_caps", time_limit=1800, soft_time_limit=1700)
+def reset_daily_caps() -> dict[str, Any]:
+    from services import bonds
+
+    settings = get_settings()
+    return bonds.reset_daily_caps(get_redis(settings), settings)
+
+
+@app.task(name="vigil.periodic.relay_outbox", time_limit=120, soft_time_limit=100)
+def relay_outbox() -> dict[str, Any]:
+    from services import outbox
+
+    settings = get_settings()
+    return outbox.relay(session_factory(settings), get_redis(settings), settings)
+
+
+@app.task(name="vigil.periodic.purge_dead_letters", time_limit=300)
+def purge_dead_letters() -> dict[str, Any]:
+    from services import deadletters
+
+    settings = get_settings()
+    with session_factory(settings)() as session, session.begin():
+        purged = deadletters.purge(session, older_than_days=settings.dead_letter_retention_days)
+    return {"status": "ok", "purged": purged}
