@@ -1,3 +1,59 @@
-"""Ingest tasks (queue ``ingest``): messages and detection results from frontends."""
+"""Ingest tasks (queue ``ingest``): messages and detection results from frontends.
 
-from tasks.app import app  # noqa: F401
+Kwargs are the JSON contract in README.md. Each task answers with a small JSON
+dict (``accepted``, ``duplicate``, ``rate_limited``, ``rejected`` with reasons);
+nothing in it, in logs or in Flower carries message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services import deadletters, detector
+from services.ingest import IngestService
+from services.runtime import get_redis, session_factory
+from services.settings import get_settings
+from tasks.app import app
+
+
+def _service() -> IngestService:
+    settings = get_settings()
+    return IngestService(
+        get_redis(settings), settings, session_factory(settings), detector.from_settings(settings)
+    )
+
+
+@app.task(name="vigil.ingest.message", time_limit=60, soft_time_limit=50)
+def message(**payload: Any) -> dict[str, Any]:
+    """One chat message; the same pipeline as the batch form."""
+    return _service().messages([payload]).outcomes[0]
+
+
+@app.task(name="vigil.ingest.messages", time_limit=300, soft_time_limit=240)
+def messages(messages: Any = None, **extra: Any) -> dict[str, Any]:
+    """A bounded list of messages: the fast path for busy frontends."""
+    settings = get_settings()
+    reasons = []
+    if extra:
+        reasons.append(f"unexpected kwargs: {sorted(map(str, extra))[:10]}")
+    if not isinstance(messages, list):
+        reasons.append("messages: expected a list")
+    elif not 1 <= len(messages) <= settings.max_batch:
+        reasons.append(f"messages: expected 1 to {settings.max_batch} items, got {len(messages)}")
+    if reasons:
+        _dead_letter("vigil.ingest.messages", reasons, {"messages": messages, **extra})
+        return {"status": "rejected", "reasons": reasons}
+    return _service().messages(messages).summary()
+
+
+@app.task(name="vigil.ingest.detection", time_limit=60, soft_time_limit=50)
+def detection(**payload: Any) -> dict[str, Any]:
+    """A detection result from an external detector service."""
+    return _service().detections([payload]).outcomes[0]
+
+
+def _dead_letter(task_name: str, reasons: list[str], payload: Any) -> None:
+    with session_factory(get_settings())() as session, session.begin():
+        deadletters.store(
+            session, task_name=task_name, reason="rejected", details=reasons, payload=payload
+        )
