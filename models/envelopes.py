@@ -1,0 +1,278 @@
+"""Envelopes: the versioned wire contract of vigil's Redis Streams.
+
+Each stream carries its own discriminated union of envelope classes (``topic``
+is the discriminator) and has its own JSON Schema, so a consumer of one stream
+never depends on another stream's shapes. ``schema_version`` is the only lever
+for an incompatible change: a v2 would be a parallel set of classes that v1
+decoders skip.
+
+Envelopes never hold message text. Some are built as JSON inside Redis Lua
+scripts (cjson), so every field here must accept what cjson writes: ``1`` for
+a float, ``{}`` for an empty object, ``+00:00`` timestamps, and no key at all
+for a nil value (hence every nullable field defaults to None).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    model_validator,
+)
+
+SCHEMA_VERSION = "1"
+
+# Defaults make building an envelope easy, but on the wire these must be present:
+# a missing envelope_id would otherwise get a fresh one and defeat consumer dedupe.
+WIRE_REQUIRED = ("schema_version", "envelope_id", "topic", "payload", "published_at")
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+EnvelopeId = Annotated[str, StringConstraints(pattern=UUID_PATTERN), AfterValidator(str.lower)]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PhaseTransition(_Payload):
+    user_id: str
+    guild_id: str | None = None
+    from_phase: str
+    to_phase: str
+    confidence: Confidence
+    primary_signal: str
+
+
+class RiskChange(_Payload):
+    user_id: str
+    guild_id: str | None = None
+    from_risk: str
+    to_risk: str
+
+
+class AdminAction(_Payload):
+    """``detail`` carries counts and ids only (never note or message text)."""
+
+    user_id: str
+    action: Literal["set_cap", "add_note", "clear_history"]
+    detail: dict[str, Any]
+
+
+class RateLimited(_Payload):
+    user_id: str
+    guild_id: str | None = None
+    platform: str
+    message_id: str
+    cap: int
+    count: int
+
+
+class UserErased(_Payload):
+    user_id: str
+    platform: str
+    removed: dict[str, int]
+
+
+class ProfileStateChanged(_Payload):
+    identity_id: str
+    platform: str | None = None
+    user_id: str | None = None
+    primitive: str
+    kind: str
+    old_state: str
+    new_state: str
+    current_value: str | None = None
+    confidence: Confidence
+    observation_count: int
+
+
+class MultiActorSuspected(_Payload):
+    identity_id: str
+    primitives: list[str]
+    previous_primitives: list[str]
+
+
+class _Envelope(BaseModel):
+    # Subclasses pin ``topic`` and ``payload``; field order stays as declared here.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra={"required": list(WIRE_REQUIRED)}
+    )
+
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    envelope_id: EnvelopeId = Field(default_factory=_new_id)
+    topic: str
+    payload: _Payload
+    published_at: UtcDatetime = Field(default_factory=_now)
+    correlation_id: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wire_fields_present(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get("wire") and isinstance(data, dict):
+            missing = [name for name in WIRE_REQUIRED if name not in data]
+            if missing:
+                raise ValueError(f"missing envelope fields: {', '.join(missing)}")
+        return data
+
+
+class PhaseTransitionEnvelope(_Envelope):
+    topic: Literal["bond.phase_transition"] = "bond.phase_transition"
+    payload: PhaseTransition
+
+
+class RiskChangeEnvelope(_Envelope):
+    topic: Literal["bond.risk_change"] = "bond.risk_change"
+    payload: RiskChange
+
+
+class AdminActionEnvelope(_Envelope):
+    topic: Literal["bond.admin_action"] = "bond.admin_action"
+    payload: AdminAction
+
+
+class RateLimitedEnvelope(_Envelope):
+    topic: Literal["message.rate_limited"] = "message.rate_limited"
+    payload: RateLimited
+
+
+class UserErasedEnvelope(_Envelope):
+    topic: Literal["user.erased"] = "user.erased"
+    payload: UserErased
+
+
+class ProfileStateChangedEnvelope(_Envelope):
+    topic: Literal["attribution.profile.state_changed"] = "attribution.profile.state_changed"
+    payload: ProfileStateChanged
+
+
+class MultiActorSuspectedEnvelope(_Envelope):
+    topic: Literal["attribution.profile.multi_actor_suspected"] = (
+        "attribution.profile.multi_actor_suspected"
+    )
+    payload: MultiActorSuspected
+
+
+Envelope = (
+    PhaseTransitionEnvelope
+    | RiskChangeEnvelope
+    | AdminActionEnvelope
+    | RateLimitedEnvelope
+    | UserErasedEnvelope
+    | ProfileStateChangedEnvelope
+    | MultiActorSuspectedEnvelope
+)
+
+BondEnvelope = Annotated[
+    PhaseTransitionEnvelope | RiskChangeEnvelope | AdminActionEnvelope | RateLimitedEnvelope,
+    Field(discriminator="topic"),
+]
+AttributionEnvelope = Annotated[
+    ProfileStateChangedEnvelope | MultiActorSuspectedEnvelope,
+    Field(discriminator="topic"),
+]
+UserEnvelope = UserErasedEnvelope
+
+ENVELOPE_CLASSES: dict[str, type[_Envelope]] = {
+    cls.model_fields["topic"].default: cls
+    for cls in (
+        PhaseTransitionEnvelope,
+        RiskChangeEnvelope,
+        AdminActionEnvelope,
+        RateLimitedEnvelope,
+        UserErasedEnvelope,
+        ProfileStateChangedEnvelope,
+        MultiActorSuspectedEnvelope,
+    )
+}
+
+STREAM_TOPICS: dict[str, tuple[str, ...]] = {
+    "bond": (
+        "bond.phase_transition",
+        "bond.risk_change",
+        "bond.admin_action",
+        "message.rate_limited",
+    ),
+    "attribution": (
+        "attribution.profile.state_changed",
+        "attribution.profile.multi_actor_suspected",
+    ),
+    "user": ("user.erased",),
+}
+
+STREAM_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "bond": TypeAdapter(BondEnvelope),
+    "attribution": TypeAdapter(AttributionEnvelope),
+    "user": TypeAdapter(UserEnvelope),
+}
+
+WIRE_CONTEXT = {"wire": True}
+
+_GROUP_OF_TOPIC = {topic: group for group, topics in STREAM_TOPICS.items() for topic in topics}
+
+
+def stream_group_of(topic: str) -> str:
+    """The stream group ("bond", "attribution", "user") that carries ``topic``."""
+    try:
+        return _GROUP_OF_TOPIC[topic]
+    except KeyError:
+        raise ValueError(f"unknown envelope topic {topic!r}") from None
+
+
+def make_envelope(
+    topic: str,
+    payload: dict[str, Any] | BaseModel,
+    *,
+    correlation_id: str | None = None,
+    envelope_id: str | None = None,
+    published_at: datetime | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Envelope:
+    """Build the envelope class pinned to ``topic``; raises on an invalid payload."""
+    cls = ENVELOPE_CLASSES.get(topic)
+    if cls is None:
+        raise ValueError(f"unknown envelope topic {topic!r}")
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump()
+    fields: dict[str, Any] = {"payload": payload, "correlation_id": correlation_id}
+    if envelope_id is not None:
+        fields["envelope_id"] = envelope_id
+    if published_at is not None:
+        fields["published_at"] = published_at
+    if meta is not None:
+        fields["meta"] = meta
+    return cls.model_validate(fields)  # type: ignore[return-value]
+
+
+def parse_envelope(group: str, raw: str | bytes) -> Envelope:
+    """Strict decode of one ``data`` value for stream ``group``; raises when invalid."""
+    adapter = STREAM_ADAPTERS.get(group)
+    if adapter is None:
+        raise ValueError(f"unknown stream group {group!r}")
+    return adapter.validate_json(raw, context=WIRE_CONTEXT)

@@ -1,0 +1,8 @@
+-- Publish one outbox row at most once.
+-- KEYS[1] sent marker, KEYS[2] stream; ARGV[1] marker TTL (s), ARGV[2] MAXLEN, ARGV[3] body.
+-- The marker outlives any plausible gap between this XADD and the relay's commit,
+-- so a relay that dies before committing republishes nothing.
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[3])
+end
+return false
