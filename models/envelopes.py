@@ -234,6 +234,55 @@ STREAM_ADAPTERS: dict[str, TypeAdapter[Any]] = {
 
 WIRE_CONTEXT = {"wire": True}
 
+# One valid payload per topic, for documentation, demos and tests.
+EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
+    "bond.phase_transition": {
+        "user_id": "1001",
+        "guild_id": "42",
+        "from_phase": "dormant",
+        "to_phase": "attaching",
+        "confidence": 0.85,
+        "primary_signal": "frequency",
+    },
+    "bond.risk_change": {
+        "user_id": "1001",
+        "guild_id": None,
+        "from_risk": "low",
+        "to_risk": "high",
+    },
+    "bond.admin_action": {
+        "user_id": "1001",
+        "action": "set_cap",
+        "detail": {"old_cap": 0, "new_cap": 5},
+    },
+    "message.rate_limited": {
+        "user_id": "1001",
+        "guild_id": "42",
+        "platform": "discord",
+        "message_id": "m-77",
+        "cap": 5,
+        "count": 6,
+    },
+    "user.erased": {"user_id": "1001", "platform": "discord", "removed": {"history": 3, "bond": 1}},
+    "attribution.profile.state_changed": {
+        "identity_id": "0b0e3a52-41a4-4a51-9d0c-3f4a1f1e2a10",
+        "platform": "discord",
+        "user_id": "1001",
+        "primitive": "tz_offset",
+        "kind": "categorical",
+        "old_state": "unknown",
+        "new_state": "stable",
+        "current_value": "+01:00",
+        "confidence": 0.8,
+        "observation_count": 5,
+    },
+    "attribution.profile.multi_actor_suspected": {
+        "identity_id": "0b0e3a52-41a4-4a51-9d0c-3f4a1f1e2a10",
+        "primitives": ["tz_offset", "typing_cadence"],
+        "previous_primitives": [],
+    },
+}
+
 _GROUP_OF_TOPIC = {topic: group for group, topics in STREAM_TOPICS.items() for topic in topics}
 
 
