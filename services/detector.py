@@ -9,6 +9,7 @@ service instead.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any, Protocol
 
@@ -133,7 +134,7 @@ class LexiconDetector:
         # Escalation: recent stored messages (oldest to newest) that keep rising
         # add weight, so a run of worsening messages crosses thresholds sooner.
         recent = [m.crisis_score or 0.0 for m in context[-5:]]
-        rising = len(recent) >= 2 and all(b >= a for a, b in zip(recent, recent[1:], strict=False))
+        rising = len(recent) >= 2 and all(b >= a for a, b in itertools.pairwise(recent))
         escalation = 0.0
         if matched and recent:
             escalation = min(0.25, 0.05 * len(recent) + (0.1 if rising else 0.0))

@@ -1,0 +1,63 @@
+"""Enqueue helper for Python frontends.
+
+Sends by task name only, so a frontend needs nothing of vigil but this module
+and Celery; batches go out through one producer connection. Frontends in other
+languages publish the same JSON kwargs (see README, "Task contract").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from itertools import islice
+from typing import Any
+
+from celery import Celery
+
+MESSAGE_TASK = "vigil.ingest.message"
+BATCH_TASK = "vigil.ingest.messages"
+DETECTION_TASK = "vigil.ingest.detection"
+
+
+def _jsonable(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in payload.items()}
+
+
+def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class VigilClient:
+    def __init__(self, broker_url: str | None = None, app: Celery | None = None) -> None:
+        if app is None:
+            app = Celery("vigil-client", broker=broker_url)
+            app.conf.update(task_serializer="json", accept_content=["json"])
+        self.app = app
+
+    def _send(self, name: str, kwargs: dict[str, Any], producer=None):
+        shown = {k: kwargs[k] for k in ("message_id", "detection_id", "user_id") if k in kwargs}
+        return self.app.send_task(
+            name,
+            kwargs=kwargs,
+            queue="ingest",
+            argsrepr="()",
+            kwargsrepr=repr(shown) if name != BATCH_TASK else f"<{len(kwargs['messages'])} msgs>",
+            producer=producer,
+        )
+
+    def message(self, **fields: Any):
+        """Enqueue one message (``message_id`` is the idempotency key)."""
+        return self._send(MESSAGE_TASK, _jsonable(fields))
+
+    def detection(self, **fields: Any):
+        return self._send(DETECTION_TASK, _jsonable(fields))
+
+    def messages(self, items: Iterable[dict[str, Any]], batch_size: int = 200) -> list:
+        """Enqueue many messages as batch tasks over one producer connection."""
+        results = []
+        with self.app.producer_or_acquire() as producer:
+            for chunk in _chunks((_jsonable(m) for m in items), batch_size):
+                results.append(self._send(BATCH_TASK, {"messages": chunk}, producer=producer))
+        return results
