@@ -197,13 +197,25 @@ def follow(
 ) -> Iterator[Entry]:
     """Yield entries after ``last_id`` as they arrive (XREAD BLOCK), until ``stop`` is set.
 
-    ``$`` is pinned to the newest id once at the start, so entries added
-    between two blocking reads are not skipped. Keep ``block_ms`` below the
-    client's socket timeout. Without a consumer group nothing is remembered
-    across restarts; use ``Consumer`` for that.
+    ``$`` is pinned to the newest id when this is called (not at the first
+    ``next``), and the cursor then advances entry by entry, so nothing added
+    between two blocking reads is skipped. Keep ``block_ms`` below the
+    client's socket timeout. Nothing is remembered across restarts; use
+    ``Consumer`` for that.
     """
     key = stream_key(settings, group)
     cursor = _last_id(r, key) if last_id == "$" else last_id
+    return _follow(r, key, group, cursor, block_ms, stop)
+
+
+def _follow(
+    r: redis.Redis,
+    key: str,
+    group: str,
+    cursor: str,
+    block_ms: int,
+    stop: threading.Event | None,
+) -> Iterator[Entry]:
     while stop is None or not stop.is_set():
         response = _raw(r, "XREAD", "COUNT", 100, "BLOCK", int(block_ms), "STREAMS", key, cursor)
         for entry_id, fields in _entries(response):
