@@ -1,0 +1,111 @@
+"""Ingest tasks through the real broker and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+from services import bonds
+from services.client import VigilClient
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def markers(r) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key in r.scan_iter(match="vigil:seen:msg:*", count=1000):
+        out[r.get(key)] = out.get(r.get(key), 0) + 1
+    return out
+
+
+def test_race_for_one_user_cap_is_exact(r, db, settings, worker, start_worker, celery_app):
+    """Four worker processes on two workers; 1,000 messages for one user, cap 100."""
+    start_worker(concurrency=2)
+    bonds.set_cap(r, settings, "racer", 100)
+    texts = ["I feel sad", "hello"]  # alternate: every accepted message changes phase
+    client = VigilClient(app=celery_app)
+    for i in range(1000):
+        client.message(
+            message_id=f"race-{i}",
+            user_id="racer",
+            guild_id="g1",
+            text=texts[i % 2],
+            sent_at=(T0 + timedelta(milliseconds=i)).isoformat(),
+        )
+    wait_for(lambda: sum(markers(r).values()) == 1000, what="1,000 messages processed")
+    wait_for(
+        lambda: markers(r).get("done", 0) + markers(r).get("limited", 0) == 1000,
+        what="every message applied",
+    )
+    m = markers(r)
+    assert m == {"done": 100, "limited": 900}
+    assert bonds.load(r, settings, "racer").daily_msg_count == 100
+    entries = [json.loads(f["data"]) for _, f in r.xrange(settings.stream_bond)]
+    topics = [e["topic"] for e in entries]
+    assert topics.count("message.rate_limited") == 900
+    ids = [e["envelope_id"] for e in entries]
+    assert len(ids) == len(set(ids))
+    events = bonds.get_events(r, settings, "racer", limit=500)
+    transitions = [e for e in events if e.event_type == "phase_transition"]
+    assert len(transitions) == topics.count("bond.phase_transition")
+
+
+def drained(broker_url: str) -> bool:
+    """Nothing queued and nothing delivered-but-unacked on the Redis broker."""
+    import redis
+
+    b = redis.Redis.from_url(broker_url)
+    return b.llen("ingest") == 0 and b.hlen("unacked") == 0
+
+
+def test_batch_task_and_redelivery(r, db, settings, worker, celery_app, test_env):
+    client = VigilClient(app=celery_app)
+    batch = [
+        {
+            "message_id": f"b{i}",
+            "user_id": f"u{i % 7}",
+            "guild_id": "g1",
+            "text": "I feel hopeless" if i % 3 else "hi",
+            "sent_at": T0.isoformat(),
+        }
+        for i in range(300)
+    ]
+    first = client.messages(batch, batch_size=100)
+    assert len(first) == 3
+    wait_for(lambda: markers(r).get("done", 0) == 300, what="batch applied")
+    snapshot = {k: r.dump(k) for k in r.keys("*") if not k.startswith("vigil:")}
+    stream_len = r.xlen(settings.stream_bond)
+    celery_app.send_task("vigil.ingest.messages", kwargs={"messages": batch[:100]})
+    time.sleep(0.5)
+    wait_for(lambda: drained(test_env["VIGIL_BROKER_URL"]), what="queue drained")
+    assert r.xlen(settings.stream_bond) == stream_len
+    assert snapshot == {k: r.dump(k) for k in r.keys("*") if not k.startswith("vigil:")}
+
+
+def test_producer_in_another_process_sends_by_name(r, db, settings, worker, test_env):
+    """A frontend that knows nothing of vigil but the task name and JSON kwargs."""
+    code = (
+        "import sys; from celery import Celery\n"
+        "app = Celery(broker=sys.argv[1])\n"
+        "app.conf.task_serializer = 'json'\n"
+        "app.send_task('vigil.admin.set_cap', kwargs={'user_id': 'remote', 'cap': 7},"
+        " queue='admin')\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, test_env["VIGIL_BROKER_URL"]], check=True, timeout=60
+    )
+    bond = wait_for(lambda: bonds.load(r, settings, "remote"), what="cap set by the worker")
+    assert bond.daily_msg_cap == 7
