@@ -24,9 +24,10 @@ from sqlalchemy.engine import make_url
 from alembic import command
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_DB = "vigil_test"
-STATE_DB = 15
-BROKER_DB = 14
+# Overridable so two test runs on one machine do not share a database.
+TEST_DB = os.environ.get("VIGIL_TEST_PG_DB", "vigil_test")
+STATE_DB = int(os.environ.get("VIGIL_TEST_STATE_DB", "15"))
+BROKER_DB = int(os.environ.get("VIGIL_TEST_BROKER_DB", "14"))
 
 
 def _resolve_services() -> tuple[str, str]:
