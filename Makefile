@@ -1,0 +1,12 @@
+# The two commands a newcomer needs; both bootstrap .venv on first use.
+.PHONY: run test lint
+
+run:
+	./scripts/dev.sh run
+
+test:
+	./scripts/dev.sh test
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
