@@ -199,3 +199,30 @@ def test_detection_task_payload(r, db, settings):
     DetectionIn.model_validate(det)
     with db() as session:
         assert session.scalar(select(func.count()).select_from(DeadLetter)) == 1
+
+
+def test_every_envelope_written_by_the_scripts_matches_the_contract(r, db, settings):
+    """Envelopes built in Lua must decode with the pydantic models and validate
+    against the exported JSON Schemas."""
+    import jsonschema
+
+    from models.envelopes import parse_envelope
+    from services import schemas
+
+    bonds.set_cap(r, settings, "u1", 2)
+    bonds.add_note(r, settings, "u1", "checked in")
+    svc = IngestService(r, settings, db, LexiconDetector())
+    svc.messages([msg(1, "sad"), msg(2, "I want to die", guild=None), msg(3)])
+    entries = [f["data"] for _, f in r.xrange(settings.stream_bond)]
+    topics = {json.loads(e)["topic"] for e in entries}
+    assert topics == {
+        "bond.admin_action",
+        "bond.phase_transition",
+        "bond.risk_change",
+        "message.rate_limited",
+    }
+    schema = schemas.current()["bond"]
+    for raw in entries:
+        env = parse_envelope("bond", raw)
+        assert env.published_at.utcoffset().total_seconds() == 0
+        jsonschema.validate(json.loads(raw), schema)
