@@ -6,6 +6,8 @@ from ``services.settings`` so workers, beat, the CLI and Flower agree.
 
 from __future__ import annotations
 
+import os
+
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
@@ -50,7 +52,8 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 4
 # One visibility timeout for broker and result transport; it must exceed the
 # longest task (time limits below) and the longest retry countdown (300 s).
-_visibility_timeout = 3600
+# Fault tests lower it so redelivery after a killed worker happens in seconds.
+_visibility_timeout = int(os.environ.get("VIGIL_VISIBILITY_TIMEOUT", "3600"))
 broker_transport_options = {"visibility_timeout": _visibility_timeout}
 result_backend_transport_options = {"visibility_timeout": _visibility_timeout}
 broker_connection_retry_on_startup = True
