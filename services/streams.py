@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEAD_SUFFIX = ":dead"
 _SHOWN_CHARS = 100
+_RECLAIM_ROUNDS = 5
 
 Entry = tuple[str, Envelope]
 Handler = Callable[[str, Envelope], None]
@@ -75,6 +76,19 @@ def publish(r: redis.Redis, settings: Settings, envelope: Envelope) -> str:
         approximate=True,
     )
     return _text(entry_id)
+
+
+def publish_many(r: redis.Redis, settings: Settings, envelopes: list[Envelope]) -> list[str]:
+    """Publish a batch in one round trip (not atomically: see ``services.outbox``)."""
+    pipe = r.pipeline(transaction=False)
+    for envelope in envelopes:
+        pipe.xadd(
+            stream_for_topic(settings, envelope.topic),
+            {"data": envelope.model_dump_json()},
+            maxlen=settings.stream_maxlen,
+            approximate=True,
+        )
+    return [_text(entry_id) for entry_id in pipe.execute()]
 
 
 # Decoding -------------------------------------------------------------------
@@ -349,7 +363,11 @@ def reclaim(
     key = stream_key(settings, stream_group)
     claimed: list[tuple[str, Any]] = []
     start = "0-0"
-    while len(claimed) < count:
+    # Each XAUTOCLAIM scans at most 10 x COUNT pending entries; a few rounds keep
+    # one reclaim bounded even when the pending list is huge.
+    for _ in range(_RECLAIM_ROUNDS):
+        if len(claimed) >= count:
+            break
         reply = _raw(
             r, "XAUTOCLAIM", key, group_name, consumer, int(min_idle_ms), start, "COUNT", count
         )

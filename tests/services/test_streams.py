@@ -79,6 +79,23 @@ def test_read_latest_is_newest_first_and_bounded(r, settings):
     assert [entry_id for entry_id, _ in got] == ids[::-1][:3]
 
 
+def test_publish_many_in_order_across_streams(r, settings):
+    batch = [env(topic) for topic in ALL_TOPICS]
+    ids = streams.publish_many(r, settings, batch)
+    assert len(ids) == len(batch)
+    got = [e for group in STREAM_TOPICS for _, e in streams.read_latest(r, settings, group, 10)]
+    assert sorted(e.envelope_id for e in got) == sorted(e.envelope_id for e in batch)
+
+
+def test_reclaim_only_takes_idle_entries(r, settings):
+    streams.publish(r, settings, env("user.erased"))
+    assert len(streams.consume(r, settings, "g", "a", "user", block_ms=None)) == 1
+    assert streams.reclaim(r, settings, "g", "b", "user", min_idle_ms=3_600_000) == []
+    assert r.xpending_range(settings.stream_user, "g", "-", "+", 10)[0]["consumer"] == "a"
+    assert len(streams.reclaim(r, settings, "g", "b", "user", min_idle_ms=0)) == 1
+    assert r.xpending_range(settings.stream_user, "g", "-", "+", 10)[0]["consumer"] == "b"
+
+
 def test_publish_trims_approximately(r, settings):
     small = settings.model_copy(update={"stream_maxlen": 100})
     pipe_env = env("user.erased")
