@@ -1,0 +1,1 @@
+"""The ``vigil`` operator command line."""

@@ -1,0 +1,152 @@
+"""What every command group shares: clients, output, exit codes, admin tasks.
+
+Exit codes: 0 ok, 1 not found or unhealthy, 2 usage error (click's own),
+3 a store or the broker is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn
+
+import click
+import redis
+import typer
+from kombu.exceptions import OperationalError as BrokerError
+from rich.console import Console
+from sqlalchemy.exc import OperationalError as DatabaseError
+from sqlalchemy.orm import Session, sessionmaker
+from typer.core import TyperGroup
+
+from services.settings import Settings, get_settings
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+ADMIN_TIMEOUT_S = 60.0
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    DatabaseError,
+    BrokerError,
+    ConnectionError,
+)
+
+
+class VigilGroup(TyperGroup):
+    """Root group: an unreachable store ends the command with exit code 3 and one
+    line naming it, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UNREACHABLE_ERRORS as exc:
+            err_console.print(f"[red]unreachable:[/red] {_describe(exc)}")
+            raise typer.Exit(EXIT_UNREACHABLE) from None
+
+
+class DefaultGroup(TyperGroup):
+    """A group whose first argument, when it names no subcommand, goes to ``show``:
+    ``vigil history USER`` and ``vigil history clear USER`` side by side."""
+
+    default_command = "show"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+def _describe(exc: BaseException) -> str:
+    kind = {
+        redis.ConnectionError: "Redis",
+        redis.TimeoutError: "Redis",
+        DatabaseError: "PostgreSQL",
+        BrokerError: "broker",
+    }
+    for cls, name in kind.items():
+        if isinstance(exc, cls):
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            return f"{name}: {type(exc).__name__}: {first}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def redis_client(s: Settings | None = None) -> redis.Redis:
+    from services.runtime import get_redis
+
+    return get_redis(s or settings())
+
+
+def sessions(s: Settings | None = None) -> sessionmaker[Session]:
+    from services.runtime import session_factory
+
+    return session_factory(s or settings())
+
+
+def print_json(data: Any) -> None:
+    # Plain print: rich would wrap long lines and break the JSON for pipes.
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    if as_json:
+        print_json(data)
+    else:
+        render(data)
+
+
+def fail(message: str, code: int = EXIT_NOT_FOUND) -> NoReturn:
+    err_console.print(message)
+    raise typer.Exit(code)
+
+
+def truncate(text: str, chars: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= chars else text[: chars - 1] + "\u2026"
+
+
+def send_admin(name: str, kwargs: dict[str, Any], timeout: float = ADMIN_TIMEOUT_S) -> dict:
+    """Send an admin task by name and wait for its stored JSON outcome.
+
+    Exits 1 when the task rejected the request, failed or did not answer in
+    time (no worker on the ``admin`` queue)."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    from tasks.app import app
+    from tasks.base import redact_kwargs
+
+    result = app.send_task(
+        name,
+        kwargs=kwargs,
+        queue="admin",
+        ignore_result=False,
+        argsrepr="()",
+        kwargsrepr=redact_kwargs(kwargs),
+    )
+    try:
+        outcome = result.get(timeout=timeout, propagate=False)
+    except ResultTimeout:
+        result.forget()
+        fail(f"no answer from a worker on the admin queue within {timeout:.0f}s ({name})")
+    if result.failed():
+        print_json({"status": "failed", "task": name, "error": type(outcome).__name__})
+        raise typer.Exit(EXIT_NOT_FOUND)
+    print_json(outcome)
+    if not isinstance(outcome, dict) or outcome.get("status") not in ("ok", "erased"):
+        raise typer.Exit(EXIT_NOT_FOUND)
+    return outcome
+
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
