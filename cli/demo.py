@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from cli.common import EXIT_NOT_FOUND, AsJson, console, print_json, settings
+from cli.common import EXIT_NOT_FOUND, AsJson, console, err_console, print_json, settings
 from services import demo as feed
 from services.settings import Settings
 
@@ -21,7 +21,7 @@ def run_and_report(
     s: Settings, *, users: int, messages: int, seed: int | None = None, as_json: bool = False
 ) -> feed.DemoReport:
     columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=as_json) as bar:
+    with Progress(*columns, console=err_console if as_json else console) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:

@@ -16,6 +16,7 @@ primitives (so the correlator flags them as shared).
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -129,12 +130,14 @@ def plan(
     *,
     seed: int | None = None,
     now: datetime | None = None,
+    run_id: str | None = None,
 ) -> Plan:
-    """Decide every payload up front (deterministic for a given seed)."""
+    """Decide every payload up front. The seed fixes the shape of the feed; ids
+    are fresh per run (``run_id``) so a second run is not all duplicates."""
     rng = random.Random(seed)
     now = now or datetime.now(UTC)
-    run_id = f"{rng.randrange(16**6):06x}"
-    base = rng.randrange(10**17, 9 * 10**17)
+    run_id = run_id or secrets.token_hex(3)
+    base = 10**17 + int(run_id, 16) * 1000  # snowflake-like ids, distinct per run
     users = [str(base + i) for i in range(max(4, n_users))]
     home = {u: GUILDS[i % len(GUILDS)] for i, u in enumerate(users)}
 
@@ -177,14 +180,14 @@ def plan(
     chatter = []
     for i in range(n_free):
         user = ordinary[i % len(ordinary)] if i < len(ordinary) else rng.choice(ordinary)
-        mild = user not in shared and user != control and rng.random() < 0.15
+        mild = user not in shared and user != control and rng.random() < 0.08
         text = rng.choice(MILD_LINES if mild else SAFE_LINES)
         guild = None if rng.random() < 0.1 else home[user]
         chatter.append(message(user, text, guild))
 
     # Interleave so every community is busy at once, keeping each script in order.
     stream: list[dict[str, Any]] = []
-    queues = [list(scripted), chatter]
+    queues = [list(scripted), list(chatter)]
     while any(queues):
         pick = rng.choices([0, 1], weights=[len(queues[0]), len(queues[1])])[0]
         stream.append(queues[pick].pop(0))
