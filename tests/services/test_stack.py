@@ -139,12 +139,13 @@ def test_flower_answers_200_with_credentials(flower: str) -> None:
 
 
 def _stack_settings(service_urls, tmp_path: Path, **kwargs) -> Settings:
-    base = service_urls["redis"].rsplit("/", 1)[0]
+    base, state_db = service_urls["redis"].rsplit("/", 1)
+    broker_db = service_urls["broker"].rsplit("/", 1)[1]
     # Their own Redis databases, so this stack's worker and beat never meet the
     # shared test worker's queues.
     return Settings(
-        redis_url=f"{base}/12",
-        broker_url=f"{base}/13",
+        redis_url=f"{base}/{int(state_db) - 3}",
+        broker_url=f"{base}/{int(broker_db) - 1}",
         database_url=service_urls["database"],
         data_dir=tmp_path / "data",
         embedded="never",
