@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from services.detector import LexiconDetector
+from services.ingest import IngestService
 
 
 class Vigil:
@@ -27,3 +30,46 @@ class Vigil:
 @pytest.fixture
 def vigil(test_env) -> Vigil:
     return Vigil()
+
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+SAD = "I feel so alone and hopeless tonight"
+
+
+def msg(i: int, text: str = SAD, user: str = "501", guild: str | None = "g1", **kw) -> dict:
+    return {
+        "message_id": f"m{i}",
+        "user_id": user,
+        "guild_id": guild,
+        "text": text,
+        "sent_at": (T0 + timedelta(seconds=i)).isoformat(),
+        **kw,
+    }
+
+
+def det(i: int, user: str = "501", **observations: str) -> dict:
+    return {
+        "detection_id": f"d{user}-{i}",
+        "user_id": user,
+        "guild_id": "g1",
+        "observed_at": (T0 + timedelta(minutes=i)).isoformat(),
+        "severity": "low",
+        "phase": "watch",
+        "observations": [
+            {"primitive": p, "kind": "categorical", "value": v} for p, v in observations.items()
+        ],
+    }
+
+
+def alternating(user: str, n: int = 6) -> list[dict]:
+    """Detections that make ``user``'s identity a multi-actor suspect."""
+    return [
+        det(i, user, typing_cadence=("burst", "steady")[i % 2], locale=("en", "pt")[i % 2])
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def ingest(r, db, settings) -> IngestService:
+    """The real pipeline, in process: fills the stores the commands read."""
+    return IngestService(r, settings, db, LexiconDetector())

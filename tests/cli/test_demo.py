@@ -68,4 +68,3 @@ def test_demo_table_shows_counts_and_where_to_look(vigil, r, db, worker):
     assert "vigil tail bond" in out and "flower-password" in out
     for line in demo.ESCALATION + demo.SAFE_LINES + demo.MILD_LINES:
         assert line not in out
-
