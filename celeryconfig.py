@@ -93,8 +93,8 @@ beat_schedule = {
         "schedule": 15.0,
         "options": {"expires": 15.0},
     },
-    "purge-dead-letters": {
-        "task": "vigil.periodic.purge_dead_letters",
+    "purge-expired": {
+        "task": "vigil.periodic.purge_expired",
         "schedule": 3600.0,
     },
 }

@@ -60,7 +60,10 @@ def erase_user(
         removed["dead_letters"] = deadletters.erase_user(session, user_id)
 
     stream_hits = 0
-    for stream in (s.stream_bond, s.stream_attribution, s.stream_user):
+    from services.streams import dead_letter_key
+
+    mains = (s.stream_bond, s.stream_attribution, s.stream_user)
+    for stream in (*mains, *map(dead_letter_key, mains)):
         ids = _stream_entries_of(r, stream, user_id)
         if ids:
             stream_hits += int(r.xdel(stream, *ids))

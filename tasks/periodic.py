@@ -37,11 +37,13 @@ def relay_outbox() -> dict[str, Any]:
     return outbox.relay(session_factory(settings), get_redis(settings), settings)
 
 
-@app.task(name="vigil.periodic.purge_dead_letters", time_limit=300)
-def purge_dead_letters() -> dict[str, Any]:
-    from services import deadletters
+@app.task(name="vigil.periodic.purge_expired", time_limit=300)
+def purge_expired() -> dict[str, Any]:
+    """Drop dead letters past their retention and outbox rows long since published."""
+    from services import deadletters, outbox
 
     settings = get_settings()
     with session_factory(settings)() as session, session.begin():
-        purged = deadletters.purge(session, older_than_days=settings.dead_letter_retention_days)
-    return {"status": "ok", "purged": purged}
+        dead = deadletters.purge(session, older_than_days=settings.dead_letter_retention_days)
+        relayed = outbox.purge_published(session)
+    return {"status": "ok", "dead_letters": dead, "outbox": relayed}
