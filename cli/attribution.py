@@ -65,7 +65,7 @@ def _render_identity(data: dict[str, Any]) -> None:
             st["current_value"] or "-",
             f"{st['confidence']:.2f}",
             str(st["observation_count"]),
-            st["last_change_ts"] or "-",
+            (st["last_change_ts"] or "-")[:19],
             style=style,
         )
     console.print(table)

@@ -28,7 +28,11 @@ class Vigil:
 
 
 @pytest.fixture
-def vigil(test_env) -> Vigil:
+def vigil(test_env, monkeypatch) -> Vigil:
+    from cli import common
+
+    # Not a terminal: rich would assume 80 columns and elide table cells.
+    monkeypatch.setattr(common.console, "width", 200)
     return Vigil()
 
 
