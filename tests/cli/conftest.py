@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,9 +52,14 @@ def msg(i: int, text: str = SAD, user: str = "501", guild: str | None = "g1", **
     }
 
 
+_det_ids = itertools.count()
+
+
 def det(i: int, user: str = "501", **observations: str) -> dict:
     return {
-        "detection_id": f"d{user}-{i}",
+        # Ids that do not embed the user id, as a frontend's usually do not: the
+        # dedupe markers keyed by them outlive an erasure (they hold nothing else).
+        "detection_id": f"d{next(_det_ids)}",
         "user_id": user,
         "guild_id": "g1",
         "observed_at": (T0 + timedelta(minutes=i)).isoformat(),
