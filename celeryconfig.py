@@ -54,7 +54,14 @@ worker_prefetch_multiplier = 4
 # longest task (time limits below) and the longest retry countdown (300 s).
 # Fault tests lower it so redelivery after a killed worker happens in seconds.
 _visibility_timeout = int(os.environ.get("VIGIL_VISIBILITY_TIMEOUT", "3600"))
-broker_transport_options = {"visibility_timeout": _visibility_timeout}
+broker_transport_options: dict = {"visibility_timeout": _visibility_timeout}
+if "VIGIL_UNACKED_RESTORE_INTERVAL" in os.environ:
+    # kombu sweeps for expired unacked messages every interval x throttle seconds
+    # (100 s by default); a short visibility timeout needs a short sweep too.
+    broker_transport_options |= {
+        "unacked_restore_interval": int(os.environ["VIGIL_UNACKED_RESTORE_INTERVAL"]),
+        "unacked_restore_throttle": 1,
+    }
 result_backend_transport_options = {"visibility_timeout": _visibility_timeout}
 broker_connection_retry_on_startup = True
 
