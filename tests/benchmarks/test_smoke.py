@@ -1,0 +1,63 @@
+"""The benchmark harness end to end with tiny numbers: every contender runs on a
+real worker and leaves all its effects; counts are checked, never timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_harness_smoke(service_urls, tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--smoke",
+            "--out",
+            str(out),
+            "--pg-url",
+            service_urls["database_admin"],
+            "--database",
+            f"vigil_bench_smoke_{os.getpid()}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "latest.json").read_text())
+    assert (out / "latest.md").read_text().startswith("# vigil benchmark")
+
+    contenders = result["contenders"]
+    assert set(contenders) == {
+        "ceiling",
+        "seed_single",
+        "vigil_single",
+        "seed_batch",
+        "vigil_batch",
+    }
+    for c in contenders.values():
+        assert c["msgs_per_s"] > 0
+        assert c["latency"]["seen"] == c["latency"]["messages"], c
+        if c["key"] != "ceiling":
+            done, total = map(int, c["verified"].split("/"))
+            assert done == total > 0, c
+
+    # Round trips are counts, not timings: vigil's two per batch is the design.
+    batch = contenders["vigil_batch"]["batch"]
+    assert contenders["vigil_single"]["round_trips_per_msg"] == 2.0
+    assert contenders["vigil_batch"]["round_trips_per_msg"] == round(2 / batch, 3)
+    assert contenders["seed_single"]["round_trips_per_msg"] >= 10
+    assert contenders["ceiling"]["round_trips_per_msg"] == 0
+
+    corr = result["correlator"]
+    assert corr["rows"] == result["sizes"]["correlator_rows"]
+    assert any("ix_attribution_state_multi_actor" in line for line in corr["plan_summary"])
+    assert {t["target"] for t in result["targets"]} >= {"vigil single vs ceiling"}
