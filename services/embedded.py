@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import psycopg
 import redis
 
@@ -94,14 +95,17 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _alive(pid: int, name: str) -> bool:
-    """True when ``pid`` is a live (not zombie) process whose command is ``name``."""
+    """True when ``pid`` is a live (not zombie) process whose command is ``name``.
+
+    The name check keeps a stale pid file from signalling an unrelated
+    process that reused the pid."""
     try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+        return any(name in part for part in proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    state = stat_line.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and name.encode() in cmdline
 
 
 def _wait_gone(pid: int, name: str, timeout: float) -> bool:
