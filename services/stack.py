@@ -38,11 +38,13 @@ from celery import Celery
 from services import runtime
 from services.discovery import (
     Found,
+    ServiceUnavailable,
     app_database_url,
     ensure_database,
     ensure_services,
     migrate,
 )
+from services.embedded import EmbeddedError
 from services.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -346,7 +348,10 @@ def run_stack(
         flower_command(settings, basic_auth=auth, local_only=flower_local_only)
 
     with _signals_raise() as signals:
-        settings, found = resolve(settings)
+        try:
+            settings, found = resolve(settings)
+        except (ServiceUnavailable, EmbeddedError) as err:
+            raise StackError(str(err)) from err
         log_dir = data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         env = {

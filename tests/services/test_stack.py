@@ -19,6 +19,7 @@ from services.settings import Settings
 from services.stack import (
     FlowerAuthError,
     Stack,
+    StackError,
     child_env,
     flower_auth,
     flower_command,
@@ -189,6 +190,14 @@ def test_stack_refuses_open_flower_before_starting_anything(service_urls, tmp_pa
     settings = settings.model_copy(update={"flower_address": "0.0.0.0"})
     with pytest.raises(FlowerAuthError):
         run_stack(settings, flower_local_only=True)
+    assert not (tmp_path / "data" / "logs").exists()
+
+
+def test_unreachable_configured_service_is_a_stack_error(service_urls, tmp_path) -> None:
+    settings = _stack_settings(service_urls, tmp_path, flower_basic_auth="ops:pw")
+    settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{spare_port()}/0"})
+    with pytest.raises(StackError, match="VIGIL_REDIS_URL"):
+        run_stack(settings)
     assert not (tmp_path / "data" / "logs").exists()
 
 
