@@ -87,6 +87,7 @@ class Contender:
     round_trips_per_msg: float | None = None
     server_commands_per_msg: float | None = None
     memory_bytes_per_user: float | None = None
+    cpu_us_per_msg: dict[str, float] = field(default_factory=dict)
     users: int = 0
     verified: str = ""
     latency: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +121,30 @@ def task_kwargs(c: Contender, msgs: list[dict[str, Any]]) -> list[dict[str, Any]
     if c.batch:
         return [{"messages": msgs[i : i + c.batch]} for i in range(0, len(msgs), c.batch)]
     return list(msgs)
+
+
+# -- CPU accounting -------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """user + system CPU of a process (and of its live children), from /proc."""
+    pids = [pid]
+    if with_children:
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
 
 
 # -- the bench ------------------------------------------------------------------------
@@ -234,6 +259,14 @@ class Bench:
     def _memory(self) -> int:
         return int(self.s.info("memory")["used_memory"])
 
+    def _cpu(self) -> dict[str, float]:
+        assert self.worker is not None
+        return {
+            "worker": cpu_seconds(self.worker.proc.pid, with_children=True),
+            "broker_redis": cpu_seconds(self.broker.proc.pid),
+            "state_redis": cpu_seconds(self.state.proc.pid),
+        }
+
     def _round_trips(self) -> int:
         return read_counts(self.count_dir)
 
@@ -263,17 +296,21 @@ class Bench:
     def throughput(self, c: Contender) -> None:
         self.warm_up(c)
         self.s.flushall()  # keeps the script cache
-        verified = []
+        verified: list[int] = []
+        cpu_runs: list[dict[str, float]] = []
         for run in range(self.sizes.runs):
             msgs = make_messages(f"{c.key}-r{run}", c.n)
             self.send(c.task, task_kwargs(c, msgs))
             rt0, cmd0, mem0 = self._round_trips(), self._commands(), self._memory()
+            cpu0 = self._cpu()
             t0 = time.perf_counter()
             self._consume(True)
             t1 = self._wait_drained()
             self._consume(False)
+            cpu1 = self._cpu()
             rt1, cmd1, mem1 = self._round_trips(), self._commands(), self._memory()
             c.runs_msgs_per_s.append(round(c.n / (t1 - t0), 1))
+            cpu_runs.append({k: (cpu1[k] - cpu0[k]) / c.n * 1e6 for k in cpu0})
             if run == 0:
                 c.round_trips_per_msg = round((rt1 - rt0) / c.n, 3)
                 c.server_commands_per_msg = round((cmd1 - cmd0) / c.n, 2)
@@ -283,6 +320,10 @@ class Bench:
             if c.effects:
                 verified.append(self._verify(msgs))
         c.msgs_per_s = statistics.median(c.runs_msgs_per_s)
+        c.cpu_us_per_msg = {
+            k: round(statistics.median(run[k] for run in cpu_runs), 1) for k in cpu_runs[0]
+        }
+        c.cpu_us_per_msg["total"] = round(sum(c.cpu_us_per_msg.values()), 1)
         total = c.n * self.sizes.runs
         c.verified = f"{sum(verified)}/{total}" if c.effects else "n/a (no effects)"
 
@@ -396,7 +437,9 @@ def profile_paths(bench: Bench, contenders: list[Contender]) -> dict[str, Any]:
     return out
 
 
-_IDLE = ("poll", "select", "epoll", "_wait_for_tstate_lock", "acquire", "sleep")
+# Blocking waits: a pool child waits for work in os.read on its pipe.
+_IDLE = ("poll", "select", "epoll", "_wait_for_tstate_lock", "acquire", "sleep", "posix.read",
+         "waitpid")  # fmt: skip
 _MARKS = {
     "IngestService.messages": ("services/ingest.py", "messages"),
     "scripts.run_many (Redis round trips)": ("services/scripts.py", "run_many"),
@@ -464,12 +507,23 @@ def ratios_and_targets(by: dict[str, Contender], correlator: dict[str, Any] | No
             return round(by[a].msgs_per_s / by[b].msgs_per_s, 2)
         return None
 
+    def cpu_ratio(a: str, b: str) -> float | None:
+        """Inverse ratio of total CPU per message: what the rates would be on a
+        machine that nothing else loads, when CPU is the limit."""
+        if a in by and b in by and by[a].cpu_us_per_msg.get("total"):
+            return round(by[b].cpu_us_per_msg["total"] / by[a].cpu_us_per_msg["total"], 2)
+        return None
+
     ratios = {
         "vigil_single_to_ceiling": ratio("vigil_single", "ceiling"),
         "vigil_batch_to_ceiling": ratio("vigil_batch", "ceiling"),
         "vigil_single_to_seed_single": ratio("vigil_single", "seed_single"),
         "vigil_batch_to_seed_batch": ratio("vigil_batch", "seed_batch"),
         "vigil_batch_to_seed_single": ratio("vigil_batch", "seed_single"),
+        "by_cpu_vigil_single_to_ceiling": cpu_ratio("vigil_single", "ceiling"),
+        "by_cpu_vigil_batch_to_ceiling": cpu_ratio("vigil_batch", "ceiling"),
+        "by_cpu_vigil_single_to_seed_single": cpu_ratio("vigil_single", "seed_single"),
+        "by_cpu_vigil_batch_to_seed_batch": cpu_ratio("vigil_batch", "seed_batch"),
     }
 
     def target(name: str, value: Any, ok: bool | None, goal: str) -> dict[str, Any]:
@@ -548,8 +602,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Worker: {result['worker']}.",
         "",
         "| contender | task | msgs/task | msgs/s (median) | runs | p50 ms | p99 ms "
-        "| round trips/msg | server cmds/msg | bytes/user | verified |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| round trips/msg | server cmds/msg | bytes/user "
+        "| CPU us/msg worker + broker + state = total | verified |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["contenders"].values():
         lat = c["latency"]
@@ -558,7 +613,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {', '.join(f'{x:.0f}' for x in c['runs_msgs_per_s'])} "
             f"| {_fmt(lat.get('p50_ms'))} | {_fmt(lat.get('p99_ms'))} "
             f"| {_fmt(c['round_trips_per_msg'])} | {_fmt(c['server_commands_per_msg'])} "
-            f"| {_fmt(c['memory_bytes_per_user'])} | {c['verified']} |"
+            f"| {_fmt(c['memory_bytes_per_user'])} | {_cpu_cell(c['cpu_us_per_msg'])} "
+            f"| {c['verified']} |"
         )
     lines += ["", "## Ratios", ""]
     for k, v in result["ratios"].items():
@@ -620,6 +676,15 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 _RULE4 = "|---|---|---|---|"
+
+
+def _cpu_cell(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return "-"
+    return (
+        f"{cpu['worker']:.0f} + {cpu['broker_redis']:.0f} + {cpu['state_redis']:.0f}"
+        f" = {cpu['total']:.0f}"
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -702,6 +767,9 @@ def run(
                     "(one per command, one per pipeline), counted client-side",
                     "server_commands": "INFO commandstats delta on the state Redis, commands "
                     "inside Lua scripts included",
+                    "cpu": "user+system CPU from /proc of the worker (parent and pool "
+                    "children), the broker and the state redis-server, per message, median of "
+                    "runs; far less sensitive than rates to other load on the machine",
                     "memory": f"used_memory delta on the first run / users "
                     f"({MESSAGES_PER_USER} messages per user, markers and stream entries "
                     "included)",
