@@ -30,21 +30,21 @@ STATE_DB = int(os.environ.get("VIGIL_TEST_STATE_DB", "15"))
 BROKER_DB = int(os.environ.get("VIGIL_TEST_BROKER_DB", "14"))
 
 
-def _resolve_services() -> tuple[str, str]:
-    """Base Redis URL (no db) and PostgreSQL server URL (no database)."""
+def _resolve_services():
+    """Redis and PostgreSQL for the run: configured, the defaults, or embedded."""
     from services.discovery import ensure_services
 
-    found = ensure_services(
+    return ensure_services(
         redis_url=os.environ.get("VIGIL_TEST_REDIS_URL"),
         database_url=os.environ.get("VIGIL_TEST_DATABASE_URL"),
         data_dir=ROOT / ".vigil" / "test-services",
     )
-    return found.redis_url, found.database_url
 
 
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[dict[str, str]]:
-    redis_base, pg_url = _resolve_services()
+    found = _resolve_services()
+    redis_base, pg_url = found.redis_url, found.database_url
     redis_base = redis_base.rsplit("/", 1)[0] if redis_base.count("/") > 2 else redis_base
     pg = make_url(pg_url).set(drivername="postgresql+psycopg")
     admin = create_engine(pg.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -63,6 +63,10 @@ def service_urls() -> Iterator[dict[str, str]]:
         "database_admin": pg.set(database="postgres").render_as_string(hide_password=False),
     }
     yield urls
+    from services.runtime import close_all
+
+    close_all()
+    found.stop_started()  # embedded servers this run started, if any
 
 
 @pytest.fixture(scope="session")
