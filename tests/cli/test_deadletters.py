@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import timedelta
 
 from sqlalchemy import select, update
 
 from models.tables import DeadLetter
+from services import bonds, deadletters
 from tests.cli.conftest import msg
 
 SECRET = "the secret words of a user"
@@ -28,16 +31,34 @@ def test_list_shows_reasons_not_payloads(vigil, r, db, ingest):
         assert SECRET not in out
 
 
-def test_replay_by_id_and_all(vigil, r, db, ingest, worker):
-    ingest.messages([_bad(0)])
-    ingest.messages([_bad(1)])
-    first, second = sorted(row["id"] for row in vigil.json("deadletters", "list"))
-    vigil("deadletters", "replay", str(first))
-    assert vigil.json("deadletters", "list", "--pending")[0]["id"] == second
-    out = vigil("deadletters", "replay", "--all").stdout
-    assert str(second) in out
-    assert vigil.json("deadletters", "list", "--pending") == []  # every one replayed once
+def _wait_for_bond(r, settings, user_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while bonds.load(r, settings, user_id) is None:
+        assert time.monotonic() < deadline, f"replayed message of {user_id} never applied"
+        time.sleep(0.1)
+
+
+def test_replay_by_id_and_all(vigil, r, db, settings, worker):
+    # Payloads that failed for a passing reason: a replay now succeeds.
+    with db() as session, session.begin():
+        ids = [
+            deadletters.store(
+                session,
+                task_name="vigil.ingest.message",
+                reason="retries_exhausted",
+                details=["OperationalError: server closed the connection"],
+                payload=msg(i, user=f"r{i}", message_id=f"replay{i}"),
+            )
+            for i in range(2)
+        ]
+    replayed = json.loads(vigil("deadletters", "replay", str(ids[0])).stdout)
+    assert replayed == {"status": "ok", "replayed": [ids[0]]}
+    assert [row["id"] for row in vigil.json("deadletters", "list", "--pending")] == [ids[1]]
+    assert str(ids[1]) in vigil("deadletters", "replay", "--all").stdout
+    assert vigil.json("deadletters", "list", "--pending") == []
     assert '"replayed": []' in vigil("deadletters", "replay", "--all").stdout
+    _wait_for_bond(r, settings, "r0")
+    _wait_for_bond(r, settings, "r1")
     vigil("deadletters", "replay", code=2)
     vigil("deadletters", "replay", "1", "--all", code=2)
 

@@ -37,7 +37,8 @@ def test_demo_summary_matches_the_stores(vigil, r, db, settings, worker):
 
     # Stores agree with the outcomes.
     with db() as session:
-        assert len(session.scalars(select(DeadLetter)).all()) == out["rejected"]
+        rows = session.scalars(select(DeadLetter)).all()
+        assert len(rows) == out["rejected"], [(d.task_name, d.details, d.user_id) for d in rows]
         flagged = attribution.flagged_identities(session)
     env = report["envelopes"]
     assert env.get("message.rate_limited", 0) == out["rate_limited"]
