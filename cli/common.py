@@ -80,7 +80,35 @@ def _describe(exc: BaseException) -> str:
 
 
 def settings() -> Settings:
-    return get_settings()
+    """This process's settings; with nothing configured and nothing on the default
+    ports, the embedded servers a running ``vigil up`` started, if they answer."""
+    return find_running(get_settings())
+
+
+def find_running(s: Settings) -> Settings:
+    from services.discovery import answers, app_database_url
+    from services.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+
+    update: dict[str, str] = {}
+    embedded_redis = f"redis://127.0.0.1:{s.embedded_redis_port}"
+    if s.redis_url is None and not answers(DEFAULT_REDIS_URL) and answers(embedded_redis):
+        # The same databases services.stack.resolve gives an embedded Redis.
+        update["redis_url"] = f"{embedded_redis}/0"
+        update["broker_url"] = s.broker_url or f"{embedded_redis}/1"
+    embedded_pg = f"postgresql+psycopg://postgres@127.0.0.1:{s.embedded_postgres_port}/postgres"
+    if s.database_url is None and not answers(DEFAULT_DATABASE_URL) and answers(embedded_pg):
+        update["database_url"] = app_database_url(embedded_pg, "vigil")
+    if not update:
+        return s
+    found = s.model_copy(update=update)
+    if "broker_url" in update:
+        # Admin tasks and pings go out through the Celery app; point it there too.
+        from services import runtime
+        from tasks.app import app
+
+        app.conf.broker_url = runtime.broker_url(found)
+        app.conf.result_backend = runtime.redis_url(found)
+    return found
 
 
 def redis_client(s: Settings | None = None) -> redis.Redis:
@@ -127,6 +155,7 @@ def send_admin(name: str, kwargs: dict[str, Any], timeout: float = ADMIN_TIMEOUT
     from tasks.app import app
     from tasks.base import redact_kwargs
 
+    settings()  # points the app at a running stack's broker when that is where it is
     result = app.send_task(
         name,
         kwargs=kwargs,

@@ -18,7 +18,14 @@ from services.settings import Settings
 
 
 def run_and_report(
-    s: Settings, *, users: int, messages: int, seed: int | None = None, as_json: bool = False
+    s: Settings,
+    *,
+    users: int,
+    messages: int,
+    seed: int | None = None,
+    as_json: bool = False,
+    flower_url: str | None = None,
+    flower_open: bool = False,
 ) -> feed.DemoReport:
     columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=err_console if as_json else console) as bar:
@@ -33,11 +40,17 @@ def run_and_report(
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
-        render(report, s)
+        render(report, s, flower_url=flower_url, flower_open=flower_open)
     return report
 
 
-def render(report: feed.DemoReport, s: Settings) -> None:
+def render(
+    report: feed.DemoReport,
+    s: Settings,
+    *,
+    flower_url: str | None = None,
+    flower_open: bool = False,
+) -> None:
     table = Table(title=f"demo run {report.run_id}: {report.users} users, 4 communities")
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -59,21 +72,25 @@ def render(report: feed.DemoReport, s: Settings) -> None:
     console.print(table)
     for f in report.flagged_identities:
         console.print(f"  multi-actor suspect {f['identity_id']} ({', '.join(f['user_ids'])})")
-    _where_next(report, s)
+    _where_next(report, s, flower_url, flower_open)
 
 
-def _where_next(report: feed.DemoReport, s: Settings) -> None:
+def _where_next(
+    report: feed.DemoReport, s: Settings, flower_url: str | None, flower_open: bool
+) -> None:
     from services import stack
 
     password_file = Path(s.data_dir).resolve() / stack.FLOWER_SECRET_FILE
-    login = (
-        "user and password from VIGIL_FLOWER_BASIC_AUTH"
-        if s.flower_basic_auth
-        else f"user {stack.FLOWER_USER}, password in {password_file}"
-    )
+    if flower_open:
+        login = "no login: local-only"
+    elif s.flower_basic_auth:
+        login = "user and password from VIGIL_FLOWER_BASIC_AUTH"
+    else:
+        login = f"user {stack.FLOWER_USER}, password in {password_file}"
+    flower_url = flower_url or f"http://{s.flower_address}:{s.flower_port}"
     escalating = report.escalating_users[0] if report.escalating_users else "USER_ID"
     console.print("\nwhere to look next:")
-    console.print(f"  Flower      http://{s.flower_address}:{s.flower_port} ({login})")
+    console.print(f"  Flower      {flower_url} ({login})")
     console.print("  envelopes   vigil tail bond --from-start --count 20")
     console.print("  bonds       vigil bond list")
     console.print(f"  one user    vigil bond show {escalating}; vigil events {escalating}")

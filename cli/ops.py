@@ -25,7 +25,7 @@ from cli.common import (
     redis_client,
     settings,
 )
-from services.settings import Settings
+from services.settings import Settings, get_settings
 
 schema_app = typer.Typer(help="JSON Schemas of the envelope streams.", no_args_is_help=True)
 
@@ -149,7 +149,13 @@ def up(
         if demo:
             from cli.demo import run_and_report
 
-            run_and_report(running.settings, users=users, messages=messages)
+            run_and_report(
+                running.settings,
+                users=users,
+                messages=messages,
+                flower_url=running.flower_url,
+                flower_open=flower_local_only,
+            )
         if exit_after_demo:
             return
         console.print("vigil keeps running; Ctrl-C to stop")
@@ -159,7 +165,7 @@ def up(
 
     try:
         stack.run_stack(
-            settings(),
+            get_settings(),  # run_stack resolves (and may start) the services itself
             then=then,
             flower=flower,
             flower_local_only=flower_local_only,
