@@ -8,12 +8,14 @@ older than the retention period are purged.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from models.payloads import ID_PATTERN
 from models.tables import DeadLetter
 
 MAX_PAYLOAD_CHARS = 256 * 1024
@@ -31,10 +33,15 @@ def _encode(payload: Any) -> tuple[str, bool]:
 
 
 def _user_of(payload: Any) -> str | None:
+    # Only a valid id can name a user to erase; anything else (lone surrogates,
+    # NUL, injection-shaped strings) stays inside the escaped payload, where
+    # PostgreSQL can store it.
     if isinstance(payload, dict):
         uid = payload.get("user_id")
-        if isinstance(uid, (str, int)) and not isinstance(uid, bool):
-            return str(uid)[:128]
+        if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0:
+            uid = str(uid)
+        if isinstance(uid, str) and re.fullmatch(ID_PATTERN, uid):
+            return uid
     return None
 
 
