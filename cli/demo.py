@@ -105,6 +105,12 @@ def demo(
     as_json: AsJson = False,
 ) -> None:
     """Feed demo communities through running workers and summarise what happened."""
-    report = run_and_report(settings(), users=users, messages=messages, seed=seed, as_json=as_json)
+    try:
+        report = run_and_report(
+            settings(), users=users, messages=messages, seed=seed, as_json=as_json
+        )
+    except feed.NoWorker as exc:
+        err_console.print(str(exc))
+        raise typer.Exit(EXIT_NOT_FOUND) from None
     if report.unfinished_tasks:
         raise typer.Exit(EXIT_NOT_FOUND)

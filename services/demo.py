@@ -87,6 +87,10 @@ ESCALATION = (
 )
 
 
+class NoWorker(RuntimeError):
+    """Nothing would process the feed: no worker answers a ping."""
+
+
 class DemoReport(BaseModel):
     """What a demo run did: counts and ids only."""
 
@@ -327,6 +331,8 @@ def run(
 
     p = plan(users, messages, seed=seed)
     app = app or make_app(settings)
+    if not app.control.ping(timeout=2.0):
+        raise NoWorker("no vigil worker answers on this broker; start one with `vigil up`")
     client = VigilClient(app=app)
     r = runtime.get_redis(settings)
     deadline = time.monotonic() + timeout_s
