@@ -106,7 +106,10 @@ class DetectionIn(_Strict):
     childhood_archetype: Label = "unknown"
     egg_status: Label | EggStatus = "none"
     confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    signals: Annotated[dict[Label, ShortText | float], Field(max_length=MAX_SIGNALS)] = {}
+    signals: Annotated[
+        dict[Label, ShortText | Annotated[float, Field(allow_inf_nan=False)]],
+        Field(max_length=MAX_SIGNALS),
+    ] = {}
     turn_count: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     ulm_vector: Annotated[
         dict[Label, Annotated[float, Field(ge=-1e6, le=1e6)]], Field(max_length=MAX_ULM_NODES)
