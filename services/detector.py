@@ -17,7 +17,7 @@ import httpx
 from pydantic import ValidationError
 
 from models.history import StoredMessage
-from models.payloads import DetectionIn, MessageIn
+from models.payloads import SEVERITY_ORDER, DetectionIn, MessageIn
 from services.errors import TransientError
 from services.settings import Settings
 
@@ -100,7 +100,13 @@ def severity_of(score: float) -> str:
 
 
 def build_detection(
-    msg: MessageIn, *, severity: str, score: float, signals: dict[str, Any], turn_count: int
+    msg: MessageIn,
+    *,
+    severity: str,
+    score: float,
+    signals: dict[str, Any],
+    turn_count: int,
+    phase_severity: str | None = None,
 ) -> DetectionIn:
     return DetectionIn(
         detection_id=msg.message_id,
@@ -111,8 +117,8 @@ def build_detection(
         observed_at=msg.sent_at,
         severity=severity,
         crisis_score=round(score, 4),
-        phase=_PHASE[severity],
-        risk_level=_RISK[severity],
+        phase=_PHASE[phase_severity or severity],
+        risk_level=_RISK[phase_severity or severity],
         confidence=round(min(1.0, 0.5 + score / 2), 4),
         signals=signals,
         turn_count=turn_count,
@@ -145,12 +151,25 @@ class LexiconDetector:
             "escalation": round(escalation, 4),
             "context_messages": len(context),
         }
+        severity = severity_of(score)
+        # Phase and risk step down one level at a time from the recent peak, so
+        # one quiet message after a bad run does not read as a recovery.
+        peak = max(
+            (
+                SEVERITY_ORDER.index(m.severity)
+                for m in context[-3:]
+                if m.severity in SEVERITY_ORDER
+            ),
+            default=0,
+        )
+        held = SEVERITY_ORDER[max(SEVERITY_ORDER.index(severity), peak - 1)]
         return build_detection(
             msg,
-            severity=severity_of(score),
+            severity=severity,
             score=score,
             signals=signals,
             turn_count=len(context) + 1,
+            phase_severity=held,
         )
 
 
