@@ -12,13 +12,37 @@ from sqlalchemy import text
 from services.runtime import broker_url, get_engine, get_redis
 from services.settings import Settings
 
+REDIS_AUTH_HINT = (
+    "authentication failed: check VIGIL_REDIS_PASSWORD (or VIGIL_REDIS_PASSWORD_FILE) "
+    "and any password in VIGIL_REDIS_URL / VIGIL_BROKER_URL"
+)
+DATABASE_AUTH_HINT = (
+    "authentication failed: check VIGIL_DATABASE_PASSWORD (or VIGIL_DATABASE_PASSWORD_FILE) "
+    "and any password in VIGIL_DATABASE_URL"
+)
+_AUTH_WORDS = ("authentication", "invalid username-password", "noauth", "wrongpass")
 
-def _timed(check) -> dict[str, Any]:
+
+def _is_auth_error(exc: BaseException) -> bool:
+    # kombu wraps redis-py's AuthenticationError in its own OperationalError.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, redis.AuthenticationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return any(word in str(exc).lower() for word in _AUTH_WORDS)
+
+
+def _timed(check, auth_hint: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         detail = check()
     except Exception as exc:  # a health check reports failures, it does not raise
-        return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if auth_hint and _is_auth_error(exc):
+            # Name the setting to fix, not just the server's complaint.
+            error = f"{auth_hint} ({error})"
+        return {"ok": False, "error": error}
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1), **(detail or {})}
 
 
@@ -28,7 +52,7 @@ def check_redis(settings: Settings) -> dict[str, Any]:
         client.ping()
         return {"version": client.info("server").get("redis_version")}
 
-    return _timed(run)
+    return _timed(run, REDIS_AUTH_HINT)
 
 
 def check_postgres(settings: Settings) -> dict[str, Any]:
@@ -38,7 +62,7 @@ def check_postgres(settings: Settings) -> dict[str, Any]:
             head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         return {"version": version, "migration": head}
 
-    return _timed(run)
+    return _timed(run, DATABASE_AUTH_HINT)
 
 
 def check_broker(settings: Settings) -> dict[str, Any]:
@@ -46,7 +70,7 @@ def check_broker(settings: Settings) -> dict[str, Any]:
         with Connection(broker_url(settings), connect_timeout=5) as conn:
             conn.ensure_connection(max_retries=1)
 
-    return _timed(run)
+    return _timed(run, REDIS_AUTH_HINT)
 
 
 def store_checks(settings: Settings) -> dict[str, Any]:
