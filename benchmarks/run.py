@@ -41,8 +41,10 @@ QUEUE = "ingest"
 MESSAGES_PER_USER = 10
 POLL_S = 0.01
 
-# Odd messages of a user read as distress, even ones as small talk, so every
-# message moves the user's phase and publishes an envelope the latency reader sees.
+# A user's messages alternate distress and small talk, so most of them move the
+# user's phase or risk (the detector steps down one level at a time, so not all).
+# The latency run gives every message a user of its own: a first distress
+# message always moves the phase, so each one publishes an envelope.
 DISTRESS = (
     "honestly I feel so alone tonight and I can't sleep again",
     "everything is overwhelming and I keep crying, I'm exhausted",
@@ -96,8 +98,8 @@ class Contender:
 # -- workload -------------------------------------------------------------------------
 
 
-def make_messages(tag: str, n: int) -> list[dict[str, Any]]:
-    users = max(1, n // MESSAGES_PER_USER)
+def make_messages(tag: str, n: int, per_user: int = MESSAGES_PER_USER) -> list[dict[str, Any]]:
+    users = max(1, n // per_user)
     base = datetime.now(UTC)
     out = []
     for i in range(n):
@@ -334,7 +336,7 @@ class Bench:
         n = max(c.batch or 1, int(rate * self.sizes.latency_s))
         if c.batch:
             n -= n % c.batch
-        msgs = make_messages(f"lat{c.key}-x", n)
+        msgs = make_messages(f"lat{c.key}-x", n, per_user=1)
         if c.key == "ceiling":
             chunks = [{**m, "publish": m["message_id"]} for m in msgs]
         else:
