@@ -105,8 +105,8 @@ def detection_args(
     marker: str,
     history: dict[str, Any] | None,
     now: float,
-) -> tuple[list[str], list[str]]:
-    """Keys and argument for ``apply_detection.lua``."""
+) -> scripts.Item:
+    """Keys and arguments of one detection for ``apply_detection.lua``."""
     doc = {
         "user_id": det.user_id,
         "guild_id": det.guild_id,
@@ -141,7 +141,7 @@ def detection_args(
         keys.history(s, det.guild_id, det.user_id),
         s.stream_bond,
     ]
-    return bond_keys, [json.dumps(doc)]
+    return bond_keys, doc
 
 
 def _admin(r: redis.Redis, s: Settings, user_id: str, doc: dict[str, Any]) -> Bond:

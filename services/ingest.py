@@ -86,8 +86,8 @@ class IngestService:
             else:
                 valid.append((i, msg))
 
-        gates = scripts.run_many(
-            self.r, "ingest_gate", [self._gate_call(m, now) for _, m in valid], raise_errors=False
+        gates = scripts.run_batch(
+            self.r, "ingest_gate", [self._gate_item(m, now) for _, m in valid]
         )
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None]] = []
         # Messages earlier in this batch are context for later ones of the same user.
@@ -142,7 +142,7 @@ class IngestService:
             )
             for _, msg, det, entry in to_apply
         ]
-        applied = scripts.run_many(self.r, "apply_detection", calls, raise_errors=False)
+        applied = scripts.run_batch(self.r, "apply_detection", calls)
         for (i, msg, det, _), reply in zip(to_apply, applied, strict=True):
             outcomes[i] = self._applied(reply, msg.message_id, det)
             if outcomes[i]["status"] == "rejected":
@@ -152,30 +152,29 @@ class IngestService:
         )
         return batch
 
-    def _gate_call(self, msg: MessageIn, now: float) -> scripts.Call:
+    def _gate_item(self, msg: MessageIn, now: float) -> scripts.Item:
         marker = keys.message_marker(self.s, msg.platform, msg.message_id)
-        return (
-            [
-                keys.bond(self.s, msg.user_id),
-                marker,
-                keys.history(self.s, msg.guild_id, msg.user_id),
-                self.s.stream_bond,
-            ],
-            [
-                msg.user_id,
-                keys.day_start(now),
-                self.s.default_daily_cap,
-                self.s.history_context_limit,
-                self.s.dedupe_ttl_days * 86_400,
-                self.s.stream_maxlen,
-                now,
-                bonds.envelope_id(marker, "message.rate_limited"),
-                bonds.iso(now),
-                msg.guild_id or "",
-                msg.platform,
-                msg.message_id,
-            ],
-        )
+        item_keys = [
+            keys.bond(self.s, msg.user_id),
+            marker,
+            keys.history(self.s, msg.guild_id, msg.user_id),
+            self.s.stream_bond,
+        ]
+        doc = {
+            "user_id": msg.user_id,
+            "guild_id": msg.guild_id,
+            "platform": msg.platform,
+            "message_id": msg.message_id,
+            "day_start": keys.day_start(now),
+            "default_cap": self.s.default_daily_cap,
+            "context_limit": self.s.history_context_limit,
+            "marker_ttl": self.s.dedupe_ttl_days * 86_400,
+            "maxlen": self.s.stream_maxlen,
+            "now": now,
+            "envelope_id": bonds.envelope_id(marker, "message.rate_limited"),
+            "published_at": bonds.iso(now),
+        }
+        return item_keys, doc
 
     # -- detections -------------------------------------------------------------
 
@@ -202,7 +201,7 @@ class IngestService:
             )
             for _, det in valid
         ]
-        applied = scripts.run_many(self.r, "apply_detection", calls, raise_errors=False)
+        applied = scripts.run_batch(self.r, "apply_detection", calls)
         for (i, det), reply in zip(valid, applied, strict=True):
             outcomes[i] = self._applied(reply, det.detection_id, det, key="detection_id")
             changes = attribution.get(det.detection_id)

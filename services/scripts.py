@@ -9,6 +9,7 @@ and re-runs only the calls that did not run.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -35,6 +36,11 @@ def sha(name: str) -> str:
 
 
 Call = tuple[Sequence[str], Sequence[Any]]
+Item = tuple[Sequence[str], dict[str, Any]]
+
+# Items per script call: one call blocks Redis while it runs, so a batch is
+# split into calls of this size, all still sent in one round trip.
+BATCH_CHUNK = 100
 
 
 def run(r: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -76,3 +82,24 @@ def run_many(
             if isinstance(reply, ResponseError):
                 raise reply
     return results
+
+
+def run_batch(r: redis.Redis, name: str, items: Sequence[Item]) -> list[Any]:
+    """Run a batch script (``ingest_gate``, ``apply_detection``) over many items.
+
+    The script takes every item's keys in order and one JSON array of the items'
+    arguments, so packing and dispatch are paid per call, not per item. A reply
+    ``['error', reason]`` comes back as a ``ResponseError`` in that item's slot."""
+    calls: list[Call] = []
+    for start in range(0, len(items), BATCH_CHUNK):
+        chunk = items[start : start + BATCH_CHUNK]
+        keys = [k for item_keys, _ in chunk for k in item_keys]
+        calls.append((keys, [json.dumps([doc for _, doc in chunk])]))
+    out: list[Any] = []
+    for reply in run_many(r, name, calls):
+        for item in reply:
+            if isinstance(item, list) and item and item[0] == "error":
+                out.append(ResponseError(str(item[1])[:200]))
+            else:
+                out.append(item)
+    return out

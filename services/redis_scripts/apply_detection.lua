@@ -1,79 +1,88 @@
--- Round trip 2: apply one detection to the bond, its events, history and stream,
--- all or nothing, exactly once per marker.
--- KEYS: bond, events, marker, history, bond_stream
--- ARGV: one JSON document (see services/bonds.py: apply_args)
-local bond_key, events_key, marker_key, history_key, stream =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local a = cjson.decode(ARGV[1])
+-- Round trip 2 of a batch: apply each detection to the bond, its events,
+-- history and stream, all or nothing per detection, exactly once per marker.
+-- KEYS: 5 per detection: bond, events, marker, history, bond_stream
+-- ARGV[1]: JSON array, one object per detection (see services/bonds.py: detection_args)
+-- Returns one reply per detection: {'duplicate'} | {'applied', changed, stored} | {'error', reason}
 
-if redis.call('GET', marker_key) == 'done' then
-  return {'duplicate'}
-end
-
-local bond = load_bond(bond_key, a.user_id, a.default_cap)
-if bond.err then return bond end
-roll_day(bond, a.day_start)
-local d = a.detection
-local now = a.now
-local guild = a.guild_id
-if guild == cjson.null then guild = nil end
-local changed = {}
-
-if d.phase ~= bond.phase then
-  local old = bond.phase
-  log_event(events_key, a.events_max, {
-    timestamp = now, event_type = 'phase_transition', detail = old .. ' -> ' .. d.phase,
-    data = {from = old, to = d.phase, confidence = d.confidence,
-            primary_signal = d.primary_signal},
-  })
-  publish(stream, a.maxlen, {
-    schema_version = '1', envelope_id = a.envelope_ids.phase, topic = 'bond.phase_transition',
-    published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
-    payload = {user_id = a.user_id, guild_id = guild, from_phase = old, to_phase = d.phase,
-               confidence = d.confidence, primary_signal = d.primary_signal},
-  })
-  bond.prev_phase = old
-  bond.phase = d.phase
-  bond.phase_entered_at = now
-  changed[#changed + 1] = 'phase'
-end
-
-if d.risk_level ~= bond.risk_level then
-  local old = bond.risk_level
-  log_event(events_key, a.events_max, {
-    timestamp = now, event_type = 'risk_change', detail = 'risk: ' .. old .. ' -> ' .. d.risk_level,
-    data = {from = old, to = d.risk_level},
-  })
-  publish(stream, a.maxlen, {
-    schema_version = '1', envelope_id = a.envelope_ids.risk, topic = 'bond.risk_change',
-    published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
-    payload = {user_id = a.user_id, guild_id = guild, from_risk = old, to_risk = d.risk_level},
-  })
-  bond.risk_level = d.risk_level
-  changed[#changed + 1] = 'risk'
-end
-
-bond.archetype = d.archetype
-bond.egg_status = d.egg_status
-if d.turn_count ~= nil and d.turn_count ~= cjson.null then bond.turn_count = d.turn_count end
-for node, val in pairs(d.ulm_vector) do
-  local peak = bond.peak_nodes[node]
-  if peak == nil or peak == cjson.null then peak = 0 end
-  if val > peak then
-    bond.peak_nodes[node] = math.floor(val * 10000 + 0.5) / 10000
+local function apply(bond_key, events_key, marker_key, history_key, stream, a)
+  if redis.call('GET', marker_key) == 'done' then
+    return {'duplicate'}
   end
-end
-bond.last_updated = now
-redis.call('SET', bond_key, encode_bond(bond))
 
-local stored = 0
-if a.history ~= nil and a.history ~= cjson.null then
-  local h = a.history
-  redis.call('ZADD', history_key, h.score, h.member)
-  redis.call('ZREMRANGEBYRANK', history_key, 0, -(h.max + 1))
-  redis.call('EXPIRE', history_key, h.ttl)
-  stored = 1
+  local bond = load_bond(bond_key, a.user_id, a.default_cap)
+  if bond.err then return {'error', bond.err} end
+  roll_day(bond, a.day_start)
+  local d = a.detection
+  local now = a.now
+  local guild = a.guild_id
+  if guild == cjson.null then guild = nil end
+  local changed = {}
+
+  if d.phase ~= bond.phase then
+    local old = bond.phase
+    log_event(events_key, a.events_max, {
+      timestamp = now, event_type = 'phase_transition', detail = old .. ' -> ' .. d.phase,
+      data = {from = old, to = d.phase, confidence = d.confidence,
+              primary_signal = d.primary_signal},
+    })
+    publish(stream, a.maxlen, {
+      schema_version = '1', envelope_id = a.envelope_ids.phase, topic = 'bond.phase_transition',
+      published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
+      payload = {user_id = a.user_id, guild_id = guild, from_phase = old, to_phase = d.phase,
+                 confidence = d.confidence, primary_signal = d.primary_signal},
+    })
+    bond.prev_phase = old
+    bond.phase = d.phase
+    bond.phase_entered_at = now
+    changed[#changed + 1] = 'phase'
+  end
+
+  if d.risk_level ~= bond.risk_level then
+    local old = bond.risk_level
+    log_event(events_key, a.events_max, {
+      timestamp = now, event_type = 'risk_change', detail = 'risk: ' .. old .. ' -> ' .. d.risk_level,
+      data = {from = old, to = d.risk_level},
+    })
+    publish(stream, a.maxlen, {
+      schema_version = '1', envelope_id = a.envelope_ids.risk, topic = 'bond.risk_change',
+      published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
+      payload = {user_id = a.user_id, guild_id = guild, from_risk = old, to_risk = d.risk_level},
+    })
+    bond.risk_level = d.risk_level
+    changed[#changed + 1] = 'risk'
+  end
+
+  bond.archetype = d.archetype
+  bond.egg_status = d.egg_status
+  if d.turn_count ~= nil and d.turn_count ~= cjson.null then bond.turn_count = d.turn_count end
+  for node, val in pairs(d.ulm_vector) do
+    local peak = bond.peak_nodes[node]
+    if peak == nil or peak == cjson.null then peak = 0 end
+    if val > peak then
+      bond.peak_nodes[node] = math.floor(val * 10000 + 0.5) / 10000
+    end
+  end
+  bond.last_updated = now
+  redis.call('SET', bond_key, encode_bond(bond))
+
+  local stored = 0
+  if a.history ~= nil and a.history ~= cjson.null then
+    local h = a.history
+    redis.call('ZADD', history_key, h.score, h.member)
+    redis.call('ZREMRANGEBYRANK', history_key, 0, -(h.max + 1))
+    redis.call('EXPIRE', history_key, h.ttl)
+    stored = 1
+  end
+
+  redis.call('SET', marker_key, 'done', 'EX', a.marker_ttl)
+  return {'applied', table.concat(changed, ','), tostring(stored)}
 end
 
-redis.call('SET', marker_key, 'done', 'EX', a.marker_ttl)
-return {'applied', table.concat(changed, ','), tostring(stored)}
+local docs = cjson.decode(ARGV[1])
+local out = {}
+for i, a in ipairs(docs) do
+  local k = (i - 1) * 5
+  local ok, res = pcall(apply, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a)
+  if ok then out[i] = res else out[i] = {'error', tostring(res)} end
+end
+return out

@@ -41,7 +41,8 @@ def _apply(r, settings, det: DetectionIn, now: float | None = None):
         history=None,
         now=now or time.time(),
     )
-    return scripts.run(r, "apply_detection", *call)
+    (reply,) = scripts.run_batch(r, "apply_detection", [call])
+    return reply
 
 
 def test_reads_and_extends_seed_written_bond(r, settings):

@@ -226,3 +226,13 @@ def test_every_envelope_written_by_the_scripts_matches_the_contract(r, db, setti
         env = parse_envelope("bond", raw)
         assert env.published_at.utcoffset().total_seconds() == 0
         jsonschema.validate(json.loads(raw), schema)
+
+
+def test_corrupt_bond_rejects_only_its_message(r, svc, db):
+    r.set("abl:broken", "{not json")
+    out = svc.messages([msg(1, user="broken"), msg(2, user="fine")]).outcomes
+    assert out[0]["status"] == "rejected" and "CORRUPT_BOND" in out[0]["reasons"][0]
+    assert out[1]["status"] == "accepted"
+    assert r.get("abl:broken") == "{not json"  # left for an operator, not overwritten
+    with db() as session:
+        assert session.scalar(select(func.count()).select_from(DeadLetter)) == 1
