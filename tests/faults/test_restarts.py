@@ -1,0 +1,125 @@
+"""Redis restarted, then PostgreSQL stopped and started, under a running burst.
+
+The same worker process must ride through both (reconnect, retry transient
+errors with backoff) and end with exactly the state of a fault-free run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from models.tables import DeadLetter, Observation
+
+from .conftest import broker_drained, wait_for
+from .helpers import T0, burst, count_markers, diff, run_reference, send_burst, snapshot
+
+pytestmark = pytest.mark.faults
+
+BATCHES, PER_BATCH, SINGLES, DETECTIONS = 40, 100, 300, 300
+RECONNECT_S = 60
+
+
+def _detections(n: int) -> list[dict]:
+    return [
+        {
+            "detection_id": f"det{i}",
+            "user_id": f"du{i % 50}",
+            "guild_id": "g1",
+            "message_id": f"dm{i}",
+            "observed_at": (T0 + timedelta(seconds=i)).isoformat(),
+            "severity": "medium",
+            "crisis_score": 0.4,
+            "observations": [
+                {"primitive": "typing.cadence", "kind": "numeric", "value": 1.0 + i % 3},
+                {"primitive": "client.locale", "kind": "categorical", "value": "en"},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def _only(snap: dict, prefix: str) -> dict:
+    """The parts of a snapshot that belong to users whose ids start with ``prefix``."""
+    out = {}
+    for part, items in snap.items():
+        if part == "stream":
+            out[part] = {u: v for u, v in items.items() if u.startswith(prefix)}
+        elif part == "markers":
+            out[part] = {k: v for k, v in items.items() if ":msg:" in k}
+        else:
+            out[part] = {k: v for k, v in items.items() if k.rsplit(":", 1)[-1].startswith(prefix)}
+    return out
+
+
+def test_redis_restart_and_postgres_restart_mid_burst(fresh, app, procs):
+    batches, singles = burst(BATCHES, PER_BATCH, SINGLES, tag="m")
+    total = BATCHES * PER_BATCH + SINGLES
+    expected = run_reference(fresh, batches, singles)
+    dets = _detections(DETECTIONS)
+    settings = fresh.settings()
+    r = fresh.redis.client()
+    worker = procs.worker(app)
+    pid = worker.proc.pid
+
+    send_burst(app, batches, singles)
+    wait_for(
+        lambda: count_markers(r, settings).get("done", 0) >= total // 6,
+        what="a sixth of the burst applied",
+    )
+
+    # Redis: stop (the append-only file is flushed) and start on the same port.
+    fresh.redis.restart()
+    before = count_markers(r, settings).get("done", 0)
+    assert before < total, "the restart must land before the burst is over"
+    started = time.monotonic()
+    wait_for(
+        lambda: count_markers(r, settings).get("done", 0) > before,
+        timeout=RECONNECT_S,
+        what="progress after the Redis restart",
+    )
+    redis_reconnect_s = time.monotonic() - started
+
+    # PostgreSQL: fast shutdown, detections (which need it) arrive, start again.
+    fresh.pg.stop()
+    with app.producer_or_acquire() as producer:
+        for d in dets:
+            app.send_task("vigil.ingest.detection", kwargs=d, queue="ingest", producer=producer)
+    wait_for(
+        lambda: "Retry in" in worker.log(), timeout=60, what="a retry while PostgreSQL is down"
+    )
+    time.sleep(2)
+    fresh.pg.start()
+
+    wait_for(
+        lambda: count_markers(r, settings).get("done", 0) == total,
+        timeout=240,
+        what="every message applied",
+    )
+    det_markers = lambda: sum(  # noqa: E731
+        1 for k in r.scan_iter(match="vigil:seen:det:*", count=1000) if r.get(k) == "done"
+    )
+    wait_for(lambda: det_markers() == DETECTIONS, timeout=240, what="every detection applied")
+    wait_for(lambda: broker_drained(fresh), timeout=120, what="broker drained")
+
+    assert worker.alive and worker.proc.pid == pid, "the worker was not restarted"
+    got = snapshot(r, settings)
+    assert count_markers(r, settings) == {"done": total}
+    assert diff(_only(expected, "m"), _only(got, "m")) == []
+    assert _only(got, "m") == _only(expected, "m")
+    assert sum(b["daily_msg_count"] for k, b in got["bonds"].items() if ":m" in k) == total
+    # Each detection's two observations stored exactly once.
+    with fresh.sessions()() as session:
+        assert session.scalar(select(func.count()).select_from(Observation)) == 2 * DETECTIONS
+        dead = session.scalars(select(DeadLetter)).all()
+    # Nothing reported failed that in fact succeeded, nothing silently dropped.
+    assert [(d.task_name, d.reason, json.loads(d.details)) for d in dead] == []
+    log = worker.log()
+    retries = log.count("Retry in")
+    assert retries > 0 and "OperationalError" in log
+    assert "CANARY" not in log and "hopeless" not in log
+    print(f"redis reconnect {redis_reconnect_s:.1f} s, {retries} retries logged")
