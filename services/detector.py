@@ -88,6 +88,9 @@ _RISK = {"safe": "low", "low": "low", "medium": "medium", "high": "high", "criti
 
 class Detector(Protocol):
     name: str
+    # How many recent history messages the detector reads; None means the
+    # setting (history_context_limit). Fetching less keeps the gate cheap.
+    context_limit: int | None
 
     def detect(self, msg: MessageIn, context: list[StoredMessage]) -> DetectionIn: ...
 
@@ -129,6 +132,7 @@ class LexiconDetector:
     """Score = sum of matched category weights, raised by escalation over history."""
 
     name = "builtin"
+    context_limit = 5  # escalation looks at the last five stored messages
 
     def detect(self, msg: MessageIn, context: list[StoredMessage]) -> DetectionIn:
         matched = [
@@ -182,6 +186,7 @@ class HttpDetector:
     """
 
     name = "http"
+    context_limit = None
 
     def __init__(self, url: str, timeout_s: float, client: httpx.Client | None = None) -> None:
         self.url = url

@@ -70,6 +70,9 @@ class IngestService:
         self.s = settings
         self.sessions = sessions
         self.detector = detector
+        wanted = getattr(detector, "context_limit", None)
+        limit = settings.history_context_limit
+        self.context_limit = limit if wanted is None else min(limit, wanted)
 
     # -- messages ---------------------------------------------------------------
 
@@ -110,9 +113,7 @@ class IngestService:
                 continue
             ctx_key = (msg.guild_id, msg.user_id)
             context = history.context_of(gate[2]) + local_context[ctx_key]
-            context = (
-                context[-self.s.history_context_limit :] if self.s.history_context_limit else []
-            )
+            context = context[-self.context_limit :] if self.context_limit else []
             try:
                 det = self.detector.detect(msg, context)
             except DetectorFailed as exc:
@@ -167,7 +168,7 @@ class IngestService:
             "message_id": msg.message_id,
             "day_start": keys.day_start(now),
             "default_cap": self.s.default_daily_cap,
-            "context_limit": self.s.history_context_limit,
+            "context_limit": self.context_limit,
             "marker_ttl": self.s.dedupe_ttl_days * 86_400,
             "maxlen": self.s.stream_maxlen,
             "now": now,
