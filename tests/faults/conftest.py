@@ -245,7 +245,8 @@ class Proc:
         return self.proc.poll() is None
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def kill9(self) -> None:
@@ -292,7 +293,10 @@ class Worker(Proc):
         )
 
     def ping(self, app: Celery) -> bool:
-        replies = app.control.ping(timeout=1.0)
+        try:
+            replies = app.control.ping(timeout=1.0)
+        except redis.ConnectionError:
+            return False  # a pooled connection from before a Redis restart; ask again
         return any(self.name.split("@")[0] in next(iter(r)) for r in replies)
 
     def wait_ready(self, app: Celery, timeout: float = 60) -> Worker:

@@ -50,3 +50,4 @@ def test_kill9_mid_burst_loses_nothing_and_counts_nothing_twice(fresh, app, proc
         from services import deadletters
 
         assert deadletters.count(session) == 0
+    print(f"killed with {done_at_kill} applied and {in_flight} unacked; all {total} after recovery")
