@@ -38,6 +38,20 @@ class Batch:
     outcomes: list[dict[str, Any]]
     rejected: list[tuple[Any, list[str]]] = field(default_factory=list)
 
+    @classmethod
+    def parse(cls, model: Any, raws: Sequence[Any]) -> tuple[Batch, list[tuple[int, Any]]]:
+        """Validate every item; invalid ones are answered and set aside here."""
+        batch = cls([{} for _ in raws])
+        valid = []
+        for i, raw in enumerate(raws):
+            item, reasons = _parse(model, raw)
+            if reasons:
+                batch.outcomes[i] = {"status": "rejected", "index": i, "reasons": reasons}
+                batch.rejected.append((raw, reasons))
+            else:
+                valid.append((i, item))
+        return batch, valid
+
     def summary(self) -> dict[str, Any]:
         counts: dict[str, int] = defaultdict(int)
         for o in self.outcomes:
@@ -78,16 +92,8 @@ class IngestService:
 
     def messages(self, raws: Sequence[Any], now: float | None = None) -> Batch:
         now = time.time() if now is None else now
-        outcomes: list[dict[str, Any]] = [{} for _ in raws]
-        batch = Batch(outcomes)
-        valid: list[tuple[int, MessageIn]] = []
-        for i, raw in enumerate(raws):
-            msg, reasons = _parse(MessageIn, raw)
-            if reasons:
-                outcomes[i] = {"status": "rejected", "index": i, "reasons": reasons}
-                batch.rejected.append((raw, reasons))
-            else:
-                valid.append((i, msg))
+        batch, valid = Batch.parse(MessageIn, raws)
+        outcomes = batch.outcomes
 
         gates = scripts.run_batch(
             self.r, "ingest_gate", [self._gate_item(m, now) for _, m in valid]
@@ -181,16 +187,8 @@ class IngestService:
 
     def detections(self, raws: Sequence[Any], now: float | None = None) -> Batch:
         now = time.time() if now is None else now
-        outcomes: list[dict[str, Any]] = [{} for _ in raws]
-        batch = Batch(outcomes)
-        valid: list[tuple[int, DetectionIn]] = []
-        for i, raw in enumerate(raws):
-            det, reasons = _parse(DetectionIn, raw)
-            if reasons:
-                outcomes[i] = {"status": "rejected", "index": i, "reasons": reasons}
-                batch.rejected.append((raw, reasons))
-            else:
-                valid.append((i, det))
+        batch, valid = Batch.parse(DetectionIn, raws)
+        outcomes = batch.outcomes
         attribution = self._attribution([d for _, d in valid])
         calls = [
             bonds.detection_args(
