@@ -1,12 +1,20 @@
-"""Admin tasks (queue ``admin``): what operators do through the CLI."""
+"""Admin tasks (queue ``admin``): what operators do through the CLI.
+
+Each takes JSON kwargs validated by its model in ``models.payloads``; an
+invalid request is answered ``rejected`` and kept in the dead-letter store.
+Admin tasks store their result, so the CLI can wait for the answer.
+"""
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_task
+from pydantic import BaseModel
 
 from models.payloads import (
     AddNoteIn,
@@ -18,22 +26,37 @@ from models.payloads import (
 )
 from services import bonds, deadletters, erasure, health, history
 from services.runtime import get_redis, session_factory
-from services.settings import get_settings
+from services.settings import Settings, get_settings
 from tasks.app import app
 from tasks.base import redact_kwargs
 
+Handler = Callable[[Any, Settings], dict[str, Any]]
 
-def _parse(task_name: str, model, payload: dict[str, Any]):
-    """Validate or dead-letter; returns (model, None) or (None, rejected outcome)."""
-    try:
-        return model.model_validate(payload), None
-    except ValueError as exc:
-        reasons = reasons_of(exc)
-        with session_factory(get_settings())() as session, session.begin():
-            deadletters.store(
-                session, task_name=task_name, reason="rejected", details=reasons, payload=payload
-            )
-        return None, {"status": "rejected", "reasons": reasons}
+
+def admin_task(name: str, model: type[BaseModel], **opts: Any) -> Callable[[Handler], Any]:
+    """Register ``fn(args, settings)`` as a task taking ``model``'s fields as kwargs."""
+
+    def register(fn: Handler):
+        @functools.wraps(fn)
+        def run(**payload: Any) -> dict[str, Any]:
+            try:
+                args = model.model_validate(payload)
+            except ValueError as exc:
+                reasons = reasons_of(exc)
+                with session_factory(get_settings())() as session, session.begin():
+                    deadletters.store(
+                        session,
+                        task_name=name,
+                        reason="rejected",
+                        details=reasons,
+                        payload=payload,
+                    )
+                return {"status": "rejected", "reasons": reasons}
+            return fn(args, get_settings())
+
+        return app.task(name=name, ignore_result=False, **opts)(run)
+
+    return register
 
 
 def _request_id() -> str:
@@ -49,42 +72,26 @@ def ping() -> dict[str, Any]:
     return {"status": "ok", "host": host, "checks": health.store_checks(settings)}
 
 
-@app.task(name="vigil.admin.set_cap", ignore_result=False, time_limit=30)
-def set_cap(**payload: Any) -> dict[str, Any]:
-    args, rejected = _parse("vigil.admin.set_cap", SetCapIn, payload)
-    if rejected:
-        return rejected
-    s = get_settings()
+@admin_task("vigil.admin.set_cap", SetCapIn, time_limit=30)
+def set_cap(args: SetCapIn, s: Settings) -> dict[str, Any]:
     bond = bonds.set_cap(get_redis(s), s, args.user_id, args.cap, request_id=_request_id())
     return {"status": "ok", "user_id": args.user_id, "cap": bond.daily_msg_cap}
 
 
-@app.task(name="vigil.admin.add_note", ignore_result=False, time_limit=30)
-def add_note(**payload: Any) -> dict[str, Any]:
-    args, rejected = _parse("vigil.admin.add_note", AddNoteIn, payload)
-    if rejected:
-        return rejected
-    s = get_settings()
+@admin_task("vigil.admin.add_note", AddNoteIn, time_limit=30)
+def add_note(args: AddNoteIn, s: Settings) -> dict[str, Any]:
     bond = bonds.add_note(get_redis(s), s, args.user_id, args.note, request_id=_request_id())
     return {"status": "ok", "user_id": args.user_id, "notes": len(bond.notes)}
 
 
-@app.task(name="vigil.admin.clear_history", ignore_result=False, time_limit=30)
-def clear_history(**payload: Any) -> dict[str, Any]:
-    args, rejected = _parse("vigil.admin.clear_history", ClearHistoryIn, payload)
-    if rejected:
-        return rejected
-    s = get_settings()
+@admin_task("vigil.admin.clear_history", ClearHistoryIn, time_limit=30)
+def clear_history(args: ClearHistoryIn, s: Settings) -> dict[str, Any]:
     removed = history.clear(get_redis(s), s, args.guild_id, args.user_id)
     return {"status": "ok", "user_id": args.user_id, "guild_id": args.guild_id, "removed": removed}
 
 
-@app.task(name="vigil.admin.erase_user", ignore_result=False, time_limit=600)
-def erase_user(**payload: Any) -> dict[str, Any]:
-    args, rejected = _parse("vigil.admin.erase_user", EraseUserIn, payload)
-    if rejected:
-        return rejected
-    s = get_settings()
+@admin_task("vigil.admin.erase_user", EraseUserIn, time_limit=600)
+def erase_user(args: EraseUserIn, s: Settings) -> dict[str, Any]:
     return erasure.erase_user(
         get_redis(s),
         s,
@@ -95,14 +102,11 @@ def erase_user(**payload: Any) -> dict[str, Any]:
     )
 
 
-@app.task(name="vigil.admin.replay_dead_letters", ignore_result=False, time_limit=300)
-def replay_dead_letters(**payload: Any) -> dict[str, Any]:
+@admin_task("vigil.admin.replay_dead_letters", ReplayIn, time_limit=300)
+def replay_dead_letters(args: ReplayIn, s: Settings) -> dict[str, Any]:
     """Send dead-lettered payloads again, under their original task names."""
-    args, rejected = _parse("vigil.admin.replay_dead_letters", ReplayIn, payload)
-    if rejected:
-        return rejected
     replayed = []
-    with session_factory(get_settings())() as session, session.begin():
+    with session_factory(s)() as session, session.begin():
         for row_id, task_name, body in deadletters.take_for_replay(session, args.ids):
             if task_name not in app.tasks or not isinstance(body, dict):
                 continue
