@@ -109,3 +109,35 @@ def test_producer_in_another_process_sends_by_name(r, db, settings, worker, test
     )
     bond = wait_for(lambda: bonds.load(r, settings, "remote"), what="cap set by the worker")
     assert bond.daily_msg_cap == 7
+
+
+def test_frontend_in_another_language_publishes_raw_protocol(r, db, settings, worker, test_env):
+    """What a Node or Go frontend does: a bare protocol-2 JSON message, no Celery client,
+    no argsrepr; the worker runs it and the redacted kwargsrepr keeps text out of events."""
+    import uuid
+
+    from kombu import Connection, Exchange
+
+    body = [
+        [],
+        {
+            "message_id": "raw-1",
+            "user_id": "polyglot",
+            "guild_id": "g1",
+            "text": "I feel hopeless",
+            "sent_at": T0.isoformat(),
+        },
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
+    with Connection(test_env["VIGIL_BROKER_URL"]) as conn:
+        conn.Producer().publish(
+            body,
+            exchange=Exchange("ingest"),
+            routing_key="ingest",
+            serializer="json",
+            headers={"task": "vigil.ingest.message", "id": str(uuid.uuid4()), "lang": "js"},
+            declare=[],
+            retry=True,
+        )
+    wait_for(lambda: r.get("vigil:seen:msg:discord:raw-1") == "done", what="raw message applied")
+    assert bonds.load(r, settings, "polyglot").phase == "concern"
