@@ -1,0 +1,41 @@
+"""The task base: explicit names, redacted reprs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import app
+from tasks.base import VigilCelery, redact_kwargs
+
+
+def test_task_without_explicit_name_fails_at_import():
+    other = VigilCelery("x")
+    with pytest.raises(TypeError, match="explicit name"):
+        other.task(lambda: None)
+    with pytest.raises(TypeError, match="explicit name"):
+        other.task(bind=True)(lambda self: None)
+    with pytest.raises(TypeError, match="vigil."):
+        other.task(name="tasks.thing")(lambda: None)
+
+
+def test_every_public_task_is_named_and_routed():
+    names = sorted(n for n in app.tasks if n.startswith("vigil."))
+    assert "vigil.ingest.message" in names and "vigil.admin.erase_user" in names
+    for name in names:
+        queue = app.amqp.router.route({}, name)["queue"].name
+        assert queue == name.split(".")[1], name
+
+
+def test_redacted_kwargs_show_ids_never_text():
+    shown = redact_kwargs(
+        {
+            "message_id": "m1",
+            "user_id": "u1",
+            "text": "secret words",
+            "messages": [{"text": "more secret"}],
+            "signals": {"a": 1},
+        }
+    )
+    assert "m1" in shown and "u1" in shown
+    assert "secret" not in shown
+    assert redact_kwargs(["not", "a", "dict"]) == "<redacted>"
