@@ -14,7 +14,7 @@ def test_task_without_explicit_name_fails_at_import():
         other.task(lambda: None)
     with pytest.raises(TypeError, match="explicit name"):
         other.task(bind=True)(lambda self: None)
-    with pytest.raises(TypeError, match="vigil."):
+    with pytest.raises(TypeError, match=r"vigil\."):
         other.task(name="tasks.thing")(lambda: None)
 
 
