@@ -150,3 +150,17 @@ def test_end_to_end_from_detections(db, settings, r):
     assert flagged[0]["primitives"] == ["lang.register", "motor.input"]
     assert flagged[0]["announced_primitives"] == ["lang.register", "motor.input"]
     assert flagged[0]["actors"] == [{"platform": "discord", "user_id": "shared"}]
+
+
+def test_periodic_task_runs_the_correlator_in_a_worker(db, settings, r, worker, celery_app):
+    set_states(db, "u1", {"p.a": "multi_actor", "p.b": "multi_actor"})
+    result = celery_app.send_task(
+        "vigil.periodic.correlate_multi_actor", queue="periodic", ignore_result=False
+    )
+    first = result.get(timeout=60)
+    assert (first["status"], first["fired"], first["suspected"]) == ("ok", 1, 1)
+    again = celery_app.send_task(
+        "vigil.periodic.correlate_multi_actor", queue="periodic", ignore_result=False
+    )
+    assert again.get(timeout=60)["fired"] == 0
+    assert len(r.xrange(settings.stream_attribution)) == 1

@@ -20,8 +20,11 @@ PROCESSES = 6
 
 def _in_processes(target, args_list) -> list:
     """Run ``target(url, barrier, *args)`` in fresh processes started together;
-    each opens its own engine. Returns the results in order, raising any error."""
-    ctx = mp.get_context("fork")
+    each opens its own engine. Returns the results in order, raising any error.
+
+    Spawned, not forked: by now this process may hold threads (a Celery result
+    consumer, pool housekeeping) whose locks a forked child would inherit held."""
+    ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(len(args_list))
     queue = ctx.Queue()
     procs = [
@@ -39,9 +42,9 @@ def _in_processes(target, args_list) -> list:
 
 
 def _child(queue, index, target, barrier, args) -> None:
-    from services.settings import get_settings
+    from services.settings import Settings
 
-    engine = create_engine(database_url(get_settings()))
+    engine = create_engine(database_url(Settings()))
     try:
         with Session(engine) as session:
             queue.put((index, target(session, barrier, *args)))

@@ -190,7 +190,10 @@ def _items(user: str) -> list[DetectionIn]:
     ]
 
 
-def _apply_in_child(queue, index, barrier, settings, items) -> None:
+def _apply_in_child(queue, index, barrier, items) -> None:
+    from services.settings import Settings
+
+    settings = Settings()
     engine = create_engine(database_url(settings))
     try:
         barrier.wait(30)
@@ -219,13 +222,12 @@ def test_concurrent_workers_end_where_a_serial_run_ends(db, settings):
     for item in _items("serial"):
         apply(db, settings, item)
     shared = _items("shared")
-    ctx = mp.get_context("fork")
+    # Spawned, not forked: this process may hold threads whose locks a fork copies.
+    ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(PROCS)
     queue = ctx.Queue()
     procs = [
-        ctx.Process(
-            target=_apply_in_child, args=(queue, n, barrier, settings, shared[n::PROCS][::-1])
-        )
+        ctx.Process(target=_apply_in_child, args=(queue, n, barrier, shared[n::PROCS][::-1]))
         for n in range(PROCS)
     ]
     for p in procs:
