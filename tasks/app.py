@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from tasks.base import VigilCelery
 
@@ -22,3 +22,17 @@ def _close_clients(**_: object) -> None:
     from services.runtime import close_all
 
     close_all()
+
+
+@worker_init.connect
+def _refuse_wrong_credentials(**_: object) -> None:
+    """A wrong password never heals by retrying: stop at start-up and name the
+    setting. Stores that are merely down are waited for, not refused."""
+    from services import health
+    from services.settings import get_settings
+
+    settings = get_settings()
+    for check in (health.check_redis, health.check_postgres):
+        result = check(settings)
+        if not result["ok"] and "authentication failed" in result["error"]:
+            raise SystemExit(f"vigil worker not started: {result['error']}")

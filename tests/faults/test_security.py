@@ -4,7 +4,10 @@ into logs, results or events, and a Redis that requires a password."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -14,6 +17,8 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from .conftest import BROKER_DB, STATE_DB, RedisServer, broker_drained, make_app, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.faults
 
@@ -223,6 +228,24 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
             assert "VIGIL_REDIS_PASSWORD" in checks[name]["error"]
             assert "authentication" in checks[name]["error"].lower()
         assert checks["postgres"]["ok"]
+        # A worker started with it stops at once and says which setting to fix.
+        bad = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "solo"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={
+                **os.environ,
+                **fresh.env(
+                    VIGIL_REDIS_URL=plain_state,
+                    VIGIL_BROKER_URL=plain_broker,
+                    VIGIL_REDIS_PASSWORD="wrong",
+                ),
+            },
+        )
+        assert bad.returncode != 0
+        assert "VIGIL_REDIS_PASSWORD" in bad.stdout + bad.stderr
         missing = Settings(redis_url=plain_state, database_url=fresh.database_url)
         assert "VIGIL_REDIS_PASSWORD" in health.check_redis(missing)["error"]
         app.close()
