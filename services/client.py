@@ -29,12 +29,30 @@ def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield chunk
 
 
+def sender_app(
+    broker_url: str,
+    result_url: str | None = None,
+    *,
+    name: str = "vigil-client",
+    cls: type[Celery] = Celery,
+) -> Celery:
+    """A Celery app that only sends vigil tasks by name: JSON both ways."""
+    app = cls(name, set_as_current=False)
+    app.conf.update(
+        broker_url=broker_url,
+        result_backend=result_url,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
 class VigilClient:
     def __init__(self, broker_url: str | None = None, app: Celery | None = None) -> None:
-        if app is None:
-            app = Celery("vigil-client", broker=broker_url)
-            app.conf.update(task_serializer="json", accept_content=["json"])
-        self.app = app
+        self.app = app or sender_app(broker_url or "redis://127.0.0.1:6379/0")
 
     def _send(self, name: str, kwargs: dict[str, Any], producer=None):
         shown = {k: kwargs[k] for k in ("message_id", "detection_id", "user_id") if k in kwargs}

@@ -32,7 +32,7 @@ from redis.client import NEVER_DECODE
 
 from models.envelopes import STREAM_TOPICS
 from services import runtime, streams
-from services.client import VigilClient
+from services.client import VigilClient, sender_app
 from services.settings import Settings
 
 GUILDS = ("night-owls", "speedrun-club", "study-hall", "pixel-artists")
@@ -267,17 +267,12 @@ class _OutcomeCelery(Celery):
 
 
 def make_app(settings: Settings) -> Celery:
-    app = _OutcomeCelery("vigil-demo", set_as_current=False)
-    app.conf.update(
-        broker_url=runtime.broker_url(settings),
-        result_backend=runtime.redis_url(settings),
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        broker_connection_retry_on_startup=True,
+    return sender_app(
+        runtime.broker_url(settings),
+        runtime.redis_url(settings),
+        name="vigil-demo",
+        cls=_OutcomeCelery,
     )
-    return app
 
 
 def _stream_marks(r: redis.Redis, s: Settings) -> dict[str, str]:

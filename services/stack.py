@@ -36,6 +36,7 @@ import httpx
 from celery import Celery
 
 from services import runtime
+from services.client import sender_app
 from services.discovery import (
     Found,
     ServiceUnavailable,
@@ -202,17 +203,11 @@ class Stack:
 
     def client(self) -> Celery:
         """A Celery client on the stack's broker, for sending tasks and pings."""
-        app = Celery("vigil-stack", set_as_current=False)
-        app.conf.update(
-            broker_url=runtime.broker_url(self.settings),
-            result_backend=runtime.redis_url(self.settings),
-            task_serializer="json",
-            result_serializer="json",
-            accept_content=["json"],
-            result_accept_content=["json"],
-            broker_connection_retry_on_startup=True,
+        return sender_app(
+            runtime.broker_url(self.settings),
+            runtime.redis_url(self.settings),
+            name="vigil-stack",
         )
-        return app
 
     def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Child:
         log_path = self.log_dir / f"{name}.log"

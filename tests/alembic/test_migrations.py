@@ -5,14 +5,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+from alembic import command
 from models.tables import Base
-
 from tests.conftest import alembic_config
 
 SCRATCH_DB = "vigil_migrations"

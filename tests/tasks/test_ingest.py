@@ -10,18 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from services import bonds
 from services.client import VigilClient
+from tests.helpers import wait_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def markers(r) -> dict[str, int]:
