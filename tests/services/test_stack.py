@@ -25,6 +25,7 @@ from services.stack import (
     flower_command,
     run_stack,
 )
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,6 +140,9 @@ def test_flower_answers_200_with_credentials(flower: str) -> None:
     assert httpx.get(f"{flower}/healthcheck", timeout=10).status_code == 200
 
 
+CANARY = "canary-text-8c1f hopeless tonight"
+
+
 def _stack_settings(service_urls, tmp_path: Path, **kwargs) -> Settings:
     base, state_db = service_urls["redis"].rsplit("/", 1)
     broker_db = service_urls["broker"].rsplit("/", 1)[1]
@@ -169,6 +173,32 @@ def test_run_stack_starts_and_stops_everything(service_urls, migrated, tmp_path:
         seen["anonymous"] = httpx.get(url, timeout=10).status_code
         workers = httpx.get(url, auth=("ops", "stack-pass"), timeout=10)
         seen["workers"] = list(workers.json())
+        # Message text must never reach Flower: send a canary, single and batched.
+        msg = {
+            "message_id": "canary-1",
+            "user_id": "u1",
+            "guild_id": "g1",
+            "text": CANARY,
+            "sent_at": "2026-11-22T10:00:00+00:00",
+        }
+        client = stack.client()
+        client.send_task("vigil.ingest.message", kwargs=msg, queue="ingest")
+        client.send_task(
+            "vigil.ingest.messages",
+            queue="ingest",
+            kwargs={"messages": [{**msg, "message_id": "canary-2"}]},
+        )
+        client.close()
+
+        def flower_tasks() -> str | None:
+            resp = httpx.get(
+                f"{stack.flower_url}/api/tasks", auth=("ops", "stack-pass"), timeout=10
+            )
+            body = resp.text
+            done = body.count('"state": "SUCCESS"')
+            return body if "canary-1" in body and "vigil.ingest.messages" in body and done else None
+
+        seen["flower_tasks"] = wait_for(flower_tasks, timeout=60, what="tasks in Flower")
         return "done"
 
     assert run_stack(settings, then=then, out=sys.stderr) == "done"
@@ -181,6 +211,9 @@ def test_run_stack_starts_and_stops_everything(service_urls, migrated, tmp_path:
     assert any(name.startswith("vigil-") for name in seen["workers"])
     logs = tmp_path / "data" / "logs"
     assert {p.name for p in logs.iterdir()} >= {"worker.log", "beat.log", "flower.log"}
+    assert CANARY not in seen["flower_tasks"]
+    for log in logs.iterdir():
+        assert CANARY not in log.read_text(errors="replace"), log.name
 
 
 def test_stack_refuses_open_flower_before_starting_anything(service_urls, tmp_path) -> None:
