@@ -44,16 +44,14 @@ BATCH_CHUNK = 100
 
 
 def run(r: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    return run_many(r, name, [(keys, args)], raise_errors=True)[0]
+    return run_many(r, name, [(keys, args)])[0]
 
 
-def run_many(
-    r: redis.Redis, name: str, calls: Sequence[Call], *, raise_errors: bool = True
-) -> list[Any]:
+def run_many(r: redis.Redis, name: str, calls: Sequence[Call]) -> list[Any]:
     """Run one script for many key/arg sets in a single round trip.
 
-    With ``raise_errors=False`` a script error is returned in its slot, so one
-    bad entry of a batch does not hide what happened to the others."""
+    Calls run independently (no MULTI), so a script error is raised only after
+    every call has had its turn."""
     if not calls:
         return []
     digest = sha(name)
@@ -77,10 +75,9 @@ def run_many(
             raise NoScriptError(f"script {name} could not be loaded")
         r.script_load(source(name))
         pending = missing
-    if raise_errors:
-        for reply in results:
-            if isinstance(reply, ResponseError):
-                raise reply
+    for reply in results:
+        if isinstance(reply, ResponseError):
+            raise reply
     return results
 
 
