@@ -10,7 +10,6 @@ from celery import Celery, Task
 from celery.exceptions import MaxRetriesExceededError, Reject
 from celery.worker import request as _request
 from celery.worker.consumer import consumer as _consumer
-from kombu.transport import redis as _kombu_redis
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from services.errors import TransientError
@@ -68,30 +67,6 @@ def _redacted_body(message: Any, body: Any) -> str:
 # Celery logs the raw body of undecodable or unknown messages; that body may hold
 # message text. Replace its formatter for this process.
 _consumer.dump_body = _redacted_body
-
-
-_restore_unacked = _kombu_redis.QoS.restore_unacked
-
-
-def _restore_unacked_or_leave(self, client=None):
-    """kombu's Redis transport restores a closing channel's unacked messages
-    through its connection; when the broker connection dropped first, that
-    connection is already detached and kombu raises AttributeError, which the
-    worker treats as unrecoverable and exits. The messages are still in the
-    broker's unacked hash, so leave them to be redelivered after the visibility
-    timeout and let the worker reconnect."""
-    try:
-        return _restore_unacked(self, client)
-    except AttributeError:
-        logger.warning(
-            "broker connection already closed; %d unacked message(s) left for redelivery",
-            len(self._delivered),
-        )
-        self._delivered.clear()
-        return None
-
-
-_kombu_redis.QoS.restore_unacked = _restore_unacked_or_leave
 
 
 class VigilTask(Task):

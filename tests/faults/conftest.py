@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,10 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 from celery import Celery
+from kombu import Connection
 from sqlalchemy import create_engine, text
 
 from services.embedded import EmbeddedPostgres, redis_server_binary, spare_port
@@ -336,3 +339,47 @@ def broker_drained(stack: Stack) -> bool:
     """Nothing queued and nothing delivered-but-unacked on the broker."""
     b = stack.redis.client(BROKER_DB)
     return all(b.llen(q) == 0 for q in ("ingest", "admin", "periodic")) and b.hlen("unacked") == 0
+
+
+# -- the two brokers vigil supports ------------------------------------------------
+
+AMQP_URL = os.environ.get("VIGIL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _amqp_answers() -> bool:
+    parts = urlsplit(AMQP_URL)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 5672), 1):
+            return True
+    except OSError:
+        return False
+
+
+def _amqp_drained() -> bool:
+    with Connection(AMQP_URL) as conn:
+        channel = conn.default_channel
+        return all(
+            channel.queue_declare(queue=q, passive=True).message_count == 0
+            for q in ("ingest", "admin", "periodic")
+        )
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request, fresh):
+    """The broker a fault test runs on: the private Redis, or RabbitMQ if one answers."""
+    if request.param == "redis":
+        return {
+            "kind": "redis",
+            "url": fresh.broker_url,
+            "drained": lambda: broker_drained(fresh),
+        }
+    if not _amqp_answers():
+        pytest.skip(f"no RabbitMQ at {AMQP_URL}")
+    from celeryconfig import task_queues
+
+    with Connection(AMQP_URL) as conn:
+        for queue in task_queues:  # declared as the worker declares them, then emptied
+            bound = queue(conn.default_channel)
+            bound.declare()
+            bound.purge()
+    return {"kind": "amqp", "url": AMQP_URL, "drained": _amqp_drained}
