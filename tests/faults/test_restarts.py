@@ -78,6 +78,11 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, requ
     worker = procs.worker(app, env=env)
     pid = worker.proc.pid
 
+    def done(at_least: int) -> bool:
+        # A dead worker cannot make progress: fail now rather than at the timeout.
+        assert worker.alive, "the worker exited"
+        return count_markers(r, settings).get("done", 0) >= at_least
+
     send_burst(app, batches, singles)
     wait_for(
         lambda: count_markers(r, settings).get("done", 0) >= total // 6,
@@ -90,7 +95,7 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, requ
     assert before < total, "the restart must land before the burst is over"
     started = time.monotonic()
     wait_for(
-        lambda: count_markers(r, settings).get("done", 0) > before,
+        lambda: done(before + 1),
         timeout=RECONNECT_S,
         what="progress after the Redis restart",
     )
@@ -108,7 +113,7 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, requ
     fresh.pg.start()
 
     wait_for(
-        lambda: count_markers(r, settings).get("done", 0) == total,
+        lambda: done(total),
         timeout=240,
         what="every message applied",
     )
