@@ -1,7 +1,7 @@
 """Celery configuration: the one place for serialization, routing, limits and beat.
 
 Loaded with ``app.config_from_object("celeryconfig")``. Connection URLs come
-from ``services.settings`` so workers, beat, the CLI and Flower agree.
+from ``services.core.settings`` so workers, beat, the CLI and Flower agree.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import os
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from services.runtime import broker_url as _broker_url
-from services.runtime import redis_url as _redis_url
-from services.settings import get_settings
+from services.core.clients import broker_url as _broker_url
+from services.core.clients import redis_url as _redis_url
+from services.core.settings import get_settings
 
 _settings = get_settings()
 

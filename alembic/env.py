@@ -8,8 +8,8 @@ from sqlalchemy import create_engine, pool
 
 from alembic import context
 from models.tables import Base
-from services.runtime import database_url
-from services.settings import Settings
+from services.core.clients import database_url
+from services.core.settings import Settings
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logging", True):

@@ -27,9 +27,9 @@ from celery.signals import (
 
 from benchmarks import counters
 from benchmarks.seed_style import SeedStyleIngest
-from services import detector
-from services.runtime import get_redis
-from services.settings import get_settings
+from services.core.clients import get_redis
+from services.core.settings import get_settings
+from services.ingest import detector
 from tasks.app import app
 
 # -- tasks ----------------------------------------------------------------------------

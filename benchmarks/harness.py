@@ -28,7 +28,7 @@ def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    from services.embedded import redis_server_binary
+    from stack.embedded import redis_server_binary
 
     return str(redis_server_binary())
 
@@ -40,7 +40,7 @@ class RedisServer:
     """A throwaway ``redis-server`` with no persistence, stopped by ``stop``."""
 
     def __init__(self, workdir: Path, name: str) -> None:
-        from services.embedded import spare_port
+        from stack.embedded import spare_port
 
         self.port = spare_port()
         self.dir = workdir / name

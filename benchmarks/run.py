@@ -175,7 +175,7 @@ class Bench:
         os.environ.update(self.env)
         from celery import Celery
 
-        from services.settings import Settings, get_settings
+        from services.core.settings import Settings, get_settings
 
         get_settings.cache_clear()
         self.settings = Settings()
@@ -274,7 +274,7 @@ class Bench:
 
     def _verify(self, msgs: list[dict[str, Any]], timeout: float = 30) -> int:
         """How many messages left their 'done' marker (waiting a little if needed)."""
-        from services import keys
+        from services.core import keys
 
         markers = [keys.message_marker(self.settings, "bench", m["message_id"]) for m in msgs]
         deadline = time.monotonic() + timeout
@@ -443,9 +443,9 @@ def profile_paths(bench: Bench, contenders: list[Contender]) -> dict[str, Any]:
 _IDLE = ("poll", "select", "epoll", "_wait_for_tstate_lock", "acquire", "sleep", "posix.read",
          "waitpid")  # fmt: skip
 _MARKS = {
-    "IngestService.messages": ("services/ingest.py", "messages"),
-    "scripts.run_many (Redis round trips)": ("services/scripts.py", "run_many"),
-    "detector.detect": ("services/detector.py", "detect"),
+    "IngestService.messages": ("services/ingest/service.py", "messages"),
+    "scripts.run_many (Redis round trips)": ("services/core/scripts.py", "run_many"),
+    "detector.detect": ("services/ingest/detector.py", "detect"),
     "SeedStyleIngest.message": ("benchmarks/seed_style.py", "message"),
     "celery trace (task call + bookkeeping)": ("celery/app/trace.py", "trace_task"),
 }

@@ -1,7 +1,7 @@
 """The ingest pipeline done the way the seed systems did it, as a baseline.
 
 Same validation, same detector, same key layout and the same effects as
-``services.ingest`` (dedupe marker, daily count, history context, bond, events,
+``services.ingest.service`` (dedupe marker, daily count, history context, bond, events,
 history, envelopes), but with the seeds' habits: one round trip per Redis
 operation, read-modify-write of the bond JSON with no atomicity, LPUSH then
 LTRIM, ZADD / EXPIRE / ZCARD / ZREMRANGEBYRANK, one XADD per envelope, a
@@ -25,9 +25,9 @@ from pydantic import ValidationError
 from models.envelopes import make_envelope
 from models.history import StoredMessage
 from models.payloads import SEVERITY_ORDER, MessageIn, reasons_of
-from services import keys
-from services.detector import Detector
-from services.settings import Settings
+from services.core import keys
+from services.core.settings import Settings
+from services.ingest.detector import Detector
 
 _NEW_BOND: dict[str, Any] = {
     "phase": "dormant",

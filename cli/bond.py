@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.common import AsJson, console, emit, fail, redis_client, settings
-from services import bonds
+from services.bonds import ledger
 
 app = typer.Typer(help="Per-user bond ledger.", no_args_is_help=True)
 
@@ -25,11 +25,11 @@ def show(user_id: str, as_json: AsJson = False) -> None:
     """One user's bond and today's cap."""
     s = settings()
     r = redis_client(s)
-    bond = bonds.load(r, s, user_id)
+    bond = ledger.load(r, s, user_id)
     if bond is None:
         fail(f"no bond for user {user_id}")
     data = bond.model_dump(mode="json")
-    data["rate_limit"] = bonds.check_rate_limit(r, s, user_id).model_dump()
+    data["rate_limit"] = ledger.check_rate_limit(r, s, user_id).model_dump()
     emit(data, as_json, _render_bond)
 
 
@@ -65,7 +65,7 @@ def list_(
 ) -> None:
     """Bonds one page at a time; pass --cursor back until it is 0."""
     s = settings()
-    next_cursor, page = bonds.list_bonds(redis_client(s), s, cursor=cursor, count=limit)
+    next_cursor, page = ledger.list_bonds(redis_client(s), s, cursor=cursor, count=limit)
     data = {
         "cursor": next_cursor,
         "bonds": [
@@ -111,8 +111,8 @@ def events(
     """A user's bond events, newest first."""
     s = settings()
     r = redis_client(s)
-    found = bonds.get_events(r, s, user_id, limit=limit)
-    if not found and bonds.load(r, s, user_id) is None:
+    found = ledger.get_events(r, s, user_id, limit=limit)
+    if not found and ledger.load(r, s, user_id) is None:
         fail(f"no bond for user {user_id}")
     emit([e.model_dump(mode="json") for e in found], as_json, _render_events)
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
-from services.settings import Settings, get_settings
+from services.core.settings import Settings, get_settings
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -86,13 +86,13 @@ def settings() -> Settings:
 
 
 def find_running(s: Settings) -> Settings:
-    from services.discovery import answers, app_database_url
-    from services.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+    from services.core.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+    from stack.discovery import answers, app_database_url
 
     update: dict[str, str] = {}
     embedded_redis = f"redis://127.0.0.1:{s.embedded_redis_port}"
     if s.redis_url is None and not answers(DEFAULT_REDIS_URL) and answers(embedded_redis):
-        # The same databases services.stack.resolve gives an embedded Redis.
+        # The same databases stack.runner.resolve gives an embedded Redis.
         update["redis_url"] = f"{embedded_redis}/0"
         update["broker_url"] = s.broker_url or f"{embedded_redis}/1"
     embedded_pg = f"postgresql+psycopg://postgres@127.0.0.1:{s.embedded_postgres_port}/postgres"
@@ -103,22 +103,22 @@ def find_running(s: Settings) -> Settings:
     found = s.model_copy(update=update)
     if "broker_url" in update:
         # Admin tasks and pings go out through the Celery app; point it there too.
-        from services import runtime
+        from services.core import clients
         from tasks.app import app
 
-        app.conf.broker_url = runtime.broker_url(found)
-        app.conf.result_backend = runtime.redis_url(found)
+        app.conf.broker_url = clients.broker_url(found)
+        app.conf.result_backend = clients.redis_url(found)
     return found
 
 
 def redis_client(s: Settings | None = None) -> redis.Redis:
-    from services.runtime import get_redis
+    from services.core.clients import get_redis
 
     return get_redis(s or settings())
 
 
 def sessions(s: Settings | None = None) -> sessionmaker[Session]:
-    from services.runtime import session_factory
+    from services.core.clients import session_factory
 
     return session_factory(s or settings())
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.common import AsJson, console, emit, fail, print_json, send_admin, sessions
-from services import deadletters
+from services.deadletters import store
 
 app = typer.Typer(help="Dead-lettered task payloads.", no_args_is_help=True)
 
@@ -26,10 +26,8 @@ def list_(
     """Dead letters, newest first."""
     with sessions()() as session:
         rows = [
-            deadletters.summary(row)
-            for row in deadletters.list_rows(
-                session, limit=limit, task_name=task, pending_only=pending
-            )
+            store.summary(row)
+            for row in store.list_rows(session, limit=limit, task_name=task, pending_only=pending)
         ]
     emit(rows, as_json, _render)
 
@@ -63,8 +61,7 @@ def replay(
     if all_:
         with sessions()() as session:
             ids = [
-                row.id
-                for row in deadletters.list_rows(session, limit=REPLAY_BATCH, pending_only=True)
+                row.id for row in store.list_rows(session, limit=REPLAY_BATCH, pending_only=True)
             ]
         if not ids:
             print_json({"status": "ok", "replayed": []})
@@ -81,5 +78,5 @@ def purge(
     if bool(ids) == (older_than_days is not None):
         fail("give dead-letter ids or --older-than-days N", 2)
     with sessions()() as session, session.begin():
-        purged = deadletters.purge(session, ids=ids or None, older_than_days=older_than_days)
+        purged = store.purge(session, ids=ids or None, older_than_days=older_than_days)
     print_json({"status": "ok", "purged": purged})

@@ -1,6 +1,6 @@
 """``vigil demo``: feed the demo communities, show a progress bar, then a summary.
 
-The feed itself lives in ``services.demo``; this module only draws it.
+The feed itself lives in ``stack.demo``; this module only draws it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from cli.common import EXIT_NOT_FOUND, AsJson, console, err_console, print_json, settings
-from services import demo as feed
-from services.settings import Settings
+from services.core.settings import Settings
+from stack import demo as feed
 
 
 def run_and_report(
@@ -78,15 +78,15 @@ def render(
 def _where_next(
     report: feed.DemoReport, s: Settings, flower_url: str | None, flower_open: bool
 ) -> None:
-    from services import stack
+    from stack import runner
 
-    password_file = Path(s.data_dir).resolve() / stack.FLOWER_SECRET_FILE
+    password_file = Path(s.data_dir).resolve() / runner.FLOWER_SECRET_FILE
     if flower_open:
         login = "no login: local-only"
     elif s.flower_basic_auth:
         login = "user and password from VIGIL_FLOWER_BASIC_AUTH"
     else:
-        login = f"user {stack.FLOWER_USER}, password in {password_file}"
+        login = f"user {runner.FLOWER_USER}, password in {password_file}"
     flower_url = flower_url or f"http://{s.flower_address}:{s.flower_port}"
     escalating = report.escalating_users[0] if report.escalating_users else "USER_ID"
     console.print("\nwhere to look next:")

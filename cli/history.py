@@ -9,7 +9,8 @@ from rich.table import Table
 
 from cli.common import AsJson, DefaultGroup, console, emit, fail, redis_client, send_admin, truncate
 from cli.common import settings as get_settings
-from services import history, keys
+from services.bonds import history
+from services.core import keys
 
 app = typer.Typer(
     cls=DefaultGroup,

@@ -25,7 +25,7 @@ from cli.common import (
     redis_client,
     settings,
 )
-from services.settings import Settings, get_settings
+from services.core.settings import Settings, get_settings
 
 schema_app = typer.Typer(help="JSON Schemas of the envelope streams.", no_args_is_help=True)
 
@@ -55,7 +55,7 @@ def beat_runs(r: redis.Redis, s: Settings) -> dict[str, str | None]:
 
 def health(as_json: AsJson = False) -> None:
     """Broker, Redis, PostgreSQL, workers and beat. Exit 1 unhealthy, 3 unreachable."""
-    from services import health as checks
+    from services.core import health as checks
 
     s = settings()
     report: dict[str, Any] = dict(checks.store_checks(s))
@@ -114,7 +114,7 @@ def schema_export(
     ] = None,
 ) -> None:
     """Write one JSON Schema file per envelope stream."""
-    from services import schemas
+    from services.envelopes import schemas
 
     written = schemas.export(directory or schemas.DEFAULT_DIR)
     print_json({"status": "ok", "written": [str(p) for p in written]})
@@ -122,9 +122,10 @@ def schema_export(
 
 def migrate() -> None:
     """Create the database if needed and upgrade it to the newest migration."""
-    from services import discovery, runtime
+    from services.core import clients
+    from stack import discovery
 
-    url = runtime.database_url(settings())
+    url = clients.database_url(settings())
     created = discovery.ensure_database(url)
     discovery.migrate(url)
     print_json({"status": "ok", "created_database": created, "revision": "head"})
@@ -143,9 +144,9 @@ def up(
     messages: Annotated[int, typer.Option(min=20, max=100_000, help="Demo messages.")] = 600,
 ) -> None:
     """Run worker, beat and Flower (starting Redis/PostgreSQL if none), then the demo."""
-    from services import stack
+    from stack import runner
 
-    def then(running: stack.Stack) -> None:
+    def then(running: runner.Stack) -> None:
         if demo:
             from cli.demo import run_and_report
 
@@ -164,13 +165,13 @@ def up(
             time.sleep(0.5)
 
     try:
-        stack.run_stack(
+        runner.run_stack(
             get_settings(),  # run_stack resolves (and may start) the services itself
             then=then,
             flower=flower,
             flower_local_only=flower_local_only,
         )
-    except stack.StackError as exc:
+    except runner.StackError as exc:
         err_console.print(f"[red]vigil up failed:[/red] {exc}")
         raise typer.Exit(EXIT_NOT_FOUND) from None
 
@@ -181,15 +182,15 @@ def flower(
     ] = False,
 ) -> None:
     """Run Flower alone, with a login (the one `vigil up` generated, or your own)."""
-    from services import stack
+    from stack import runner
 
     s = settings()
     try:
-        auth = stack.flower_auth(s, Path(s.data_dir).resolve(), generate=not local_only)
-        argv, extra = stack.flower_command(s, basic_auth=auth, local_only=local_only)
-    except stack.FlowerAuthError as exc:
+        auth = runner.flower_auth(s, Path(s.data_dir).resolve(), generate=not local_only)
+        argv, extra = runner.flower_command(s, basic_auth=auth, local_only=local_only)
+    except runner.FlowerAuthError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_NOT_FOUND) from None
     console.print(f"Flower on http://{s.flower_address}:{s.flower_port}")
-    code = subprocess.run(argv, env=stack.child_env(extra), cwd=stack.ROOT, check=False)
+    code = subprocess.run(argv, env=runner.child_env(extra), cwd=runner.ROOT, check=False)
     raise typer.Exit(code.returncode)

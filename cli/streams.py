@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cli.common import AsJson, console, emit, fail, redis_client, settings
 from models.envelopes import Envelope
-from services import streams
+from services.envelopes import streams
 
 app = typer.Typer(help="Envelope streams.", no_args_is_help=True)
 

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
 )
 
@@ -160,7 +161,6 @@ class ReplayIn(_Strict):
 
 def reasons_of(exc: Exception) -> list[str]:
     """Readable rejection reasons that never echo the offending input back."""
-    from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
         out = []

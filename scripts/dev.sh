@@ -34,7 +34,7 @@ case "$command" in
     if "$VENV/bin/vigil" up --help >/dev/null 2>&1; then
       exec "$VENV/bin/vigil" up "$@"
     fi
-    exec "$VENV/bin/python" -m services.stack "$@"
+    exec "$VENV/bin/python" -m stack.runner "$@"
     ;;
   test)
     exec "$VENV/bin/python" -m pytest -q "$@"

@@ -24,9 +24,12 @@ from models.payloads import (
     SetCapIn,
     reasons_of,
 )
-from services import bonds, deadletters, erasure, health, history
-from services.runtime import get_redis, session_factory
-from services.settings import Settings, get_settings
+from services.bonds import history, ledger
+from services.core import health
+from services.core.clients import get_redis, session_factory
+from services.core.settings import Settings, get_settings
+from services.deadletters import store
+from services.erasure import service as erasure_service
 from tasks.app import app
 from tasks.base import redact_kwargs
 
@@ -44,7 +47,7 @@ def admin_task(name: str, model: type[BaseModel], **opts: Any) -> Callable[[Hand
             except ValueError as exc:
                 reasons = reasons_of(exc)
                 with session_factory(get_settings())() as session, session.begin():
-                    deadletters.store(
+                    store.add(
                         session,
                         task_name=name,
                         reason="rejected",
@@ -74,13 +77,13 @@ def ping() -> dict[str, Any]:
 
 @admin_task("vigil.admin.set_cap", SetCapIn, time_limit=30)
 def set_cap(args: SetCapIn, s: Settings) -> dict[str, Any]:
-    bond = bonds.set_cap(get_redis(s), s, args.user_id, args.cap, request_id=_request_id())
+    bond = ledger.set_cap(get_redis(s), s, args.user_id, args.cap, request_id=_request_id())
     return {"status": "ok", "user_id": args.user_id, "cap": bond.daily_msg_cap}
 
 
 @admin_task("vigil.admin.add_note", AddNoteIn, time_limit=30)
 def add_note(args: AddNoteIn, s: Settings) -> dict[str, Any]:
-    bond = bonds.add_note(get_redis(s), s, args.user_id, args.note, request_id=_request_id())
+    bond = ledger.add_note(get_redis(s), s, args.user_id, args.note, request_id=_request_id())
     return {"status": "ok", "user_id": args.user_id, "notes": len(bond.notes)}
 
 
@@ -92,7 +95,7 @@ def clear_history(args: ClearHistoryIn, s: Settings) -> dict[str, Any]:
 
 @admin_task("vigil.admin.erase_user", EraseUserIn, time_limit=600)
 def erase_user(args: EraseUserIn, s: Settings) -> dict[str, Any]:
-    return erasure.erase_user(
+    return erasure_service.erase_user(
         get_redis(s),
         s,
         session_factory(s),
@@ -107,7 +110,7 @@ def replay_dead_letters(args: ReplayIn, s: Settings) -> dict[str, Any]:
     """Send dead-lettered payloads again, under their original task names."""
     replayed = []
     with session_factory(s)() as session, session.begin():
-        for row_id, task_name, body in deadletters.take_for_replay(session, args.ids):
+        for row_id, task_name, body in store.take_for_replay(session, args.ids):
             if task_name not in app.tasks or not isinstance(body, dict):
                 continue
             app.send_task(task_name, kwargs=body, argsrepr="()", kwargsrepr=redact_kwargs(body))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
+from services.core import health
+from services.core.clients import close_all, reset_after_fork
+from services.core.settings import get_settings
 from tasks.base import VigilCelery
 
 app = VigilCelery("vigil")
@@ -12,15 +15,11 @@ app.config_from_object("celeryconfig")
 
 @worker_process_init.connect
 def _fresh_clients(**_: object) -> None:
-    from services.runtime import reset_after_fork
-
     reset_after_fork()
 
 
 @worker_process_shutdown.connect
 def _close_clients(**_: object) -> None:
-    from services.runtime import close_all
-
     close_all()
 
 
@@ -28,8 +27,6 @@ def _close_clients(**_: object) -> None:
 def _refuse_wrong_credentials(**_: object) -> None:
     """A wrong password never heals by retrying: stop at start-up and name the
     setting. Stores that are merely down are waited for, not refused."""
-    from services import health
-    from services.settings import get_settings
 
     settings = get_settings()
     for check in (health.check_redis, health.check_postgres):

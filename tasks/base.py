@@ -12,7 +12,9 @@ from celery.worker import request as _request
 from celery.worker.consumer import consumer as _consumer
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from services.errors import TransientError
+from services.core.clients import session_factory
+from services.core.errors import TransientError
+from services.deadletters import store
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +88,6 @@ class VigilTask(Task):
         """A task that failed for good leaves its payload in the dead-letter store."""
         if isinstance(exc, Reject):
             return
-        from services import deadletters
-        from services.runtime import session_factory
 
         reason = (
             "retries_exhausted"
@@ -96,7 +96,7 @@ class VigilTask(Task):
         )
         try:
             with session_factory()() as session, session.begin():
-                deadletters.store(
+                store.add(
                     session,
                     task_name=self.name,
                     reason=reason,

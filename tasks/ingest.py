@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from services import deadletters, detector
-from services.ingest import IngestService
-from services.runtime import get_redis, session_factory
-from services.settings import get_settings
+from services.core.clients import get_redis, session_factory
+from services.core.settings import get_settings
+from services.deadletters import store
+from services.ingest import detector
+from services.ingest.service import IngestService
 from tasks.app import app
 
 
@@ -54,6 +55,4 @@ def detection(**payload: Any) -> dict[str, Any]:
 
 def _dead_letter(task_name: str, reasons: list[str], payload: Any) -> None:
     with session_factory(get_settings())() as session, session.begin():
-        deadletters.store(
-            session, task_name=task_name, reason="rejected", details=reasons, payload=payload
-        )
+        store.add(session, task_name=task_name, reason="rejected", details=reasons, payload=payload)

@@ -8,31 +8,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.runtime import get_redis, session_factory
-from services.settings import get_settings
+from services.attribution import correlator
+from services.bonds import ledger
+from services.core.clients import get_redis, session_factory
+from services.core.settings import get_settings
+from services.deadletters import store
+from services.envelopes import outbox
 from tasks.app import app
 
 
 @app.task(name="vigil.periodic.correlate_multi_actor", time_limit=120, soft_time_limit=100)
 def correlate_multi_actor() -> dict[str, Any]:
-    from services.attribution import correlator
-
     settings = get_settings()
     return correlator.run(session_factory(settings), settings)
 
 
 @app.task(name="vigil.periodic.reset_daily_caps", time_limit=1800, soft_time_limit=1700)
 def reset_daily_caps() -> dict[str, Any]:
-    from services import bonds
-
     settings = get_settings()
-    return bonds.reset_daily_caps(get_redis(settings), settings)
+    return ledger.reset_daily_caps(get_redis(settings), settings)
 
 
 @app.task(name="vigil.periodic.relay_outbox", time_limit=120, soft_time_limit=100)
 def relay_outbox() -> dict[str, Any]:
-    from services import outbox
-
     settings = get_settings()
     return outbox.relay(session_factory(settings), get_redis(settings), settings)
 
@@ -40,10 +38,9 @@ def relay_outbox() -> dict[str, Any]:
 @app.task(name="vigil.periodic.purge_expired", time_limit=300)
 def purge_expired() -> dict[str, Any]:
     """Drop dead letters past their retention and outbox rows long since published."""
-    from services import deadletters, outbox
 
     settings = get_settings()
     with session_factory(settings)() as session, session.begin():
-        dead = deadletters.purge(session, older_than_days=settings.dead_letter_retention_days)
+        dead = store.purge(session, older_than_days=settings.dead_letter_retention_days)
         relayed = outbox.purge_published(session)
     return {"status": "ok", "dead_letters": dead, "outbox": relayed}

@@ -32,7 +32,7 @@ BROKER_DB = int(os.environ.get("VIGIL_TEST_BROKER_DB", "14"))
 
 def _resolve_services():
     """Redis and PostgreSQL for the run: configured, the defaults, or embedded."""
-    from services.discovery import ensure_services
+    from stack.discovery import ensure_services
 
     return ensure_services(
         redis_url=os.environ.get("VIGIL_TEST_REDIS_URL"),
@@ -63,7 +63,7 @@ def service_urls() -> Iterator[dict[str, str]]:
         "database_admin": pg.set(database="postgres").render_as_string(hide_password=False),
     }
     yield urls
-    from services.runtime import close_all
+    from services.core.clients import close_all
 
     close_all()
     found.stop_started()  # embedded servers this run started, if any
@@ -80,7 +80,7 @@ def test_env(service_urls: dict[str, str], tmp_path_factory) -> dict[str, str]:
         "VIGIL_DATA_DIR": str(tmp_path_factory.mktemp("vigil-data")),
     }
     os.environ.update(env)
-    from services.settings import get_settings
+    from services.core.settings import get_settings
 
     get_settings.cache_clear()
     return env
@@ -88,7 +88,7 @@ def test_env(service_urls: dict[str, str], tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def settings(test_env):
-    from services.settings import Settings
+    from services.core.settings import Settings
 
     return Settings()
 
@@ -111,7 +111,7 @@ def alembic_config(url: str) -> Config:
 @pytest.fixture
 def r(settings) -> Iterator[redis.Redis]:
     """The state Redis, emptied before each test."""
-    from services.runtime import get_redis
+    from services.core.clients import get_redis
 
     client = get_redis(settings)
     client.flushdb()
@@ -125,7 +125,7 @@ def db(settings, migrated):
     Tests that run workers need committed data, so isolation is TRUNCATE rather
     than a rolled-back outer transaction."""
     from models.tables import Base
-    from services.runtime import get_engine, session_factory
+    from services.core.clients import get_engine, session_factory
 
     engine = get_engine(settings)
     names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Literal
 
-from services.settings import Settings
+from services.core.settings import Settings
 
 Kind = Literal["categorical", "numeric", "hash"]
 State = Literal["unknown", "stable", "drifting", "conflicted", "multi_actor"]

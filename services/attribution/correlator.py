@@ -17,9 +17,12 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.envelopes import make_envelope
 from services.attribution import repository as repo
 from services.attribution.service import envelope_id
-from services.settings import Settings
+from services.core.clients import get_redis
+from services.core.settings import Settings
+from services.envelopes import outbox
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +59,6 @@ def _enqueue(
     previous: list[str],
     fired_at: str,
 ) -> None:
-    from models.envelopes import make_envelope
-    from services import outbox
-
     # The id is derived from the correlator_fired row it is committed with, so the
     # same announcement always carries the same id, and a later re-fire of the same
     # set (after a re-arm) is a new announcement.
@@ -88,8 +88,6 @@ def run(
     A relay failure leaves the envelopes committed in the outbox for the periodic
     relay; the result says so instead of claiming delivery.
     """
-    from services import outbox
-    from services.runtime import get_redis
 
     with session_factory() as session, session.begin():
         result = correlate(session, settings)

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from models.envelopes import make_envelope
 from models.payloads import DetectionIn, ObservationIn
 from services.attribution import repository as repo
 from services.attribution.aggregate import (
@@ -27,7 +28,8 @@ from services.attribution.aggregate import (
     parse_numeric,
 )
 from services.attribution.repository import StateRecord
-from services.settings import Settings
+from services.core.settings import Settings
+from services.envelopes import outbox
 
 STATE_CHANGED = "attribution.profile.state_changed"
 _NS = uuid.UUID("6f1d3c2a-4b8e-5d7f-9a0b-1c2d3e4f5a6b")
@@ -181,9 +183,6 @@ def _enqueue_state_changed(
     detection_id: str,
     actor: tuple[str, str] | None,
 ) -> None:
-    from models.envelopes import make_envelope
-    from services import outbox
-
     platform, user_id = actor if actor is not None else (None, None)
     envelope = make_envelope(
         STATE_CHANGED,

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from services.detector import LexiconDetector
-from services.ingest import IngestService
+from services.ingest.detector import LexiconDetector
+from services.ingest.service import IngestService
 
 
 class Vigil:

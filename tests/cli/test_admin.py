@@ -7,8 +7,8 @@ import json
 from sqlalchemy import func, select, text
 
 from models.tables import DeadLetter
-from services import bonds
 from services.attribution import correlator
+from services.bonds import ledger
 from tests.cli.conftest import alternating, msg
 
 USER = "90210417"
@@ -25,7 +25,7 @@ def test_cap_set_then_messages_are_limited(vigil, r, settings, ingest, worker):
 
 def test_note_add(vigil, r, settings, worker):
     assert json.loads(vigil("note", "add", "501", "called the family").stdout)["notes"] == 1
-    assert bonds.load(r, settings, "501").notes[0].endswith("called the family")
+    assert ledger.load(r, settings, "501").notes[0].endswith("called the family")
 
 
 def test_rejected_admin_request_exits_1(vigil, r, db, worker):
@@ -75,4 +75,4 @@ def test_erase_leaves_nothing_of_the_user(vigil, r, db, settings, ingest, worker
     vigil("bond", "show", USER, code=1)
     vigil("attribution", "user", USER, code=1)
     # The other user is untouched.
-    assert bonds.load(r, settings, other) is not None
+    assert ledger.load(r, settings, other) is not None

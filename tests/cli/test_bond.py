@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services import bonds
+from services.bonds import ledger
 from tests.cli.conftest import msg
 
 
@@ -10,7 +10,7 @@ def test_bond_show_json_and_table(vigil, r, settings, ingest):
     ingest.messages([msg(0, "hello"), msg(1)])
     data = vigil.json("bond", "show", "501")
     assert data["user_id"] == "501"
-    assert data["phase"] == bonds.load(r, settings, "501").phase != "dormant"
+    assert data["phase"] == ledger.load(r, settings, "501").phase != "dormant"
     assert data["rate_limit"] == {"allowed": True, "remaining": -1, "cap": 0, "count": 2}
     table = vigil("bond", "show", "501").stdout
     assert "phase" in table and "unlimited" in table

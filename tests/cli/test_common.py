@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cli import common
-from services.settings import Settings
+from services.core.settings import Settings
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def test_configured_settings_are_used_as_they_are(settings):
 def test_embedded_servers_of_a_running_stack_are_found(monkeypatch, app_conf):
     # Nothing on the default ports, the embedded ones answer (a `vigil up` elsewhere).
     monkeypatch.setattr(
-        "services.discovery.answers", lambda url, timeout=1.0: ":6391" in url or ":5441" in url
+        "stack.discovery.answers", lambda url, timeout=1.0: ":6391" in url or ":5441" in url
     )
     found = common.find_running(Settings(redis_url=None, database_url=None, broker_url=None))
     assert found.redis_url == "redis://127.0.0.1:6391/0"
@@ -32,6 +32,6 @@ def test_embedded_servers_of_a_running_stack_are_found(monkeypatch, app_conf):
 
 
 def test_nothing_running_leaves_the_defaults(monkeypatch, app_conf):
-    monkeypatch.setattr("services.discovery.answers", lambda url, timeout=1.0: False)
+    monkeypatch.setattr("stack.discovery.answers", lambda url, timeout=1.0: False)
     bare = Settings(redis_url=None, database_url=None, broker_url=None)
     assert common.find_running(bare) is bare

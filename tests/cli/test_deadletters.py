@@ -9,7 +9,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from models.tables import DeadLetter
-from services import bonds, deadletters
+from services.bonds import ledger
+from services.deadletters import store
 from tests.cli.conftest import msg
 
 SECRET = "the secret words of a user"
@@ -33,7 +34,7 @@ def test_list_shows_reasons_not_payloads(vigil, r, db, ingest):
 
 def _wait_for_bond(r, settings, user_id: str) -> None:
     deadline = time.monotonic() + 60
-    while bonds.load(r, settings, user_id) is None:
+    while ledger.load(r, settings, user_id) is None:
         assert time.monotonic() < deadline, f"replayed message of {user_id} never applied"
         time.sleep(0.1)
 
@@ -42,7 +43,7 @@ def test_replay_by_id_and_all(vigil, r, db, settings, worker):
     # Payloads that failed for a passing reason: a replay now succeeds.
     with db() as session, session.begin():
         ids = [
-            deadletters.store(
+            store.add(
                 session,
                 task_name="vigil.ingest.message",
                 reason="retries_exhausted",

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from models.tables import DeadLetter
-from services import bonds, demo, streams
 from services.attribution import service as attribution
+from services.bonds import ledger
+from services.envelopes import streams
+from stack import demo
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -45,8 +47,8 @@ def test_demo_summary_matches_the_stores(vigil, r, db, settings, worker):
     assert env.get("bond.phase_transition", 0) == report["phase_transitions"] > 0
     events = [
         e
-        for b in bonds.all_bonds(r, settings)
-        for e in bonds.get_events(r, settings, b.user_id, limit=500)
+        for b in ledger.all_bonds(r, settings)
+        for e in ledger.get_events(r, settings, b.user_id, limit=500)
     ]
     assert sum(e.event_type == "phase_transition" for e in events) == report["phase_transitions"]
     for group in ("bond", "attribution"):
@@ -59,7 +61,7 @@ def test_demo_summary_matches_the_stores(vigil, r, db, settings, worker):
     )
     assert env.get("attribution.profile.multi_actor_suspected", 0) == len(flagged)
     # An escalating user really climbed.
-    top = bonds.load(r, settings, report["escalating_users"][0])
+    top = ledger.load(r, settings, report["escalating_users"][0])
     assert top is not None and top.phase in ("acute", "crisis")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services import history
+from services.bonds import history
 from tests.cli.conftest import SAD, msg
 
 

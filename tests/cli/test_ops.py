@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from redbeat.decoder import RedBeatJSONEncoder
 
-from services.settings import get_settings
+from services.core.settings import get_settings
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_flower_refuses_an_open_public_flower(vigil, env_override):
 
 
 def test_up_runs_the_stack_and_the_demo(vigil, r, db, env_override, tmp_path):
-    from services.embedded import spare_port
+    from stack.embedded import spare_port
 
     env_override(VIGIL_FLOWER_PORT=str(spare_port()), VIGIL_DATA_DIR=str(tmp_path))
     out = vigil(

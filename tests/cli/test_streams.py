@@ -6,7 +6,7 @@ import json
 import threading
 
 from models.envelopes import EXAMPLE_PAYLOADS, make_envelope
-from services import streams
+from services.envelopes import streams
 
 
 def _publish(r, settings, n: int, topic: str = "bond.risk_change") -> list[str]:

@@ -29,7 +29,7 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from services.embedded import EmbeddedPostgres, redis_server_binary, spare_port
+from stack.embedded import EmbeddedPostgres, redis_server_binary, spare_port
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ class Stack:
         }
 
     def settings(self, db: int = STATE_DB, **overrides: Any):
-        from services.settings import Settings
+        from services.core.settings import Settings
 
         return Settings(
             redis_url=self.redis.url(db),
@@ -147,7 +147,7 @@ class Stack:
         )
 
     def sessions(self):
-        from services.runtime import session_factory
+        from services.core.clients import session_factory
 
         return session_factory(self.settings())
 
@@ -166,7 +166,7 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     # PostgreSQL as root runs under an unprivileged account that must reach its
-    # data dir, so the cluster lives inside the project (see services/embedded.py).
+    # data dir, so the cluster lives inside the project (see stack/embedded.py).
     data = ROOT / ".vigil" / "faults" / uuid.uuid4().hex[:8]
     server = RedisServer(data / "redis").start()
     pg = EmbeddedPostgres(data_dir=data, port=spare_port()).start()
@@ -184,7 +184,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     try:
         yield Stack(server, pg, url, tmp_path_factory.mktemp("vigil-faults-data"))
     finally:
-        from services.runtime import close_all
+        from services.core.clients import close_all
 
         close_all()
         server.kill()

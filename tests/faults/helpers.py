@@ -90,9 +90,9 @@ def send_burst(
 def run_reference(stack, batches, singles) -> dict[str, Any]:
     """The same input through the same service and detector, in this process,
     one task at a time, on a Redis database of its own."""
-    from services.detector import LexiconDetector
-    from services.ingest import IngestService
-    from services.runtime import get_redis
+    from services.core.clients import get_redis
+    from services.ingest.detector import LexiconDetector
+    from services.ingest.service import IngestService
 
     from .conftest import REFERENCE_DB
 
@@ -109,7 +109,7 @@ def run_reference(stack, batches, singles) -> dict[str, Any]:
 
 def snapshot(r: redis.Redis, settings) -> dict[str, Any]:
     """Everything vigil keeps in Redis for users, minus processing-time stamps."""
-    from services import keys
+    from services.core import keys
 
     bonds: dict[str, Any] = {}
     events: dict[str, Any] = {}

@@ -179,8 +179,8 @@ def test_canary_text_never_in_logs_results_events_or_envelopes(fresh, app, procs
 
 
 def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, tmp_path):
-    from services import health
-    from services.settings import Settings
+    from services.core import health
+    from services.core.settings import Settings
 
     password = "s3cret-" + uuid.uuid4().hex[:8]
     server = RedisServer(tmp_path / "redis-auth", password=password).start()

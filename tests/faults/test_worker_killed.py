@@ -71,9 +71,9 @@ def test_kill9_mid_burst_loses_nothing_and_counts_nothing_twice(fresh, procs, br
         assert diff(expected, got) == []
         assert got == expected
     with fresh.sessions()() as session:
-        from services import deadletters
+        from services.deadletters import store
 
-        assert deadletters.count(session) == 0
+        assert store.count(session) == 0
     app.close()
     print(
         f"{broker['url'].split(':')[0]}: killed with {done_at_kill} applied; "

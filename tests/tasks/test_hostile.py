@@ -319,8 +319,8 @@ def _assert_untouched(r, sessions) -> None:
 
 
 def _service(r, settings, db):
-    from services.detector import LexiconDetector
-    from services.ingest import IngestService
+    from services.ingest.detector import LexiconDetector
+    from services.ingest.service import IngestService
 
     return IngestService(r, settings, db, LexiconDetector())
 

@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from services import bonds
+from services.bonds import ledger
 from services.client import VigilClient
 from tests.helpers import wait_for
 
@@ -25,7 +25,7 @@ def markers(r) -> dict[str, int]:
 def test_race_for_one_user_cap_is_exact(r, db, settings, worker, start_worker, celery_app):
     """Four worker processes on two workers; 1,000 messages for one user, cap 100."""
     start_worker(concurrency=2)
-    bonds.set_cap(r, settings, "racer", 100)
+    ledger.set_cap(r, settings, "racer", 100)
     texts = ["I feel sad", "hello"]  # alternate: every accepted message changes phase
     client = VigilClient(app=celery_app)
     for i in range(1000):
@@ -43,13 +43,13 @@ def test_race_for_one_user_cap_is_exact(r, db, settings, worker, start_worker, c
     )
     m = markers(r)
     assert m == {"done": 100, "limited": 900}
-    assert bonds.load(r, settings, "racer").daily_msg_count == 100
+    assert ledger.load(r, settings, "racer").daily_msg_count == 100
     entries = [json.loads(f["data"]) for _, f in r.xrange(settings.stream_bond)]
     topics = [e["topic"] for e in entries]
     assert topics.count("message.rate_limited") == 900
     ids = [e["envelope_id"] for e in entries]
     assert len(ids) == len(set(ids))
-    events = bonds.get_events(r, settings, "racer", limit=500)
+    events = ledger.get_events(r, settings, "racer", limit=500)
     transitions = [e for e in events if e.event_type == "phase_transition"]
     assert len(transitions) == topics.count("bond.phase_transition")
 
@@ -98,7 +98,7 @@ def test_producer_in_another_process_sends_by_name(r, db, settings, worker, test
     subprocess.run(
         [sys.executable, "-c", code, test_env["VIGIL_BROKER_URL"]], check=True, timeout=60
     )
-    bond = wait_for(lambda: bonds.load(r, settings, "remote"), what="cap set by the worker")
+    bond = wait_for(lambda: ledger.load(r, settings, "remote"), what="cap set by the worker")
     assert bond.daily_msg_cap == 7
 
 
@@ -131,4 +131,4 @@ def test_frontend_in_another_language_publishes_raw_protocol(r, db, settings, wo
             retry=True,
         )
     wait_for(lambda: r.get("vigil:seen:msg:discord:raw-1") == "done", what="raw message applied")
-    assert bonds.load(r, settings, "polyglot").phase == "concern"
+    assert ledger.load(r, settings, "polyglot").phase == "concern"

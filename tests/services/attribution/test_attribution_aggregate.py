@@ -16,7 +16,7 @@ from services.attribution.aggregate import (
     hash_window,
     rows_needed,
 )
-from services.settings import Settings
+from services.core.settings import Settings
 
 T = Thresholds()
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ from models.payloads import DetectionIn
 from services.attribution import correlator, service
 from services.attribution import repository as repo
 from services.attribution.repository import StateRecord
-from services.runtime import database_url
+from services.core.clients import database_url
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 TOPIC = "attribution.profile.multi_actor_suspected"

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.attribution import repository as repo
 from services.attribution.repository import StateRecord
-from services.runtime import database_url
+from services.core.clients import database_url
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 PROCESSES = 6
@@ -42,7 +42,7 @@ def _in_processes(target, args_list) -> list:
 
 
 def _child(queue, index, target, barrier, args) -> None:
-    from services.settings import Settings
+    from services.core.settings import Settings
 
     engine = create_engine(database_url(Settings()))
     try:

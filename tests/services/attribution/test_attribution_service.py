@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from models.payloads import DetectionIn
 from services.attribution import repository as repo
 from services.attribution import service
-from services.runtime import database_url
+from services.core.clients import database_url
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 STATE_CHANGED = "attribution.profile.state_changed"
@@ -191,7 +191,7 @@ def _items(user: str) -> list[DetectionIn]:
 
 
 def _apply_in_child(queue, index, barrier, items) -> None:
-    from services.settings import Settings
+    from services.core.settings import Settings
 
     settings = Settings()
     engine = create_engine(database_url(settings))

@@ -1,0 +1,1 @@
+"""Per-user bond state, events and message history in Redis."""

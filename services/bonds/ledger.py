@@ -1,0 +1,215 @@
+"""Bond ledger (seed 000) on Redis, without a per-process cache.
+
+Every change is one Lua script that reads, changes and writes the bond, its
+event list and its stream envelope together, so concurrent workers on any
+number of machines never lose an update.
+
+``ulm_spike`` events, declared by the seed but never emitted there, are not
+emitted here either: peak_nodes already keeps the high-water marks, and an
+event per new peak would flood the 500-entry event list.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from models.bond import Bond, BondEvent, RateLimit
+from models.payloads import DetectionIn
+from services.core import keys, scripts
+from services.core.settings import Settings
+
+_NS = uuid.UUID("5b0d1c52-5c8e-4bb4-9f0b-0f1f4a6a0c11")
+
+
+def envelope_id(*parts: str) -> str:
+    """Deterministic envelope id: a redelivered cause yields the same id."""
+    return str(uuid.uuid5(_NS, "\x1f".join(parts)))
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def load(r: redis.Redis, s: Settings, user_id: str) -> Bond | None:
+    raw = r.get(keys.bond(s, user_id))
+    return Bond.model_validate_json(raw) if raw else None
+
+
+def load_or_new(r: redis.Redis, s: Settings, user_id: str) -> Bond:
+    return load(r, s, user_id) or Bond(user_id=user_id, daily_msg_cap=s.default_daily_cap)
+
+
+def list_bonds(
+    r: redis.Redis, s: Settings, *, cursor: int = 0, count: int = 100
+) -> tuple[int, list[Bond]]:
+    """One page of all bonds; pass the returned cursor back until it is 0.
+
+    SCAN guarantees every bond that exists for the whole walk is returned."""
+    events_prefix = keys.events(s, "")
+    next_cursor, found = r.scan(cursor=cursor, match=f"{s.bond_prefix}*", count=count)
+    bond_keys = [k for k in found if not k.startswith(events_prefix)]
+    raws = r.mget(bond_keys) if bond_keys else []
+    bonds = []
+    for raw in raws:
+        if raw is None:
+            continue
+        try:
+            bonds.append(Bond.model_validate_json(raw))
+        except ValueError:
+            continue  # a foreign key under the prefix is not a bond
+    return int(next_cursor), bonds
+
+
+def all_bonds(r: redis.Redis, s: Settings) -> list[Bond]:
+    cursor, out = 0, []
+    while True:
+        cursor, page = list_bonds(r, s, cursor=cursor, count=500)
+        out.extend(page)
+        if cursor == 0:
+            return out
+
+
+def get_events(r: redis.Redis, s: Settings, user_id: str, limit: int = 50) -> list[BondEvent]:
+    return [
+        BondEvent.model_validate_json(raw)
+        for raw in r.lrange(keys.events(s, user_id), 0, max(limit, 1) - 1)
+    ]
+
+
+def check_rate_limit(
+    r: redis.Redis, s: Settings, user_id: str, now: float | None = None
+) -> RateLimit:
+    """Read-only view of the cap; counting happens atomically at ingest."""
+    bond = load_or_new(r, s, user_id)
+    count = bond.daily_msg_count
+    if bond.daily_msg_reset_at < keys.day_start(now or time.time()):
+        count = 0
+    if bond.daily_msg_cap <= 0:
+        return RateLimit(allowed=True, remaining=-1, cap=0, count=count)
+    remaining = max(0, bond.daily_msg_cap - count)
+    return RateLimit(
+        allowed=remaining > 0, remaining=remaining, cap=bond.daily_msg_cap, count=count
+    )
+
+
+def detection_args(
+    s: Settings,
+    det: DetectionIn,
+    *,
+    marker: str,
+    history: dict[str, Any] | None,
+    now: float,
+) -> scripts.Item:
+    """Keys and arguments of one detection for ``apply_detection.lua``."""
+    doc = {
+        "user_id": det.user_id,
+        "guild_id": det.guild_id,
+        "default_cap": s.default_daily_cap,
+        "day_start": keys.day_start(now),
+        "now": now,
+        "published_at": iso(now),
+        "correlation_id": det.message_id or det.detection_id,
+        "events_max": s.events_max,
+        "maxlen": s.stream_maxlen,
+        "marker_ttl": s.dedupe_ttl_days * 86_400,
+        "envelope_ids": {
+            "phase": envelope_id(marker, "bond.phase_transition"),
+            "risk": envelope_id(marker, "bond.risk_change"),
+        },
+        "detection": {
+            "phase": det.phase,
+            "risk_level": det.risk_level,
+            "archetype": det.childhood_archetype,
+            "egg_status": det.egg,
+            "confidence": det.confidence,
+            "primary_signal": det.primary_signal,
+            "turn_count": det.turn_count,
+            "ulm_vector": dict(det.ulm_vector),
+        },
+        "history": history,
+    }
+    bond_keys = [
+        keys.bond(s, det.user_id),
+        keys.events(s, det.user_id),
+        marker,
+        keys.history(s, det.guild_id, det.user_id),
+        s.stream_bond,
+    ]
+    return bond_keys, doc
+
+
+def _admin(r: redis.Redis, s: Settings, user_id: str, doc: dict[str, Any]) -> Bond:
+    now = time.time()
+    doc = {
+        "user_id": user_id,
+        "default_cap": s.default_daily_cap,
+        "now": now,
+        "published_at": iso(now),
+        "events_max": s.events_max,
+        "maxlen": s.stream_maxlen,
+        **doc,
+    }
+    doc.setdefault("envelope_id", str(uuid.uuid4()))
+    raw = scripts.run(
+        r,
+        "bond_admin",
+        [keys.bond(s, user_id), keys.events(s, user_id), s.stream_bond],
+        [json.dumps(doc)],
+    )
+    return Bond.model_validate_json(raw)
+
+
+def set_cap(
+    r: redis.Redis, s: Settings, user_id: str, cap: int, *, request_id: str | None = None
+) -> Bond:
+    """Set the daily cap (0 = unlimited); logged as an admin_action event."""
+    doc: dict[str, Any] = {"action": "set_cap", "cap": cap, "correlation_id": request_id}
+    if request_id:
+        doc["envelope_id"] = envelope_id(request_id, "bond.admin_action")
+    return _admin(r, s, user_id, doc)
+
+
+def add_note(
+    r: redis.Redis, s: Settings, user_id: str, note: str, *, request_id: str | None = None
+) -> Bond:
+    """Append a UTC-stamped note (last ``notes_max`` kept)."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+    doc: dict[str, Any] = {
+        "action": "add_note",
+        "note": note,
+        "note_head": note[:100],
+        "note_chars": len(note),
+        "stamped_note": f"[{stamp}] {note}",
+        "notes_max": s.notes_max,
+        "correlation_id": request_id,
+    }
+    if request_id:
+        doc["envelope_id"] = envelope_id(request_id, "bond.admin_action")
+    return _admin(r, s, user_id, doc)
+
+
+def reset_daily_caps(
+    r: redis.Redis, s: Settings, now: float | None = None, batch: int = 500
+) -> dict[str, Any]:
+    """Reset every bond's daily count at UTC midnight, in bounded batches.
+
+    The count also rolls over lazily at ingest, so this job only tidies what
+    operators see; running it twice resets nothing the second time."""
+    day = keys.day_start(now or time.time())
+    events_prefix = keys.events(s, "")
+    cursor, scanned, reset = 0, 0, 0
+    while True:
+        cursor, found = r.scan(cursor=cursor, match=f"{s.bond_prefix}*", count=batch)
+        bond_keys = [k for k in found if not k.startswith(events_prefix)]
+        scanned += len(bond_keys)
+        if bond_keys:
+            reset += int(scripts.run(r, "reset_caps", bond_keys, [day]))
+        if cursor == 0:
+            break
+    return {"status": "ok", "scanned": scanned, "reset": reset, "day_start": day}

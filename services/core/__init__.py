@@ -1,0 +1,1 @@
+"""Shared infrastructure: settings, clients, Redis keys and the Lua scripts."""

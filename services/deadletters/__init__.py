@@ -1,0 +1,1 @@
+"""Rejected and failed task payloads kept in PostgreSQL with their reasons."""

@@ -1,0 +1,134 @@
+"""Dead-letter store: payloads that can never succeed, kept with their reasons.
+
+Message text stays in the stored payload (replay needs it) but never leaves
+it: listings show ids and sizes only, erasure deletes a user's rows, and rows
+older than the retention period are purged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from models.payloads import ID_PATTERN
+from models.tables import DeadLetter
+
+MAX_PAYLOAD_CHARS = 256 * 1024
+
+
+def _encode(payload: Any) -> tuple[str, bool]:
+    try:
+        # ensure_ascii keeps NULs and lone surrogates storable in a text column.
+        raw = json.dumps(payload, ensure_ascii=True, default=repr)
+    except (ValueError, RecursionError):
+        raw = json.dumps({"unserialisable": repr(payload)[:MAX_PAYLOAD_CHARS]})
+    if len(raw) > MAX_PAYLOAD_CHARS:
+        return raw[:MAX_PAYLOAD_CHARS], True
+    return raw, False
+
+
+def _user_of(payload: Any) -> str | None:
+    # Only a valid id can name a user to erase; anything else (lone surrogates,
+    # NUL, injection-shaped strings) stays inside the escaped payload, where
+    # PostgreSQL can store it.
+    if isinstance(payload, dict):
+        uid = payload.get("user_id")
+        if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0:
+            uid = str(uid)
+        if isinstance(uid, str) and re.fullmatch(ID_PATTERN, uid):
+            return uid
+    return None
+
+
+def add(
+    session: Session,
+    *,
+    task_name: str,
+    reason: str,
+    details: list[str],
+    payload: Any,
+    user_id: str | None = None,
+) -> int:
+    raw, truncated = _encode(payload)
+    row = DeadLetter(
+        task_name=task_name[:200],
+        reason=reason[:200],
+        details=json.dumps([d[:500] for d in details[:50]]),
+        payload=raw,
+        payload_truncated=truncated,
+        user_id=user_id or _user_of(payload),
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def summary(row: DeadLetter) -> dict[str, Any]:
+    """A row as operators see it: no payload, so no message text."""
+    return {
+        "id": row.id,
+        "task_name": row.task_name,
+        "reason": row.reason,
+        "details": json.loads(row.details),
+        "user_id": row.user_id,
+        "payload_chars": len(row.payload),
+        "payload_truncated": row.payload_truncated,
+        "created_at": row.created_at.isoformat(),
+        "replayed_at": row.replayed_at.isoformat() if row.replayed_at else None,
+        "replay_count": row.replay_count,
+    }
+
+
+def list_rows(
+    session: Session, *, limit: int = 50, task_name: str | None = None, pending_only: bool = False
+) -> list[DeadLetter]:
+    stmt = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+    if task_name:
+        stmt = stmt.where(DeadLetter.task_name == task_name)
+    if pending_only:
+        stmt = stmt.where(DeadLetter.replayed_at.is_(None))
+    return list(session.scalars(stmt))
+
+
+def count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(DeadLetter)) or 0
+
+
+def take_for_replay(session: Session, ids: list[int]) -> list[tuple[int, str, Any]]:
+    """Lock the rows, mark them replayed and hand back (id, task, payload)."""
+    rows = session.scalars(
+        select(DeadLetter)
+        .where(DeadLetter.id.in_(ids), DeadLetter.payload_truncated.is_(False))
+        .with_for_update(skip_locked=True)
+    ).all()
+    out = []
+    for row in rows:
+        out.append((row.id, row.task_name, json.loads(row.payload)))
+    if rows:
+        session.execute(
+            update(DeadLetter)
+            .where(DeadLetter.id.in_([r.id for r in rows]))
+            .values(replayed_at=func.now(), replay_count=DeadLetter.replay_count + 1)
+        )
+    return out
+
+
+def purge(
+    session: Session, *, ids: list[int] | None = None, older_than_days: int | None = None
+) -> int:
+    stmt = delete(DeadLetter)
+    if ids is not None:
+        stmt = stmt.where(DeadLetter.id.in_(ids))
+    if older_than_days is not None:
+        cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+        stmt = stmt.where(DeadLetter.created_at < cutoff)
+    return session.execute(stmt).rowcount or 0
+
+
+def erase_user(session: Session, user_id: str) -> int:
+    return session.execute(delete(DeadLetter).where(DeadLetter.user_id == user_id)).rowcount or 0

@@ -1,0 +1,1 @@
+"""Versioned envelopes on Redis Streams: publishing, reading, consumer groups, the outbox."""

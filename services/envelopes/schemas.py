@@ -1,0 +1,59 @@
+"""JSON Schemas of the envelope streams, one self-contained file per stream.
+
+The committed files under ``schemas/`` are the contract downstream consumers
+in any language validate against; a test fails when they drift from the
+models. Regenerate with ``python -m services.envelopes.schemas``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from models.envelopes import SCHEMA_VERSION, STREAM_ADAPTERS, STREAM_TOPICS
+
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "schemas"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def file_name(group: str) -> str:
+    return f"{group}.v{SCHEMA_VERSION}.json"
+
+
+def current() -> dict[str, dict[str, Any]]:
+    """Stream group -> its JSON Schema, generated from the envelope models."""
+    out: dict[str, dict[str, Any]] = {}
+    for group, adapter in STREAM_ADAPTERS.items():
+        schema = adapter.json_schema(mode="validation")
+        out[group] = {
+            "$schema": DIALECT,
+            "$id": f"urn:vigil:stream:{group}:v{SCHEMA_VERSION}",
+            "title": f"vigil {group} stream envelope, schema_version {SCHEMA_VERSION}",
+            "description": (
+                "One Redis Streams entry has a single field 'data' holding this JSON. "
+                f"Topics: {', '.join(STREAM_TOPICS[group])}."
+            ),
+            **schema,
+        }
+    return out
+
+
+def render(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def export(directory: Path = DEFAULT_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for group, schema in current().items():
+        path = directory / file_name(group)
+        path.write_text(render(schema))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in export(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR):
+        print(written_path)

@@ -1,0 +1,1 @@
+"""Erasing a user from every store."""

@@ -1,0 +1,1 @@
+"""Ingest: messages and detections through the gate, the detector and the bond writes."""

@@ -1,0 +1,270 @@
+"""The ingest pipeline shared by ``vigil.ingest.message``, ``vigil.ingest.messages``
+and ``vigil.ingest.detection``.
+
+Per batch, whatever its size: one Redis round trip to dedupe, count against
+the daily cap and fetch history context (``ingest_gate.lua``), the detector in
+process, one PostgreSQL transaction for attribution observations (only when a
+detection carries any), and one Redis round trip to apply every detection with
+its events, history and envelopes (``apply_detection.lua``).
+
+Every step is idempotent, so a redelivered task (late ack, worker killed)
+finishes the work without counting or publishing anything twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from redis.exceptions import ResponseError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.history import StoredMessage
+from models.payloads import DetectionIn, MessageIn, reasons_of
+from services.attribution import service as attribution
+from services.bonds import history, ledger
+from services.core import keys, scripts
+from services.core.settings import Settings
+from services.deadletters import store
+from services.envelopes import outbox
+from services.ingest.detector import Detector, DetectorFailed
+
+
+@dataclass
+class Batch:
+    """Outcomes in input order, plus what must be dead-lettered."""
+
+    outcomes: list[dict[str, Any]]
+    rejected: list[tuple[Any, list[str]]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, model: Any, raws: Sequence[Any]) -> tuple[Batch, list[tuple[int, Any]]]:
+        """Validate every item; invalid ones are answered and set aside here."""
+        batch = cls([{} for _ in raws])
+        valid = []
+        for i, raw in enumerate(raws):
+            item, reasons = _parse(model, raw)
+            if reasons:
+                batch.outcomes[i] = {"status": "rejected", "index": i, "reasons": reasons}
+                batch.rejected.append((raw, reasons))
+            else:
+                valid.append((i, item))
+        return batch, valid
+
+    def summary(self) -> dict[str, Any]:
+        counts: dict[str, int] = defaultdict(int)
+        for o in self.outcomes:
+            counts[o["status"]] += 1
+        return {"status": "ok", **counts, "results": self.outcomes}
+
+
+def _parse(model, raw: Any) -> tuple[Any, list[str] | None]:
+    if not isinstance(raw, dict):
+        return None, [f"payload: expected a JSON object, got {type(raw).__name__}"]
+    try:
+        return model.model_validate(raw), None
+    except ValidationError as exc:
+        return None, reasons_of(exc)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return None, [f"payload: {type(exc).__name__}"]
+
+
+class IngestService:
+    """Holds the clients for one task run; tasks build it and call one method."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        detector: Detector,
+    ) -> None:
+        self.r = r
+        self.s = settings
+        self.sessions = sessions
+        self.detector = detector
+        wanted = getattr(detector, "context_limit", None)
+        limit = settings.history_context_limit
+        self.context_limit = limit if wanted is None else min(limit, wanted)
+
+    # -- messages ---------------------------------------------------------------
+
+    def messages(self, raws: Sequence[Any], now: float | None = None) -> Batch:
+        now = time.time() if now is None else now
+        batch, valid = Batch.parse(MessageIn, raws)
+        outcomes = batch.outcomes
+
+        gates = scripts.run_batch(
+            self.r, "ingest_gate", [self._gate_item(m, now) for _, m in valid]
+        )
+        to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None]] = []
+        # Messages earlier in this batch are context for later ones of the same user.
+        local_context: dict[tuple[str | None, str], list[StoredMessage]] = defaultdict(list)
+        for (i, msg), gate in zip(valid, gates, strict=True):
+            if isinstance(gate, ResponseError):
+                outcomes[i] = self._reject(batch, i, msg, [f"state: {str(gate)[:120]}"])
+                continue
+            verdict = gate[0]
+            if verdict == "duplicate":
+                outcomes[i] = {"status": "duplicate", "message_id": msg.message_id}
+                continue
+            if verdict == "rate_limited":
+                outcomes[i] = {
+                    "status": "rate_limited",
+                    "message_id": msg.message_id,
+                    "cap": int(gate[1]),
+                    "count": int(gate[2]),
+                }
+                continue
+            ctx_key = (msg.guild_id, msg.user_id)
+            context = history.context_of(gate[2]) + local_context[ctx_key]
+            context = context[-self.context_limit :] if self.context_limit else []
+            try:
+                det = self.detector.detect(msg, context)
+            except DetectorFailed as exc:
+                outcomes[i] = self._reject(batch, i, msg, [f"detector: {exc}"])
+                continue
+            entry = history.entry(self.s, msg, det.severity, det.crisis_score)
+            if entry is not None:
+                local_context[ctx_key].append(
+                    StoredMessage(
+                        message=msg.text[: self.s.history_text_chars],
+                        timestamp=msg.sent_at.isoformat(),
+                        crisis_score=det.crisis_score,
+                        severity=det.severity,
+                        message_id=msg.message_id,
+                    )
+                )
+            to_apply.append((i, msg, det, entry))
+
+        self._attribution([det for _, _, det, _ in to_apply])
+        calls = [
+            ledger.detection_args(
+                self.s,
+                det,
+                marker=keys.message_marker(self.s, msg.platform, msg.message_id),
+                history=entry,
+                now=now,
+            )
+            for _, msg, det, entry in to_apply
+        ]
+        applied = scripts.run_batch(self.r, "apply_detection", calls)
+        for (i, msg, det, _), reply in zip(to_apply, applied, strict=True):
+            outcomes[i] = self._applied(reply, msg.message_id, det)
+            if outcomes[i]["status"] == "rejected":
+                self._reject(batch, i, msg, outcomes[i]["reasons"])
+        self._dead_letter(
+            batch, "vigil.ingest.messages" if len(raws) > 1 else "vigil.ingest.message"
+        )
+        return batch
+
+    def _gate_item(self, msg: MessageIn, now: float) -> scripts.Item:
+        marker = keys.message_marker(self.s, msg.platform, msg.message_id)
+        item_keys = [
+            keys.bond(self.s, msg.user_id),
+            marker,
+            keys.history(self.s, msg.guild_id, msg.user_id),
+            self.s.stream_bond,
+        ]
+        doc = {
+            "user_id": msg.user_id,
+            "guild_id": msg.guild_id,
+            "platform": msg.platform,
+            "message_id": msg.message_id,
+            "day_start": keys.day_start(now),
+            "default_cap": self.s.default_daily_cap,
+            "context_limit": self.context_limit,
+            "marker_ttl": self.s.dedupe_ttl_days * 86_400,
+            "maxlen": self.s.stream_maxlen,
+            "now": now,
+            "envelope_id": ledger.envelope_id(marker, "message.rate_limited"),
+            "published_at": ledger.iso(now),
+        }
+        return item_keys, doc
+
+    # -- detections -------------------------------------------------------------
+
+    def detections(self, raws: Sequence[Any], now: float | None = None) -> Batch:
+        now = time.time() if now is None else now
+        batch, valid = Batch.parse(DetectionIn, raws)
+        outcomes = batch.outcomes
+        attribution = self._attribution([d for _, d in valid])
+        calls = [
+            ledger.detection_args(
+                self.s,
+                det,
+                marker=keys.detection_marker(self.s, det.detection_id),
+                history=None,
+                now=now,
+            )
+            for _, det in valid
+        ]
+        applied = scripts.run_batch(self.r, "apply_detection", calls)
+        for (i, det), reply in zip(valid, applied, strict=True):
+            outcomes[i] = self._applied(reply, det.detection_id, det, key="detection_id")
+            changes = attribution.get(det.detection_id)
+            if changes:
+                outcomes[i]["attribution_changes"] = changes
+            if outcomes[i]["status"] == "rejected":
+                self._reject(batch, i, det, outcomes[i]["reasons"])
+        self._dead_letter(batch, "vigil.ingest.detection")
+        return batch
+
+    # -- shared -----------------------------------------------------------------
+
+    def _attribution(self, dets: list[DetectionIn]) -> dict[str, int]:
+        """Observations go to PostgreSQL in one transaction, before the Redis
+        apply: both sides are idempotent, so a retry after either fails is safe."""
+        with_obs = [d for d in dets if d.observations]
+        if not with_obs:
+            return {}
+
+        with self.sessions() as session, session.begin():
+            results = attribution.apply_detections(session, self.s, with_obs)
+        changed: dict[str, int] = defaultdict(int)
+        for res in results or []:
+            if res.get("changed"):
+                changed[str(res.get("detection_id"))] += 1
+        if changed:
+            outbox.relay(self.sessions, self.r, self.s)
+        return dict(changed)
+
+    @staticmethod
+    def _applied(reply: Any, ident: str, det: DetectionIn, key: str = "message_id") -> dict:
+        if isinstance(reply, ResponseError):
+            return {"status": "rejected", key: ident, "reasons": [f"state: {str(reply)[:120]}"]}
+        if reply[0] == "duplicate":
+            return {"status": "duplicate", key: ident}
+        changed = reply[1].split(",") if reply[1] else []
+        return {
+            "status": "accepted",
+            key: ident,
+            "severity": det.severity,
+            "phase": det.phase,
+            "phase_changed": "phase" in changed,
+            "risk_changed": "risk" in changed,
+            "stored": reply[2] == "1",
+        }
+
+    @staticmethod
+    def _reject(batch: Batch, i: int, item: Any, reasons: list[str]) -> dict[str, Any]:
+        batch.rejected.append((item.model_dump(mode="json"), reasons))
+        return {"status": "rejected", "index": i, "reasons": reasons}
+
+    def _dead_letter(self, batch: Batch, task_name: str) -> None:
+        if not batch.rejected:
+            return
+        with self.sessions() as session, session.begin():
+            for payload, reasons in batch.rejected:
+                store.add(
+                    session,
+                    task_name=task_name,
+                    reason="rejected",
+                    details=reasons,
+                    payload=payload,
+                )

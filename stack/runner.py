@@ -1,0 +1,487 @@
+"""Run the whole system on one machine: services, migrations, worker, beat, Flower.
+
+``run_stack`` is what ``vigil up`` calls. It resolves Redis and PostgreSQL
+(configured, local, or embedded), migrates the database, starts the Celery
+worker, beat and Flower as child processes with their logs under
+``<data_dir>/logs/``, waits until the worker answers a ping, and on the way
+out (Ctrl-C, SIGTERM, a child dying, or ``then`` returning) stops them in
+reverse order, then the embedded servers it started.
+
+Children run in their own sessions so a Ctrl-C in the terminal reaches only
+this supervisor, which then shuts them down in order: Flower and beat first
+so nothing new is scheduled, the worker last so it finishes what it holds.
+"""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import contextlib
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TypeVar
+
+import httpx
+from celery import Celery
+
+from services.client import sender_app
+from services.core import clients
+from services.core.settings import Settings, get_settings
+from stack.discovery import (
+    Found,
+    ServiceUnavailable,
+    app_database_url,
+    ensure_database,
+    ensure_services,
+    migrate,
+)
+from stack.embedded import EmbeddedError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUES = "ingest,admin,periodic"
+FLOWER_USER = "vigil"
+FLOWER_SECRET_FILE = "flower-password"  # noqa: S105 - a file name
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
+
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """The stack could not start, or one of its processes died."""
+
+
+class FlowerAuthError(StackError):
+    """Flower would have been reachable without a login."""
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_basic_auth(value: str, source: str) -> str:
+    for pair in value.split(","):
+        user, sep, password = pair.partition(":")
+        if not (sep and user and password):
+            raise FlowerAuthError(f"{source} must be user:password (comma-separated for several)")
+    return value
+
+
+def flower_auth(
+    settings: Settings, data_dir: Path, *, generate: bool = True, out: IO[str] | None = None
+) -> str | None:
+    """Flower's ``user:password``: from settings, else the saved generated one.
+
+    A generated password is written once to ``<data_dir>/flower-password``
+    (mode 0600) and printed once, when it is created; later runs reuse it."""
+    if settings.flower_basic_auth:
+        return _check_basic_auth(settings.flower_basic_auth, "VIGIL_FLOWER_BASIC_AUTH")
+    path = Path(data_dir) / FLOWER_SECRET_FILE
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise FlowerAuthError(f"{path} is readable by other users; chmod 600 it")
+        return _check_basic_auth(path.read_text().strip(), str(path))
+    if not generate:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another start won the race; use what it wrote.
+        return _check_basic_auth(path.read_text().strip(), str(path))
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    user, _, password = value.partition(":")
+    print(
+        f"Flower login (generated, shown once, saved in {path}): user {user} password {password}",
+        file=out or sys.stderr,
+        flush=True,
+    )
+    return value
+
+
+def flower_command(
+    settings: Settings, *, basic_auth: str | None, local_only: bool = False
+) -> tuple[list[str], dict[str, str]]:
+    """Command line and extra environment for Flower; refuses an open Flower.
+
+    The credentials travel in ``FLOWER_BASIC_AUTH`` (which Flower reads like
+    ``--basic-auth``) so they do not show in ``ps``. Without credentials it
+    starts only when ``local_only`` is set and it binds to loopback."""
+    address = settings.flower_address
+    if basic_auth:
+        _check_basic_auth(basic_auth, "Flower basic auth")
+    elif not local_only:
+        raise FlowerAuthError(
+            "Flower refuses to start without authentication: set "
+            "VIGIL_FLOWER_BASIC_AUTH=user:password (or VIGIL_FLOWER_BASIC_AUTH_FILE), "
+            "let vigil generate a password, or say explicitly that it is local-only"
+        )
+    elif not is_loopback(address):
+        raise FlowerAuthError(
+            f"a local-only Flower without authentication must bind to loopback, "
+            f"not {address} (VIGIL_FLOWER_ADDRESS)"
+        )
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "flower",
+        f"--address={address}",
+        f"--port={settings.flower_port}",
+    ]
+    env = {"FLOWER_BASIC_AUTH": basic_auth} if basic_auth else {}
+    return argv, env
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment for a child, minus inherited Flower options.
+
+    A stray ``FLOWER_UNAUTHENTICATED_API`` or ``FLOWER_BASIC_AUTH`` in the
+    operator's shell must not silently change what the Flower we start
+    allows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    _log: IO[bytes] = field(repr=False)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %ss; killing it", self.name, timeout)
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@dataclass
+class Stack:
+    """A running stack, as handed to the ``then`` callback."""
+
+    settings: Settings
+    found: Found
+    env: dict[str, str]
+    log_dir: Path
+    worker_name: str
+    flower_url: str | None
+    children: dict[str, Child] = field(default_factory=dict)
+    failure: str | None = None
+
+    def client(self) -> Celery:
+        """A Celery client on the stack's broker, for sending tasks and pings."""
+        return sender_app(
+            clients.broker_url(self.settings),
+            clients.redis_url(self.settings),
+            name="vigil-stack",
+        )
+
+    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Child:
+        log_path = self.log_dir / f"{name}.log"
+        handle = open(log_path, "ab")  # noqa: SIM115 - closed by Child.stop
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=child_env({**self.env, **(extra_env or {})}),
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        child = Child(name, proc, log_path, handle)
+        self.children[name] = child
+        return child
+
+    def check_children(self) -> None:
+        for child in self.children.values():
+            code = child.proc.poll()
+            if code is not None:
+                raise StackError(
+                    f"{child.name} exited with code {code}; see {child.log_path}:\n"
+                    f"{_tail(child.log_path)}"
+                )
+
+    def stop(self) -> None:
+        for name in reversed(list(self.children)):
+            self.children[name].stop()
+        self.found.stop_started()
+
+
+def _tail(path: Path, chars: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+class _Shutdown(Exception):
+    pass
+
+
+@dataclass
+class _SignalState:
+    stopping: bool = False
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[_SignalState]:
+    """SIGINT/SIGTERM/SIGHUP end the run, so ``finally`` stops the children.
+
+    Once the shutdown has begun, further signals (an impatient second Ctrl-C)
+    are ignored so the children still stop in order."""
+    state = _SignalState()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, _frame):
+        if not state.stopping:
+            raise _Shutdown(signal.Signals(signum).name)
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield state
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _watch(stack: Stack, stop: threading.Event) -> None:
+    """Interrupt the main thread when a child dies while ``then`` runs."""
+    while not stop.wait(0.5):
+        try:
+            stack.check_children()
+        except StackError as err:
+            stack.failure = str(err)
+            _thread.interrupt_main()
+            return
+
+
+def resolve(settings: Settings) -> tuple[Settings, Found]:
+    """Services for this run and the settings every child will share."""
+    found = ensure_services(
+        redis_url=settings.redis_url,
+        database_url=settings.database_url,
+        data_dir=settings.data_dir,
+        embedded=settings.embedded,
+        redis_port=settings.embedded_redis_port,
+        postgres_port=settings.embedded_postgres_port,
+    )
+    if settings.redis_url:
+        state, broker = settings.redis_url, settings.broker_url or settings.redis_url
+    else:
+        # Broker and state apart, so flushing one for a reset never loses the other.
+        state, broker = f"{found.redis_url}/0", settings.broker_url or f"{found.redis_url}/1"
+    database = settings.database_url or app_database_url(found.database_url, "vigil")
+    resolved = settings.model_copy(
+        update={
+            "redis_url": state,
+            "broker_url": broker,
+            "database_url": database,
+            "data_dir": Path(settings.data_dir).resolve(),
+        }
+    )
+    return resolved, found
+
+
+def run_stack(
+    settings: Settings | None = None,
+    *,
+    then: Callable[[Stack], T] | None = None,
+    flower: bool = True,
+    flower_local_only: bool = False,
+    beat: bool = True,
+    concurrency: int = 2,
+    ready_timeout: float = READY_TIMEOUT_S,
+    out: IO[str] | None = None,
+) -> T | None:
+    """Start everything, run ``then(stack)`` (or wait for a signal), stop everything.
+
+    Returns what ``then`` returned; raises StackError when a process fails to
+    start or dies, after stopping the rest."""
+    out = out or sys.stderr
+    settings = settings or get_settings()
+    data_dir = Path(settings.data_dir).resolve()
+    auth = None
+    if flower:
+        # Decided before anything starts: a refusal must not leave servers behind.
+        auth = flower_auth(settings, data_dir, generate=not flower_local_only, out=out)
+        flower_command(settings, basic_auth=auth, local_only=flower_local_only)
+
+    with _signals_raise() as signals:
+        try:
+            settings, found = resolve(settings)
+        except (ServiceUnavailable, EmbeddedError) as err:
+            raise StackError(str(err)) from err
+        log_dir = data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "VIGIL_REDIS_URL": settings.redis_url or "",
+            "VIGIL_BROKER_URL": settings.broker_url or "",
+            "VIGIL_DATABASE_URL": settings.database_url or "",
+            "VIGIL_DATA_DIR": str(data_dir),
+            # The children use what was resolved here, never start servers of their own.
+            "VIGIL_EMBEDDED": "never",
+        }
+        if settings.redis_password:
+            env["VIGIL_REDIS_PASSWORD"] = settings.redis_password
+        if settings.database_password:
+            env["VIGIL_DATABASE_PASSWORD"] = settings.database_password
+        worker_name = f"vigil-{uuid.uuid4().hex[:6]}"
+        flower_url = f"http://{settings.flower_address}:{settings.flower_port}" if flower else None
+        stack = Stack(settings, found, env, log_dir, worker_name, flower_url)
+        stop_watch = threading.Event()
+        try:
+            db_url = clients.database_url(settings)
+            if ensure_database(db_url):
+                print("created database", settings.database_url.rsplit("/", 1)[-1], file=out)
+            migrate(db_url)
+            _start_children(stack, auth, flower_local_only, beat, flower, concurrency)
+            _wait_ready(stack, ready_timeout)
+            _announce(stack, out)
+            if then is None:
+                while True:
+                    stack.check_children()
+                    time.sleep(0.5)
+            watcher = threading.Thread(target=_watch, args=(stack, stop_watch), daemon=True)
+            watcher.start()
+            return then(stack)
+        except (KeyboardInterrupt, _Shutdown):
+            if stack.failure:
+                raise StackError(stack.failure) from None
+            print("stopping vigil", file=out, flush=True)
+            return None
+        finally:
+            signals.stopping = True
+            stop_watch.set()
+            stack.stop()
+
+
+def _start_children(
+    stack: Stack, auth: str | None, local_only: bool, beat: bool, flower: bool, concurrency: int
+) -> None:
+    celery = [sys.executable, "-m", "celery", "-A", "tasks"]
+    stack.start(
+        "worker",
+        [
+            *celery,
+            "worker",
+            "-Q",
+            QUEUES,
+            "-E",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{stack.worker_name}@%h",
+            "-l",
+            "INFO",
+        ],
+    )
+    if beat:
+        stack.start("beat", [*celery, "beat", "-l", "INFO"])
+    if flower:
+        argv, extra = flower_command(stack.settings, basic_auth=auth, local_only=local_only)
+        stack.start("flower", argv, extra)
+
+
+def _wait_ready(stack: Stack, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    client = stack.client()
+    try:
+        while True:
+            stack.check_children()
+            replies = client.control.ping(timeout=1.0)
+            if any(name.startswith(f"{stack.worker_name}@") for r in replies for name in r):
+                break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"worker did not answer a ping within {timeout:.0f}s; "
+                    f"see {stack.children['worker'].log_path}"
+                )
+    finally:
+        client.close()
+    if stack.flower_url:
+        while True:
+            stack.check_children()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{stack.flower_url}/healthcheck", timeout=2).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise StackError(f"Flower did not come up; see {stack.children['flower'].log_path}")
+            time.sleep(0.2)
+
+
+def _announce(stack: Stack, out: IO[str]) -> None:
+    lines = ["vigil is running"]
+    if stack.found.started:
+        lines.append("  embedded: " + ", ".join(s.url for s in stack.found.started))
+    if stack.flower_url:
+        lines.append(f"  Flower:   {stack.flower_url}")
+    lines.append(f"  logs:     {stack.log_dir}")
+    lines.append("  Ctrl-C to stop")
+    print("\n".join(lines), file=out, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.runner", description=__doc__)
+    parser.add_argument(
+        "--flower-local-only",
+        action="store_true",
+        help="run Flower without a login (loopback only)",
+    )
+    parser.add_argument("--no-flower", action="store_true")
+    parser.add_argument("--no-beat", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        run_stack(
+            flower=not args.no_flower,
+            flower_local_only=args.flower_local_only,
+            beat=not args.no_beat,
+        )
+    except StackError as err:
+        print(f"vigil: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from models.envelopes import EXAMPLE_PAYLOADS, make_envelope, parse_envelope
+from models.tables import Outbox
+from services.envelopes import outbox, streams
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def state_changed(**kwargs):
+    return make_envelope(
+        "attribution.profile.state_changed",
+        EXAMPLE_PAYLOADS["attribution.profile.state_changed"],
+        **kwargs,
+    )
+
+
+def enqueue_committed(db, settings, n: int = 1) -> list:
+    sent = [state_changed(correlation_id=f"d-{i}") for i in range(n)]
+    with db() as session, session.begin():
+        for e in sent:
+            outbox.enqueue(session, settings, e, identity_id=e.payload.identity_id)
+    return sent
+
+
+def published_ids(r, settings) -> list[str]:
+    return [
+        parse_envelope("attribution", fields["data"]).envelope_id
+        for _, fields in r.xrange(settings.stream_attribution)
+    ]
+
+
+def test_committed_envelope_is_relayed_once(r, db, settings):
+    [sent] = enqueue_committed(db, settings)
+    with db() as session:
+        row = session.scalars(select(Outbox)).one()
+        assert (row.stream, row.topic) == (settings.stream_attribution, sent.topic)
+        assert str(row.identity_id) == sent.payload.identity_id
+        assert row.published_at is None
+    assert outbox.relay(db, r, settings) == {"status": "ok", "published": 1, "already_sent": 0}
+    assert outbox.relay(db, r, settings) == {"status": "ok", "published": 0, "already_sent": 0}
+    [(_, fields)] = r.xrange(settings.stream_attribution)
+    assert parse_envelope("attribution", fields["data"]) == sent
+    with db() as session:
+        assert session.scalars(select(Outbox)).one().published_at is not None
+        assert outbox.pending_count(session) == 0
+
+
+def test_rolled_back_transaction_publishes_nothing(r, db, settings):
+    with db() as session:
+        session.begin()
+        outbox.enqueue(session, settings, state_changed())
+        session.rollback()
+    assert outbox.relay(db, r, settings)["published"] == 0
+    assert r.xlen(settings.stream_attribution) == 0
+
+
+def test_enqueue_is_idempotent_on_envelope_id(r, db, settings):
+    e = state_changed()
+    for _ in range(2):
+        with db() as session, session.begin():
+            outbox.enqueue(session, settings, e)
+    outbox.relay(db, r, settings)
+    assert published_ids(r, settings) == [e.envelope_id]
+
+
+def test_crash_between_xadd_and_commit_publishes_once(r, db, settings, monkeypatch):
+    sent = enqueue_committed(db, settings, 3)
+
+    def crash(session, ids):
+        raise RuntimeError("process died here")
+
+    monkeypatch.setattr(outbox, "_mark_published", crash)
+    with pytest.raises(RuntimeError):
+        outbox.relay(db, r, settings)
+    monkeypatch.undo()
+    assert r.xlen(settings.stream_attribution) == 3
+    with db() as session:
+        assert outbox.pending_count(session) == 3
+
+    assert outbox.relay(db, r, settings) == {"status": "ok", "published": 0, "already_sent": 3}
+    assert published_ids(r, settings) == [e.envelope_id for e in sent]
+    with db() as session:
+        assert outbox.pending_count(session) == 0
+
+
+def test_killed_relay_process_publishes_once_after_recovery(r, db, settings, test_env):
+    sent = enqueue_committed(db, settings, 2)
+    code = (
+        "import os\n"
+        "from services.envelopes import outbox\n"
+        "from services.core.clients import get_redis, session_factory\n"
+        "from services.core.settings import Settings\n"
+        "s = Settings()\n"
+        "outbox._mark_published = lambda session, ids: os._exit(7)\n"
+        "outbox.relay(session_factory(s), get_redis(s), s)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
+    assert proc.returncode == 7, proc.stderr.decode()[-2000:]
+    assert r.xlen(settings.stream_attribution) == 2
+    assert outbox.relay(db, r, settings)["already_sent"] == 2
+    assert published_ids(r, settings) == [e.envelope_id for e in sent]
+
+
+def test_concurrent_relays_publish_each_row_once(r, db, settings):
+    sent = enqueue_committed(db, settings, 300)
+    results: list[dict] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def relay_until_empty():
+        try:
+            while True:
+                result = outbox.relay(db, r, settings, limit=20)
+                with lock:
+                    results.append(result)
+                if result["published"] == 0 and result["already_sent"] == 0:
+                    return
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=relay_until_empty) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    outbox.relay(db, r, settings)
+    ids = published_ids(r, settings)
+    assert sorted(ids) == sorted(e.envelope_id for e in sent)
+    assert len(ids) == len(set(ids)) == 300
+    # SKIP LOCKED alone kept relays apart: no row was even attempted twice.
+    assert sum(res["already_sent"] for res in results) == 0
+    assert sum(res["published"] for res in results) == 300
+
+
+def test_publish_after_commit_relays_at_once(r, db, settings):
+    e = state_changed()
+    with db() as session, session.begin():
+        outbox.publish_after_commit(session, db, r, settings)
+        outbox.enqueue(session, settings, e)
+        assert r.xlen(settings.stream_attribution) == 0
+    assert published_ids(r, settings) == [e.envelope_id]
+    with db() as session:
+        assert outbox.pending_count(session) == 0
+
+
+def test_publish_after_commit_ignores_rolled_back_envelopes(r, db, settings):
+    with db() as session:
+        outbox.publish_after_commit(session, db, r, settings)
+        with session.begin():
+            outbox.enqueue(session, settings, state_changed())
+            session.rollback()
+        kept = state_changed()
+        with session.begin():
+            outbox.enqueue(session, settings, kept)
+    assert published_ids(r, settings) == [kept.envelope_id]
+
+
+def test_publish_after_commit_with_redis_down_leaves_rows_for_the_relay(r, db, settings):
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    e = state_changed()
+    with db() as session, session.begin():
+        outbox.publish_after_commit(session, db, down, settings)
+        outbox.enqueue(session, settings, e)
+    with db() as session:
+        assert outbox.pending_count(session) == 1
+    assert outbox.relay(db, r, settings)["published"] == 1
+    assert published_ids(r, settings) == [e.envelope_id]
+
+
+def test_outbox_envelope_is_readable_by_stream_consumers(r, db, settings):
+    [sent] = enqueue_committed(db, settings)
+    outbox.relay(db, r, settings)
+    got = streams.consume(r, settings, "g", "c", "attribution", block_ms=None)
+    assert [e for _, e in got] == [sent]
+
+
+def test_purge_published_keeps_recent_and_pending_rows(r, db, settings):
+    enqueue_committed(db, settings, 2)
+    outbox.relay(db, r, settings, limit=1)
+    with db() as session, session.begin():
+        assert outbox.purge_published(session, older_than_days=1) == 0
+        session.execute(
+            Outbox.__table__.update()
+            .where(Outbox.published_at.is_not(None))
+            .values(published_at=Outbox.published_at - timedelta(days=2))
+        )
+        assert outbox.purge_published(session, older_than_days=1) == 1
+        assert outbox.pending_count(session) == 1
+
+
+def test_relay_outbox_task_on_a_real_worker(r, db, settings, worker, celery_app):
+    [sent] = enqueue_committed(db, settings)
+    result = celery_app.send_task("vigil.periodic.relay_outbox", ignore_result=False).get(
+        timeout=60
+    )
+    assert result == {"status": "ok", "published": 1, "already_sent": 0}
+    assert published_ids(r, settings) == [sent.envelope_id]
+
+
+def test_enqueue_refuses_a_bad_identity_id(db, settings):
+    with db() as session, session.begin(), pytest.raises(ValueError):
+        outbox.enqueue(session, settings, state_changed(), identity_id="nope")
+    assert uuid.UUID(state_changed().envelope_id)

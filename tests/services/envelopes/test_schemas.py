@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from models.envelopes import EXAMPLE_PAYLOADS, STREAM_TOPICS, make_envelope
+from services.envelopes import schemas, streams
+
+COMMITTED = Path(__file__).resolve().parents[3] / "schemas"
+
+
+def committed(group: str) -> dict:
+    return json.loads((COMMITTED / schemas.file_name(group)).read_text())
+
+
+def validator(group: str) -> jsonschema.Draft202012Validator:
+    schema = committed(group)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def test_committed_schemas_match_the_models():
+    """Fails when a model changed without ``python -m services.envelopes.schemas``."""
+    current = schemas.current()
+    assert sorted(p.name for p in COMMITTED.glob("*.json")) == sorted(
+        schemas.file_name(g) for g in current
+    )
+    for group, schema in current.items():
+        assert (COMMITTED / schemas.file_name(group)).read_text() == schemas.render(schema)
+
+
+def test_export_writes_one_file_per_stream(tmp_path):
+    written = schemas.export(tmp_path)
+    assert sorted(p.name for p in written) == [
+        "attribution.v1.json",
+        "bond.v1.json",
+        "user.v1.json",
+    ]
+    for path in written:
+        assert path.read_text() == (COMMITTED / path.name).read_text()
+
+
+def test_each_schema_is_self_contained():
+    for group in STREAM_TOPICS:
+        text = json.dumps(committed(group))
+        refs = [part.split('"')[0] for part in text.split('"$ref": "')[1:]]
+        assert all(ref.startswith("#/") for ref in refs), refs
+
+
+@pytest.mark.parametrize("group", sorted(STREAM_TOPICS))
+def test_published_envelopes_validate_against_their_stream_schema(r, settings, group):
+    check = validator(group)
+    for topic in STREAM_TOPICS[group]:
+        streams.publish(r, settings, make_envelope(topic, EXAMPLE_PAYLOADS[topic], meta={"a": 1}))
+    entries = r.xrange(streams.stream_key(settings, group))
+    assert len(entries) == len(STREAM_TOPICS[group])
+    for _, fields in entries:
+        check.validate(json.loads(fields["data"]))
+
+
+def test_schemas_reject_what_decoders_reject():
+    body = json.loads(
+        make_envelope("bond.risk_change", EXAMPLE_PAYLOADS["bond.risk_change"]).model_dump_json()
+    )
+    check = validator("bond")
+    check.validate(body)
+    for bad in (
+        {**body, "schema_version": "2"},
+        {**body, "topic": "user.erased"},
+        {**body, "extra": 1},
+        {**body, "envelope_id": "x"},
+        {k: v for k, v in body.items() if k != "envelope_id"},
+        {**body, "payload": {**body["payload"], "text": "hello"}},
+    ):
+        assert not check.is_valid(bad)
+    assert not validator("user").is_valid(body)
+
+
+def test_lua_built_envelope_validates(r):
+    raw = r.eval(
+        """return cjson.encode({schema_version = '1', envelope_id = ARGV[1],
+        topic = 'bond.phase_transition', published_at = '2026-11-22T00:00:00+00:00',
+        correlation_id = 'm1', meta = {}, payload = {user_id = '1', from_phase = 'a',
+        to_phase = 'b', confidence = 1, primary_signal = 's'}})""",
+        0,
+        str(uuid.uuid4()),
+    )
+    validator("bond").validate(json.loads(raw))

@@ -1,0 +1,238 @@
+"""The ingest pipeline on real Redis and PostgreSQL (service level)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from models.payloads import DetectionIn, MessageIn
+from models.tables import DeadLetter
+from services.bonds import history, ledger
+from services.core.settings import Settings
+from services.ingest.detector import LexiconDetector
+from services.ingest.service import IngestService
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def msg(i: int, text: str = "I feel sad", user: str = "u1", guild: str | None = "g1", **kw):
+    return {
+        "message_id": f"m{i}",
+        "user_id": user,
+        "guild_id": guild,
+        "text": text,
+        "sent_at": (T0 + timedelta(seconds=i)).isoformat(),
+        **kw,
+    }
+
+
+class Recording(LexiconDetector):
+    """The built-in detector, also recording the context it was given."""
+
+    def __init__(self) -> None:
+        self.contexts: list[list[str]] = []
+
+    def detect(self, m: MessageIn, context):
+        self.contexts.append([c.message_id for c in context])
+        return super().detect(m, context)
+
+
+@pytest.fixture
+def svc(r, db, settings):
+    return IngestService(r, settings, db, LexiconDetector())
+
+
+def stream(r, settings):
+    return [json.loads(f["data"]) for _, f in r.xrange(settings.stream_bond)]
+
+
+def test_history_seed_behaviour(r, db, settings):
+    s = Settings(history_max_messages=5)
+    svc = IngestService(r, s, db, LexiconDetector())
+    long = "I feel sad " + "x" * 900
+    svc.messages([msg(0, "hello there")] + [msg(i, long) for i in range(1, 9)])
+    assert not history.exists(r, s, "g1", "u2")
+    assert history.count(r, s, "g1", "u1") == 5  # oldest trimmed, safe never stored
+    items = history.get(r, s, "g1", "u1", limit=3)
+    assert [m.message_id for m in items] == ["m8", "m7", "m6"]  # newest first
+    assert all(len(m.message) == 500 for m in items)
+    ttl = r.ttl("ash:history:g1:u1")
+    assert 14 * 86400 - 60 < ttl <= 14 * 86400
+    stats = history.stats(r, s, "g1", "u1")
+    assert stats.total == 5 and stats.by_severity["low"] + stats.by_severity["medium"] == 5
+    assert history.clear(r, s, "g1", "u1") == 5 and not history.exists(r, s, "g1", "u1")
+
+
+def test_history_threshold_is_a_setting(r, db):
+    s = Settings(history_min_severity="medium")
+    svc = IngestService(r, s, db, LexiconDetector())
+    svc.messages([msg(1, "I feel sad"), msg(2, "I feel hopeless and worthless")])
+    assert [m.message_id for m in history.get(r, s, "g1", "u1")] == ["m2"]
+
+
+def test_reads_seed_written_history_and_gives_it_oldest_first(r, db, settings):
+    for i, ts in ((1, 100.0), (2, 200.0)):
+        r.zadd(
+            "ash:history:g1:u1",
+            {
+                json.dumps(
+                    {
+                        "message": "old",
+                        "timestamp": datetime.fromtimestamp(ts, UTC).isoformat(),
+                        "crisis_score": 0.3,
+                        "severity": "low",
+                        "message_id": f"seed{i}",
+                    }
+                ): ts
+            },
+        )
+    det = Recording()
+    IngestService(r, settings, db, det).messages([msg(5, "sad"), msg(6, "sad again")])
+    assert det.contexts[0] == ["seed1", "seed2"]
+    # the batch's own earlier message is context for the next one
+    assert det.contexts[1] == ["seed1", "seed2", "m5"]
+
+
+def test_cap_and_dedupe(r, svc, settings):
+    ledger.set_cap(r, settings, "u1", 3)
+    out = svc.messages([msg(i) for i in range(5)] + [msg(0)]).summary()
+    assert (out["accepted"], out["rate_limited"], out["duplicate"]) == (3, 2, 1)
+    assert ledger.load(r, settings, "u1").daily_msg_count == 3
+    limited = [e for e in stream(r, settings) if e["topic"] == "message.rate_limited"]
+    assert [e["payload"]["message_id"] for e in limited] == ["m3", "m4"]
+    assert limited[0]["payload"] | {} == {
+        "user_id": "u1",
+        "guild_id": "g1",
+        "platform": "discord",
+        "message_id": "m3",
+        "cap": 3,
+        "count": 3,
+    }
+
+
+def test_count_resets_at_utc_midnight_without_beat(r, svc, settings):
+    ledger.set_cap(r, settings, "u1", 1)
+    before = datetime(2026, 11, 22, 23, 59, 59, tzinfo=UTC).timestamp()
+    after = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC).timestamp()
+    assert svc.messages([msg(1)], now=before).outcomes[0]["status"] == "accepted"
+    assert svc.messages([msg(2)], now=before).outcomes[0]["status"] == "rate_limited"
+    assert svc.messages([msg(3)], now=after).outcomes[0]["status"] == "accepted"
+    assert ledger.load(r, settings, "u1").daily_msg_count == 1
+
+
+def test_count_resets_with_beat_job(r, svc, settings):
+    ledger.set_cap(r, settings, "u1", 1)
+    before = datetime(2026, 11, 22, 23, 59, 59, tzinfo=UTC).timestamp()
+    after = datetime(2026, 11, 23, 0, 0, 0, tzinfo=UTC).timestamp()
+    svc.messages([msg(1)], now=before)
+    assert ledger.reset_daily_caps(r, settings, now=after)["reset"] == 1
+    assert ledger.load(r, settings, "u1").daily_msg_count == 0
+
+
+def test_redelivery_leaves_identical_state(r, svc, settings):
+    batch = [msg(i, t) for i, t in enumerate(["sad", "hopeless, can't go on", "want to die"])]
+    svc.messages(batch)
+    snapshot = {k: r.dump(k) for k in r.keys("*") if not k.startswith("vigil:seen")}
+    again = svc.messages(batch).summary()
+    assert again["duplicate"] == 3
+    assert snapshot == {k: r.dump(k) for k in r.keys("*") if not k.startswith("vigil:seen")}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"user_id": "a:b"},
+        {"user_id": "*"},
+        {"user_id": "events:42"},
+        {"user_id": ""},
+        {"user_id": "x" * 200},
+        {"guild_id": "g:1"},
+        {"text": "x" * 9000},
+        {"sent_at": "2026-11-22T10:00:00"},
+        {"message_id": None},
+        {"surprise": 1},
+        {"text": {"nested": ["deep"]}},
+        {"user_id": True},
+    ],
+)
+def test_hostile_message_is_rejected_and_kept(r, db, svc, bad):
+    payload = {**msg(1), **bad}
+    out = svc.messages([payload, msg(2, user="ok")]).outcomes
+    assert out[0]["status"] == "rejected" and out[0]["reasons"]
+    assert out[1]["status"] == "accepted"
+    assert "x" * 50 not in json.dumps(out)  # reasons never echo the input
+    assert not [k for k in r.keys("*") if "u1" in k or "a:b" in k]
+    with db() as session:
+        rows = session.scalars(select(DeadLetter)).all()
+    assert len(rows) == 1 and rows[0].reason == "rejected"
+    assert json.loads(rows[0].payload)["message_id"] == payload["message_id"]
+
+
+def test_detection_task_payload(r, db, settings):
+    svc = IngestService(r, settings, db, LexiconDetector())
+    det = {
+        "detection_id": "d1",
+        "user_id": "u9",
+        "guild_id": "g1",
+        "message_id": "m1",
+        "observed_at": "2026-11-22T10:00:00+02:00",
+        "severity": "high",
+        "crisis_score": 0.7,
+        "phase": "acute",
+        "risk_level": "high",
+        "childhood_archetype": "seeker",
+        "egg_status": "none",
+        "confidence": 0.9,
+        "signals": {"primary": "self_harm"},
+        "turn_count": 4,
+        "ulm_vector": {"n1": 0.5},
+    }
+    out = svc.detections([det, det, {"detection_id": "d2"}]).outcomes
+    assert [o["status"] for o in out] == ["accepted", "duplicate", "rejected"]
+    bond = ledger.load(r, settings, "u9")
+    assert (bond.phase, bond.risk_level, bond.turn_count) == ("acute", "high", 4)
+    topics = [e["topic"] for e in stream(r, settings)]
+    assert topics == ["bond.phase_transition", "bond.risk_change"]
+    DetectionIn.model_validate(det)
+    with db() as session:
+        assert session.scalar(select(func.count()).select_from(DeadLetter)) == 1
+
+
+def test_every_envelope_written_by_the_scripts_matches_the_contract(r, db, settings):
+    """Envelopes built in Lua must decode with the pydantic models and validate
+    against the exported JSON Schemas."""
+    import jsonschema
+
+    from models.envelopes import parse_envelope
+    from services.envelopes import schemas
+
+    ledger.set_cap(r, settings, "u1", 2)
+    ledger.add_note(r, settings, "u1", "checked in")
+    svc = IngestService(r, settings, db, LexiconDetector())
+    svc.messages([msg(1, "sad"), msg(2, "I want to die", guild=None), msg(3)])
+    entries = [f["data"] for _, f in r.xrange(settings.stream_bond)]
+    topics = {json.loads(e)["topic"] for e in entries}
+    assert topics == {
+        "bond.admin_action",
+        "bond.phase_transition",
+        "bond.risk_change",
+        "message.rate_limited",
+    }
+    schema = schemas.current()["bond"]
+    for raw in entries:
+        env = parse_envelope("bond", raw)
+        assert env.published_at.utcoffset().total_seconds() == 0
+        jsonschema.validate(json.loads(raw), schema)
+
+
+def test_corrupt_bond_rejects_only_its_message(r, svc, db):
+    r.set("abl:broken", "{not json")
+    out = svc.messages([msg(1, user="broken"), msg(2, user="fine")]).outcomes
+    assert out[0]["status"] == "rejected" and "CORRUPT_BOND" in out[0]["reasons"][0]
+    assert out[1]["status"] == "accepted"
+    assert r.get("abl:broken") == "{not json"  # left for an operator, not overwritten
+    with db() as session:
+        assert session.scalar(select(func.count()).select_from(DeadLetter)) == 1
