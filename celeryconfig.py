@@ -6,14 +6,13 @@ from ``services.core.settings`` so workers, beat, the CLI and Flower agree.
 
 from __future__ import annotations
 
-import os
-
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from services.core.clients import broker_url as _broker_url
 from services.core.clients import redis_url as _redis_url
 from services.core.settings import get_settings
+from tasks import names
 
 _settings = get_settings()
 
@@ -33,36 +32,24 @@ timezone = "UTC"
 enable_utc = True
 
 # Queues, routed by task-name prefix.
-task_queues = (
-    Queue("ingest", Exchange("ingest"), routing_key="ingest"),
-    Queue("admin", Exchange("admin"), routing_key="admin"),
-    Queue("periodic", Exchange("periodic"), routing_key="periodic"),
-)
-task_default_queue = "ingest"
-task_routes = {
-    "vigil.ingest.*": {"queue": "ingest", "routing_key": "ingest"},
-    "vigil.admin.*": {"queue": "admin", "routing_key": "admin"},
-    "vigil.periodic.*": {"queue": "periodic", "routing_key": "periodic"},
-}
+task_queues = tuple(Queue(queue, Exchange(queue), routing_key=queue) for queue in names.QUEUES)
+task_default_queue = names.QUEUE_INGEST
+task_routes = {f"vigil.{queue}.*": {"queue": queue, "routing_key": queue} for queue in names.QUEUES}
 
 # Delivery: every state-changing task is idempotent, so ack after the work and
 # redeliver when a worker dies mid-task.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 4
-# One visibility timeout for broker and result transport; it must exceed the
-# longest task (time limits below) and the longest retry countdown (300 s).
-# Fault tests lower it so redelivery after a killed worker happens in seconds.
-_visibility_timeout = int(os.environ.get("VIGIL_VISIBILITY_TIMEOUT", "3600"))
-broker_transport_options: dict = {"visibility_timeout": _visibility_timeout}
-if "VIGIL_UNACKED_RESTORE_INTERVAL" in os.environ:
-    # kombu sweeps for expired unacked messages every interval x throttle seconds
-    # (100 s by default); a short visibility timeout needs a short sweep too.
-    broker_transport_options |= {
-        "unacked_restore_interval": int(os.environ["VIGIL_UNACKED_RESTORE_INTERVAL"]),
-        "unacked_restore_throttle": 1,
-    }
-result_backend_transport_options = {"visibility_timeout": _visibility_timeout}
+# One visibility timeout for broker and result transport (settings explain the
+# bound it sets on time limits and retry countdowns).
+broker_transport_options: dict = {
+    "visibility_timeout": _settings.visibility_timeout,
+    # kombu sweeps for expired unacked messages every interval x throttle seconds.
+    "unacked_restore_interval": _settings.unacked_restore_interval,
+    "unacked_restore_throttle": 1,
+}
+result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}
 broker_connection_retry_on_startup = True
 
 task_ignore_result = True
@@ -87,21 +74,21 @@ beat_max_loop_interval = 5
 
 beat_schedule = {
     "correlate-multi-actor": {
-        "task": "vigil.periodic.correlate_multi_actor",
+        "task": names.PERIODIC_CORRELATE,
         "schedule": _settings.correlator_interval_s,
         "options": {"expires": _settings.correlator_interval_s},
     },
     "reset-daily-caps": {
-        "task": "vigil.periodic.reset_daily_caps",
+        "task": names.PERIODIC_RESET_CAPS,
         "schedule": crontab(minute=0, hour=0),
     },
     "relay-outbox": {
-        "task": "vigil.periodic.relay_outbox",
+        "task": names.PERIODIC_RELAY_OUTBOX,
         "schedule": 15.0,
         "options": {"expires": 15.0},
     },
     "purge-expired": {
-        "task": "vigil.periodic.purge_expired",
+        "task": names.PERIODIC_PURGE_EXPIRED,
         "schedule": 3600.0,
     },
 }

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.common import fail, send_admin
+from tasks import names
 
 cap_app = typer.Typer(help="Daily message caps.", no_args_is_help=True)
 note_app = typer.Typer(help="Operator notes on a bond.", no_args_is_help=True)
@@ -18,13 +19,13 @@ def set_cap(
     user_id: str, cap: Annotated[int, typer.Argument(min=0, help="0 means unlimited.")]
 ) -> None:
     """Set a user's daily message cap."""
-    send_admin("vigil.admin.set_cap", {"user_id": user_id, "cap": cap})
+    send_admin(names.ADMIN_SET_CAP, {"user_id": user_id, "cap": cap})
 
 
 @note_app.command("add")
 def add_note(user_id: str, text: str) -> None:
     """Add a note to a user's bond (the last 20 are kept)."""
-    send_admin("vigil.admin.add_note", {"user_id": user_id, "note": text})
+    send_admin(names.ADMIN_ADD_NOTE, {"user_id": user_id, "note": text})
 
 
 def erase(
@@ -35,4 +36,4 @@ def erase(
     """Erase a user everywhere: history, bond, events, attribution, dead letters."""
     if not yes:
         fail("erase deletes everything vigil keeps about the user; add --yes to confirm", 2)
-    send_admin("vigil.admin.erase_user", {"user_id": user_id, "platform": platform}, timeout=600)
+    send_admin(names.ADMIN_ERASE_USER, {"user_id": user_id, "platform": platform}, timeout=600)

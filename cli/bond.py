@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import AsJson, console, emit, fail, redis_client, settings
+from cli.common import AsJson, console, emit, fail, load_settings, state_redis
 from services.bonds import ledger
 
 app = typer.Typer(help="Per-user bond ledger.", no_args_is_help=True)
@@ -23,13 +23,13 @@ def when(ts: float | None) -> str:
 @app.command("show")
 def show(user_id: str, as_json: AsJson = False) -> None:
     """One user's bond and today's cap."""
-    s = settings()
-    r = redis_client(s)
-    bond = ledger.load(r, s, user_id)
+    settings = load_settings()
+    redis_client = state_redis(settings)
+    bond = ledger.load(redis_client, settings, user_id)
     if bond is None:
         fail(f"no bond for user {user_id}")
     data = bond.model_dump(mode="json")
-    data["rate_limit"] = ledger.check_rate_limit(r, s, user_id).model_dump()
+    data["rate_limit"] = ledger.check_rate_limit(redis_client, settings, user_id).model_dump()
     emit(data, as_json, _render_bond)
 
 
@@ -64,8 +64,10 @@ def list_(
     as_json: AsJson = False,
 ) -> None:
     """Bonds one page at a time; pass --cursor back until it is 0."""
-    s = settings()
-    next_cursor, page = ledger.list_bonds(redis_client(s), s, cursor=cursor, count=limit)
+    settings = load_settings()
+    next_cursor, page = ledger.list_bonds(
+        state_redis(settings), settings, cursor=cursor, count=limit
+    )
     data = {
         "cursor": next_cursor,
         "bonds": [
@@ -109,10 +111,10 @@ def events(
     as_json: AsJson = False,
 ) -> None:
     """A user's bond events, newest first."""
-    s = settings()
-    r = redis_client(s)
-    found = ledger.get_events(r, s, user_id, limit=limit)
-    if not found and ledger.load(r, s, user_id) is None:
+    settings = load_settings()
+    redis_client = state_redis(settings)
+    found = ledger.get_events(redis_client, settings, user_id, limit=limit)
+    if not found and ledger.load(redis_client, settings, user_id) is None:
         fail(f"no bond for user {user_id}")
     emit([e.model_dump(mode="json") for e in found], as_json, _render_events)
 

@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 not found or unhealthy, 2 usage error (click's own),
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -14,13 +15,25 @@ from typing import Annotated, Any, NoReturn
 import click
 import redis
 import typer
+from celery import Celery
+from celery.exceptions import TimeoutError as ResultTimeout
 from kombu.exceptions import OperationalError as BrokerError
 from rich.console import Console
 from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
-from services.core.settings import Settings, get_settings
+from services.client import sender_app
+from services.core.clients import broker_url, get_redis, redis_url, session_factory
+from services.core.settings import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    Settings,
+    get_settings,
+)
+from stack.discovery import answers, app_database_url
+from tasks.base import redact_kwargs
+from tasks.names import QUEUE_ADMIN
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -79,48 +92,45 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def settings() -> Settings:
+def load_settings() -> Settings:
     """This process's settings; with nothing configured and nothing on the default
     ports, the embedded servers a running ``vigil up`` started, if they answer."""
     return find_running(get_settings())
 
 
-def find_running(s: Settings) -> Settings:
-    from services.core.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
-    from stack.discovery import answers, app_database_url
-
+def find_running(settings: Settings) -> Settings:
     update: dict[str, str] = {}
-    embedded_redis = f"redis://127.0.0.1:{s.embedded_redis_port}"
-    if s.redis_url is None and not answers(DEFAULT_REDIS_URL) and answers(embedded_redis):
+    embedded_redis = f"redis://127.0.0.1:{settings.embedded_redis_port}"
+    if settings.redis_url is None and not answers(DEFAULT_REDIS_URL) and answers(embedded_redis):
         # The same databases stack.runner.resolve gives an embedded Redis.
         update["redis_url"] = f"{embedded_redis}/0"
-        update["broker_url"] = s.broker_url or f"{embedded_redis}/1"
-    embedded_pg = f"postgresql+psycopg://postgres@127.0.0.1:{s.embedded_postgres_port}/postgres"
-    if s.database_url is None and not answers(DEFAULT_DATABASE_URL) and answers(embedded_pg):
+        update["broker_url"] = settings.broker_url or f"{embedded_redis}/1"
+    embedded_pg = (
+        f"postgresql+psycopg://postgres@127.0.0.1:{settings.embedded_postgres_port}/postgres"
+    )
+    if settings.database_url is None and not answers(DEFAULT_DATABASE_URL) and answers(embedded_pg):
         update["database_url"] = app_database_url(embedded_pg, "vigil")
-    if not update:
-        return s
-    found = s.model_copy(update=update)
-    if "broker_url" in update:
-        # Admin tasks and pings go out through the Celery app; point it there too.
-        from services.core import clients
-        from tasks.app import app
-
-        app.conf.broker_url = clients.broker_url(found)
-        app.conf.result_backend = clients.redis_url(found)
-    return found
+    return settings.model_copy(update=update) if update else settings
 
 
-def redis_client(s: Settings | None = None) -> redis.Redis:
-    from services.core.clients import get_redis
-
-    return get_redis(s or settings())
+def state_redis(settings: Settings | None = None) -> redis.Redis:
+    return get_redis(settings or load_settings())
 
 
-def sessions(s: Settings | None = None) -> sessionmaker[Session]:
-    from services.core.clients import session_factory
+def sessions(settings: Settings | None = None) -> sessionmaker[Session]:
+    return session_factory(settings or load_settings())
 
-    return session_factory(s or settings())
+
+@functools.cache
+def _sender(broker: str, results: str) -> Celery:
+    return sender_app(broker, results, name="vigil-cli")
+
+
+def cli_app(settings: Settings | None = None) -> Celery:
+    """The CLI's own Celery app, built from resolved settings: it sends admin tasks
+    and pings workers, and never touches the worker's app."""
+    settings = settings or load_settings()
+    return _sender(broker_url(settings), redis_url(settings))
 
 
 def print_json(data: Any) -> None:
@@ -150,16 +160,10 @@ def send_admin(name: str, kwargs: dict[str, Any], timeout: float = ADMIN_TIMEOUT
 
     Exits 1 when the task rejected the request, failed or did not answer in
     time (no worker on the ``admin`` queue)."""
-    from celery.exceptions import TimeoutError as ResultTimeout
-
-    from tasks.app import app
-    from tasks.base import redact_kwargs
-
-    settings()  # points the app at a running stack's broker when that is where it is
-    result = app.send_task(
+    result = cli_app().send_task(
         name,
         kwargs=kwargs,
-        queue="admin",
+        queue=QUEUE_ADMIN,
         ignore_result=False,
         argsrepr="()",
         kwargsrepr=redact_kwargs(kwargs),

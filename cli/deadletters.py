@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cli.common import AsJson, console, emit, fail, print_json, send_admin, sessions
 from services.deadletters import store
+from tasks import names
 
 app = typer.Typer(help="Dead-lettered task payloads.", no_args_is_help=True)
 
@@ -66,7 +67,7 @@ def replay(
         if not ids:
             print_json({"status": "ok", "replayed": []})
             return
-    send_admin("vigil.admin.replay_dead_letters", {"ids": ids})
+    send_admin(names.ADMIN_REPLAY_DEAD_LETTERS, {"ids": ids})
 
 
 @app.command("purge")

@@ -12,13 +12,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from cli.common import EXIT_NOT_FOUND, AsJson, console, err_console, print_json, settings
+from cli.common import EXIT_NOT_FOUND, AsJson, console, err_console, load_settings, print_json
 from services.core.settings import Settings
 from stack import demo as feed
 
 
 def run_and_report(
-    s: Settings,
+    settings: Settings,
     *,
     users: int,
     messages: int,
@@ -36,17 +36,17 @@ def run_and_report(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        report = feed.run(s, users=users, messages=messages, seed=seed, progress=progress)
+        report = feed.run(settings, users=users, messages=messages, seed=seed, progress=progress)
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
-        render(report, s, flower_url=flower_url, flower_open=flower_open)
+        render(report, settings, flower_url=flower_url, flower_open=flower_open)
     return report
 
 
 def render(
     report: feed.DemoReport,
-    s: Settings,
+    settings: Settings,
     *,
     flower_url: str | None = None,
     flower_open: bool = False,
@@ -72,22 +72,22 @@ def render(
     console.print(table)
     for f in report.flagged_identities:
         console.print(f"  multi-actor suspect {f['identity_id']} ({', '.join(f['user_ids'])})")
-    _where_next(report, s, flower_url, flower_open)
+    _where_next(report, settings, flower_url, flower_open)
 
 
 def _where_next(
-    report: feed.DemoReport, s: Settings, flower_url: str | None, flower_open: bool
+    report: feed.DemoReport, settings: Settings, flower_url: str | None, flower_open: bool
 ) -> None:
     from stack import runner
 
-    password_file = Path(s.data_dir).resolve() / runner.FLOWER_SECRET_FILE
+    password_file = Path(settings.data_dir).resolve() / runner.FLOWER_SECRET_FILE
     if flower_open:
         login = "no login: local-only"
-    elif s.flower_basic_auth:
+    elif settings.flower_basic_auth:
         login = "user and password from VIGIL_FLOWER_BASIC_AUTH"
     else:
         login = f"user {runner.FLOWER_USER}, password in {password_file}"
-    flower_url = flower_url or f"http://{s.flower_address}:{s.flower_port}"
+    flower_url = flower_url or f"http://{settings.flower_address}:{settings.flower_port}"
     escalating = report.escalating_users[0] if report.escalating_users else "USER_ID"
     console.print("\nwhere to look next:")
     console.print(f"  Flower      {flower_url} ({login})")
@@ -107,7 +107,7 @@ def demo(
     """Feed demo communities through running workers and summarise what happened."""
     try:
         report = run_and_report(
-            settings(), users=users, messages=messages, seed=seed, as_json=as_json
+            load_settings(), users=users, messages=messages, seed=seed, as_json=as_json
         )
     except feed.NoWorker as exc:
         err_console.print(str(exc))

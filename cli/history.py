@@ -7,10 +7,20 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import AsJson, DefaultGroup, console, emit, fail, redis_client, send_admin, truncate
-from cli.common import settings as get_settings
+from cli.common import (
+    AsJson,
+    DefaultGroup,
+    console,
+    emit,
+    fail,
+    load_settings,
+    send_admin,
+    state_redis,
+    truncate,
+)
 from services.bonds import history
 from services.core import keys
+from tasks import names
 
 app = typer.Typer(
     cls=DefaultGroup,
@@ -31,8 +41,8 @@ def _where(guild: str | None, dm: bool, *, required: bool) -> tuple[bool, str | 
     return bool(guild or dm), guild
 
 
-def _guild_of(s, key: str, user_id: str) -> str | None:
-    guild = key[len(s.history_prefix) : -(len(user_id) + 1)]
+def _guild_of(settings, key: str, user_id: str) -> str | None:
+    guild = key[len(settings.history_prefix) : -(len(user_id) + 1)]
     return None if guild == keys.DM_GUILD else guild
 
 
@@ -50,28 +60,34 @@ def show(
 
     Without --guild or --dm: which guilds hold history of the user."""
     chosen, guild = _where(guild, dm, required=False)
-    s = get_settings()
-    r = redis_client(s)
+    settings = load_settings()
+    redis_client = state_redis(settings)
     if not chosen:
         found = [
             {
-                "guild_id": _guild_of(s, key, user_id),
-                "messages": history.count(r, s, _guild_of(s, key, user_id), user_id),
+                "guild_id": _guild_of(settings, key, user_id),
+                "messages": history.count(
+                    redis_client, settings, _guild_of(settings, key, user_id), user_id
+                ),
             }
-            for key in sorted(history.guild_keys(r, s, user_id))
+            for key in sorted(history.guild_keys(redis_client, settings, user_id))
         ]
         if not found:
             fail(f"no history for user {user_id}")
         emit(found, as_json, _render_guilds)
         return
-    if not history.exists(r, s, guild, user_id):
+    if not history.exists(redis_client, settings, guild, user_id):
         fail(f"no history for user {user_id} in {'guild ' + guild if guild else 'direct messages'}")
     if stats:
-        emit(history.stats(r, s, guild, user_id).model_dump(mode="json"), as_json, _render_stats)
+        emit(
+            history.stats(redis_client, settings, guild, user_id).model_dump(mode="json"),
+            as_json,
+            _render_stats,
+        )
         return
     items = [
         {**m.model_dump(mode="json"), "message": truncate(m.message, chars)}
-        for m in history.get(r, s, guild, user_id, limit=limit)
+        for m in history.get(redis_client, settings, guild, user_id, limit=limit)
     ]
     emit(items, as_json, _render_items)
 
@@ -112,4 +128,4 @@ def _render_stats(data: dict[str, Any]) -> None:
 def clear(user_id: str, guild: Guild = None, dm: Dm = False) -> None:
     """Clear one guild's history of a user (through the admin queue)."""
     _, guild = _where(guild, dm, required=True)
-    send_admin("vigil.admin.clear_history", {"user_id": user_id, "guild_id": guild})
+    send_admin(names.ADMIN_CLEAR_HISTORY, {"user_id": user_id, "guild_id": guild})

@@ -18,12 +18,13 @@ from cli.common import (
     EXIT_UNREACHABLE,
     UNREACHABLE_ERRORS,
     AsJson,
+    cli_app,
     console,
     emit,
     err_console,
+    load_settings,
     print_json,
-    redis_client,
-    settings,
+    state_redis,
 )
 from services.core.settings import Settings, get_settings
 
@@ -32,13 +33,11 @@ schema_app = typer.Typer(help="JSON Schemas of the envelope streams.", no_args_i
 
 def worker_replies(timeout: float = 2.0) -> dict[str, Any]:
     """Workers that answer a control ping, by node name."""
-    from tasks.app import app
-
-    replies = app.control.ping(timeout=timeout)
-    return {name: reply for r in replies for name, reply in r.items()}
+    replies = cli_app().control.ping(timeout=timeout)
+    return {name: reply for by_worker in replies for name, reply in by_worker.items()}
 
 
-def beat_runs(r: redis.Redis, s: Settings) -> dict[str, str | None]:
+def beat_runs(redis_client: redis.Redis, settings: Settings) -> dict[str, str | None]:
     """Last run of each periodic job, from redbeat's entries in Redis
     (``<vigil_prefix>redbeat:<job name>``, field ``meta``)."""
     from redbeat.decoder import RedBeatJSONDecoder
@@ -47,7 +46,7 @@ def beat_runs(r: redis.Redis, s: Settings) -> dict[str, str | None]:
 
     out: dict[str, str | None] = {}
     for name in sorted(celeryconfig.beat_schedule):
-        raw = r.hget(f"{celeryconfig.redbeat_key_prefix}{name}", "meta")
+        raw = redis_client.hget(f"{celeryconfig.redbeat_key_prefix}{name}", "meta")
         last = json.loads(raw, cls=RedBeatJSONDecoder).get("last_run_at") if raw else None
         out[name] = last.astimezone(UTC).isoformat() if isinstance(last, datetime) else None
     return out
@@ -57,8 +56,8 @@ def health(as_json: AsJson = False) -> None:
     """Broker, Redis, PostgreSQL, workers and beat. Exit 1 unhealthy, 3 unreachable."""
     from services.core import health as checks
 
-    s = settings()
-    report: dict[str, Any] = dict(checks.store_checks(s))
+    settings = load_settings()
+    report: dict[str, Any] = dict(checks.store_checks(settings))
     if report["broker"]["ok"]:
         try:
             workers = worker_replies()
@@ -69,7 +68,7 @@ def health(as_json: AsJson = False) -> None:
     else:
         report["workers"] = {"ok": False, "error": "broker unreachable", "nodes": []}
     if report["redis"]["ok"]:
-        runs = beat_runs(redis_client(s), s)
+        runs = beat_runs(state_redis(settings), settings)
         report["beat"] = {"ok": any(runs.values()), "last_runs": runs}
     emit(report, as_json, _render_health)
     if not all(report[k]["ok"] for k in ("broker", "redis", "postgres")):
@@ -125,7 +124,7 @@ def migrate() -> None:
     from services.core import clients
     from stack import discovery
 
-    url = clients.database_url(settings())
+    url = clients.database_url(load_settings())
     created = discovery.ensure_database(url)
     discovery.migrate(url)
     print_json({"status": "ok", "created_database": created, "revision": "head"})
@@ -184,13 +183,15 @@ def flower(
     """Run Flower alone, with a login (the one `vigil up` generated, or your own)."""
     from stack import runner
 
-    s = settings()
+    settings = load_settings()
     try:
-        auth = runner.flower_auth(s, Path(s.data_dir).resolve(), generate=not local_only)
-        argv, extra = runner.flower_command(s, basic_auth=auth, local_only=local_only)
+        auth = runner.flower_auth(
+            settings, Path(settings.data_dir).resolve(), generate=not local_only
+        )
+        argv, extra = runner.flower_command(settings, basic_auth=auth, local_only=local_only)
     except runner.FlowerAuthError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_NOT_FOUND) from None
-    console.print(f"Flower on http://{s.flower_address}:{s.flower_port}")
+    console.print(f"Flower on http://{settings.flower_address}:{settings.flower_port}")
     code = subprocess.run(argv, env=runner.child_env(extra), cwd=runner.ROOT, check=False)
     raise typer.Exit(code.returncode)

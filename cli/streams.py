@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import AsJson, console, emit, fail, redis_client, settings
+from cli.common import AsJson, console, emit, fail, load_settings, state_redis
 from models.envelopes import Envelope
 from services.envelopes import streams
 
@@ -47,8 +47,11 @@ def latest(
     as_json: AsJson = False,
 ) -> None:
     """The newest envelopes of a stream, newest first."""
-    s = settings()
-    rows = [as_dict(i, e) for i, e in streams.read_latest(redis_client(s), s, stream, count)]
+    settings = load_settings()
+    rows = [
+        as_dict(i, e)
+        for i, e in streams.read_latest(state_redis(settings), settings, stream, count)
+    ]
     emit(rows, as_json, _render_latest)
 
 
@@ -94,13 +97,15 @@ def tail(
     """Print envelopes as they arrive (Ctrl-C to stop)."""
     if consumer and not group:
         fail("--consumer needs --group", 2)
-    s = settings()
-    r = redis_client(s)
+    settings = load_settings()
+    redis_client = state_redis(settings)
     try:
         if group:
-            _tail_group(r, s, stream, group, consumer, count, from_start, as_json)
+            _tail_group(redis_client, settings, stream, group, consumer, count, from_start, as_json)
         else:
-            follow = streams.follow(r, s, stream, last_id="0" if from_start else "$")
+            follow = streams.follow(
+                redis_client, settings, stream, last_id="0" if from_start else "$"
+            )
             for seen, (entry_id, envelope) in enumerate(follow, start=1):
                 _show(entry_id, envelope, as_json)
                 if count is not None and seen >= count:
@@ -109,12 +114,14 @@ def tail(
         return
 
 
-def _tail_group(r, s, stream, group, consumer, count, from_start, as_json) -> None:
+def _tail_group(
+    redis_client, settings, stream, group, consumer, count, from_start, as_json
+) -> None:
     """At-least-once: each envelope is acked only after it was printed."""
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
     member = streams.Consumer(
-        r,
-        s,
+        redis_client,
+        settings,
         stream,
         group,
         name,

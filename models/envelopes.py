@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from models.types import UtcDatetime
+
 SCHEMA_VERSION = "1"
 
 # Defaults make building an envelope easy, but on the wire these must be present:
@@ -37,10 +38,6 @@ SCHEMA_VERSION = "1"
 WIRE_REQUIRED = ("schema_version", "envelope_id", "topic", "payload", "published_at")
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
 
 
 def _now() -> datetime:
@@ -52,7 +49,6 @@ def _new_id() -> str:
 
 
 EnvelopeId = Annotated[str, StringConstraints(pattern=UUID_PATTERN), AfterValidator(str.lower)]
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -292,6 +288,17 @@ def stream_group_of(topic: str) -> str:
         return _GROUP_OF_TOPIC[topic]
     except KeyError:
         raise ValueError(f"unknown envelope topic {topic!r}") from None
+
+
+# Namespace of every deterministic envelope id (uuid5).
+ENVELOPE_ID_NAMESPACE = uuid.UUID("5b0d1c52-5c8e-4bb4-9f0b-0f1f4a6a0c11")
+
+
+def envelope_id(*cause: str) -> str:
+    """Deterministic envelope id from what caused it (a message marker, a request
+    id, a detection and primitive) and the topic: a redelivered cause yields the
+    same id, so consumers and the outbox drop the repeat."""
+    return str(uuid.uuid5(ENVELOPE_ID_NAMESPACE, "\x1f".join(cause)))
 
 
 def make_envelope(

@@ -7,12 +7,9 @@ id is checked against ``ID_PATTERN`` so no id can reach into another user's keys
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,8 +18,7 @@ from pydantic import (
     field_validator,
 )
 
-SeverityName = Literal["safe", "low", "medium", "high", "critical"]
-SEVERITY_ORDER: tuple[str, ...] = ("safe", "low", "medium", "high", "critical")
+from models.types import Severity, UtcDatetime
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -40,13 +36,6 @@ def _coerce_id(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
     return value
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 
 
 class _Strict(BaseModel):
@@ -100,7 +89,7 @@ class DetectionIn(_Strict):
     guild_id: Id | None = None
     message_id: Id | None = None
     observed_at: UtcDatetime
-    severity: SeverityName = "safe"
+    severity: Severity = "safe"
     crisis_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     phase: Label = "dormant"
     risk_level: Label = "low"

@@ -14,9 +14,11 @@ from typing import Any
 
 from celery import Celery
 
-MESSAGE_TASK = "vigil.ingest.message"
-BATCH_TASK = "vigil.ingest.messages"
-DETECTION_TASK = "vigil.ingest.detection"
+from tasks import names
+
+MESSAGE_TASK = names.INGEST_MESSAGE
+BATCH_TASK = names.INGEST_MESSAGES
+DETECTION_TASK = names.INGEST_DETECTION
 
 
 def _jsonable(payload: dict[str, Any]) -> dict[str, Any]:

@@ -35,14 +35,15 @@ from services.client import VigilClient, sender_app
 from services.core import clients
 from services.core.settings import Settings
 from services.envelopes import streams
+from tasks import names
 
 GUILDS = ("night-owls", "speedrun-club", "study-hall", "pixel-artists")
 BATCH_SIZE = 50
 CAP = 3
 CAPPED_MESSAGES = 6
 OBSERVATIONS_PER_ACCOUNT = 6
-CORRELATE_TASK = "vigil.periodic.correlate_multi_actor"
-SET_CAP_TASK = "vigil.admin.set_cap"
+CORRELATE_TASK = names.PERIODIC_CORRELATE
+SET_CAP_TASK = names.ADMIN_SET_CAP
 
 # Chat lines. The worrying ones use phrases of the built-in detector's lexicon
 # (services/ingest/detector.py), so severities, phases and risk levels really vary.
@@ -276,23 +277,31 @@ def make_app(settings: Settings) -> Celery:
     )
 
 
-def _stream_marks(r: redis.Redis, s: Settings) -> dict[str, str]:
+def _stream_marks(redis_client: redis.Redis, settings: Settings) -> dict[str, str]:
     marks = {}
     for group in STREAM_TOPICS:
-        newest = r.execute_command(
-            "XREVRANGE", streams.stream_key(s, group), "+", "-", "COUNT", 1, **{NEVER_DECODE: []}
+        newest = redis_client.execute_command(
+            "XREVRANGE",
+            streams.stream_key(settings, group),
+            "+",
+            "-",
+            "COUNT",
+            1,
+            **{NEVER_DECODE: []},
         )
         marks[group] = newest[0][0].decode() if newest else "0-0"
     return marks
 
 
-def envelopes_since(r: redis.Redis, s: Settings, marks: dict[str, str]) -> dict[str, int]:
+def envelopes_since(
+    redis_client: redis.Redis, settings: Settings, marks: dict[str, str]
+) -> dict[str, int]:
     """Envelopes per topic added after ``marks`` (one entry id per stream group)."""
     counts: Counter = Counter()
     for group, mark in marks.items():
-        key, start = streams.stream_key(s, group), f"({mark}"
+        key, start = streams.stream_key(settings, group), f"({mark}"
         while True:
-            entries = r.execute_command(
+            entries = redis_client.execute_command(
                 "XRANGE", key, start, "+", "COUNT", 1000, **{NEVER_DECODE: []}
             )
             for raw_id, fields in entries:

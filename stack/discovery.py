@@ -8,22 +8,19 @@ vigil start embedded servers (unless told ``embedded="never"``).
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
+from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379"
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-# Where "the usual local servers" are; overridable so a test (or an unusual
-# machine) can say "nothing runs at the defaults" without stopping anything.
-DEFAULT_REDIS_ENV = "VIGIL_DEFAULT_REDIS_URL"
-DEFAULT_POSTGRES_ENV = "VIGIL_DEFAULT_DATABASE_URL"
+from alembic import command
+from services.core.settings import get_settings
+from stack.embedded import EmbeddedPostgres, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,14 +76,6 @@ def _redact(url: str) -> str:
     return url
 
 
-def _embedded_port(name: str, fallback: int) -> int:
-    value = os.environ.get(f"VIGIL_{name.upper()}")
-    try:
-        return int(value) if value else fallback
-    except ValueError:
-        raise ServiceUnavailable(f"VIGIL_{name.upper()}={value!r} is not a port number") from None
-
-
 def ensure_services(
     *,
     redis_url: str | None,
@@ -98,7 +87,12 @@ def ensure_services(
     redis_port: int | None = None,
     postgres_port: int | None = None,
 ) -> Found:
-    """Resolve both services, starting embedded ones where allowed and needed."""
+    """Resolve both services, starting embedded ones where allowed and needed.
+
+    Where "the usual local servers" are and which ports embedded ones take come
+    from the settings (``VIGIL_DEFAULT_REDIS_URL``, ``VIGIL_EMBEDDED_REDIS_PORT``,
+    ...) unless given here."""
+    settings = get_settings()
     if embedded not in ("auto", "never", "always"):
         raise ValueError(f"VIGIL_EMBEDDED must be auto, never or always, not {embedded!r}")
     found = Found("", "")
@@ -107,18 +101,18 @@ def ensure_services(
             "Redis",
             "VIGIL_REDIS_URL",
             redis_url,
-            default_redis_url or os.environ.get(DEFAULT_REDIS_ENV) or DEFAULT_REDIS,
+            default_redis_url or settings.default_redis_url,
             embedded,
-            lambda: _start_redis(data_dir, redis_port),
+            lambda: _start_redis(data_dir, redis_port or settings.embedded_redis_port),
             found,
         )
         found.database_url = _resolve(
             "PostgreSQL",
             "VIGIL_DATABASE_URL",
             database_url,
-            default_database_url or os.environ.get(DEFAULT_POSTGRES_ENV) or DEFAULT_POSTGRES,
+            default_database_url or settings.default_database_url,
             embedded,
-            lambda: _start_postgres(data_dir, postgres_port),
+            lambda: _start_postgres(data_dir, postgres_port or settings.embedded_postgres_port),
             found,
         )
     except BaseException:
@@ -148,20 +142,14 @@ def _resolve(name, setting, configured, default, embedded, start, found: Found) 
     return service.url
 
 
-def _start_redis(data_dir: Path, port: int | None):
-    from stack.embedded import EmbeddedRedis
-
-    server = EmbeddedRedis(Path(data_dir), port or _embedded_port("embedded_redis_port", 6391))
+def _start_redis(data_dir: Path, port: int):
+    server = EmbeddedRedis(Path(data_dir), port)
     server.start()
     return server, server.started
 
 
-def _start_postgres(data_dir: Path, port: int | None):
-    from stack.embedded import EmbeddedPostgres
-
-    server = EmbeddedPostgres(
-        Path(data_dir), port or _embedded_port("embedded_postgres_port", 5441)
-    )
+def _start_postgres(data_dir: Path, port: int):
+    server = EmbeddedPostgres(Path(data_dir), port)
     server.start()
     return server, server.started
 
@@ -194,10 +182,6 @@ def ensure_database(database_url: str) -> bool:
 
 def migrate(database_url: str, revision: str = "head") -> None:
     """``alembic upgrade`` with the repository's alembic.ini, on the given URL."""
-    from alembic.config import Config
-
-    from alembic import command
-
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "alembic"))
     cfg.attributes["url"] = database_url

@@ -30,6 +30,7 @@ from services.core.clients import get_redis, session_factory
 from services.core.settings import Settings, get_settings
 from services.deadletters import store
 from services.erasure import service as erasure_service
+from tasks import names
 from tasks.app import app
 from tasks.base import redact_kwargs
 
@@ -46,14 +47,7 @@ def admin_task(name: str, model: type[BaseModel], **opts: Any) -> Callable[[Hand
                 args = model.model_validate(payload)
             except ValueError as exc:
                 reasons = reasons_of(exc)
-                with session_factory(get_settings())() as session, session.begin():
-                    store.add(
-                        session,
-                        task_name=name,
-                        reason="rejected",
-                        details=reasons,
-                        payload=payload,
-                    )
+                store.reject(session_factory(get_settings()), name, [(payload, reasons)])
                 return {"status": "rejected", "reasons": reasons}
             return fn(args, get_settings())
 
@@ -66,7 +60,7 @@ def _request_id() -> str:
     return str(current_task.request.id or time.time_ns())
 
 
-@app.task(name="vigil.admin.ping", ignore_result=False, time_limit=30, acks_late=False)
+@app.task(name=names.ADMIN_PING, ignore_result=False, time_limit=30, acks_late=False)
 def ping() -> dict[str, Any]:
     """Prove a worker can reach its stores; records when this host last answered."""
     settings = get_settings()
@@ -75,41 +69,45 @@ def ping() -> dict[str, Any]:
     return {"status": "ok", "host": host, "checks": health.store_checks(settings)}
 
 
-@admin_task("vigil.admin.set_cap", SetCapIn, time_limit=30)
-def set_cap(args: SetCapIn, s: Settings) -> dict[str, Any]:
-    bond = ledger.set_cap(get_redis(s), s, args.user_id, args.cap, request_id=_request_id())
+@admin_task(names.ADMIN_SET_CAP, SetCapIn, time_limit=30)
+def set_cap(args: SetCapIn, settings: Settings) -> dict[str, Any]:
+    bond = ledger.set_cap(
+        get_redis(settings), settings, args.user_id, args.cap, request_id=_request_id()
+    )
     return {"status": "ok", "user_id": args.user_id, "cap": bond.daily_msg_cap}
 
 
-@admin_task("vigil.admin.add_note", AddNoteIn, time_limit=30)
-def add_note(args: AddNoteIn, s: Settings) -> dict[str, Any]:
-    bond = ledger.add_note(get_redis(s), s, args.user_id, args.note, request_id=_request_id())
+@admin_task(names.ADMIN_ADD_NOTE, AddNoteIn, time_limit=30)
+def add_note(args: AddNoteIn, settings: Settings) -> dict[str, Any]:
+    bond = ledger.add_note(
+        get_redis(settings), settings, args.user_id, args.note, request_id=_request_id()
+    )
     return {"status": "ok", "user_id": args.user_id, "notes": len(bond.notes)}
 
 
-@admin_task("vigil.admin.clear_history", ClearHistoryIn, time_limit=30)
-def clear_history(args: ClearHistoryIn, s: Settings) -> dict[str, Any]:
-    removed = history.clear(get_redis(s), s, args.guild_id, args.user_id)
+@admin_task(names.ADMIN_CLEAR_HISTORY, ClearHistoryIn, time_limit=30)
+def clear_history(args: ClearHistoryIn, settings: Settings) -> dict[str, Any]:
+    removed = history.clear(get_redis(settings), settings, args.guild_id, args.user_id)
     return {"status": "ok", "user_id": args.user_id, "guild_id": args.guild_id, "removed": removed}
 
 
-@admin_task("vigil.admin.erase_user", EraseUserIn, time_limit=600)
-def erase_user(args: EraseUserIn, s: Settings) -> dict[str, Any]:
+@admin_task(names.ADMIN_ERASE_USER, EraseUserIn, time_limit=600)
+def erase_user(args: EraseUserIn, settings: Settings) -> dict[str, Any]:
     return erasure_service.erase_user(
-        get_redis(s),
-        s,
-        session_factory(s),
+        get_redis(settings),
+        settings,
+        session_factory(settings),
         user_id=args.user_id,
         platform=args.platform,
         request_id=_request_id(),
     )
 
 
-@admin_task("vigil.admin.replay_dead_letters", ReplayIn, time_limit=300)
-def replay_dead_letters(args: ReplayIn, s: Settings) -> dict[str, Any]:
+@admin_task(names.ADMIN_REPLAY_DEAD_LETTERS, ReplayIn, time_limit=300)
+def replay_dead_letters(args: ReplayIn, settings: Settings) -> dict[str, Any]:
     """Send dead-lettered payloads again, under their original task names."""
     replayed = []
-    with session_factory(s)() as session, session.begin():
+    with session_factory(settings)() as session, session.begin():
         for row_id, task_name, body in store.take_for_replay(session, args.ids):
             if task_name not in app.tasks or not isinstance(body, dict):
                 continue

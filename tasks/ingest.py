@@ -14,23 +14,29 @@ from services.core.settings import get_settings
 from services.deadletters import store
 from services.ingest import detector
 from services.ingest.service import IngestService
+from tasks import names
 from tasks.app import app
 
 
 def _service() -> IngestService:
     settings = get_settings()
     return IngestService(
-        get_redis(settings), settings, session_factory(settings), detector.from_settings(settings)
+        get_redis(settings),
+        settings,
+        session_factory(settings),
+        detector.from_settings(settings),
+        message_task=names.INGEST_MESSAGE,
+        detection_task=names.INGEST_DETECTION,
     )
 
 
-@app.task(name="vigil.ingest.message", time_limit=60, soft_time_limit=50)
+@app.task(name=names.INGEST_MESSAGE, time_limit=60, soft_time_limit=50)
 def message(**payload: Any) -> dict[str, Any]:
     """One chat message; the same pipeline as the batch form."""
     return _service().messages([payload]).outcomes[0]
 
 
-@app.task(name="vigil.ingest.messages", time_limit=300, soft_time_limit=240)
+@app.task(name=names.INGEST_MESSAGES, time_limit=300, soft_time_limit=240)
 def messages(messages: Any = None, **extra: Any) -> dict[str, Any]:
     """A bounded list of messages: the fast path for busy frontends."""
     settings = get_settings()
@@ -42,17 +48,16 @@ def messages(messages: Any = None, **extra: Any) -> dict[str, Any]:
     elif not 1 <= len(messages) <= settings.max_batch:
         reasons.append(f"messages: expected 1 to {settings.max_batch} items, got {len(messages)}")
     if reasons:
-        _dead_letter("vigil.ingest.messages", reasons, {"messages": messages, **extra})
+        store.reject(
+            session_factory(settings),
+            names.INGEST_MESSAGES,
+            [({"messages": messages, **extra}, reasons)],
+        )
         return {"status": "rejected", "reasons": reasons}
     return _service().messages(messages).summary()
 
 
-@app.task(name="vigil.ingest.detection", time_limit=60, soft_time_limit=50)
+@app.task(name=names.INGEST_DETECTION, time_limit=60, soft_time_limit=50)
 def detection(**payload: Any) -> dict[str, Any]:
     """A detection result from an external detector service."""
     return _service().detections([payload]).outcomes[0]
-
-
-def _dead_letter(task_name: str, reasons: list[str], payload: Any) -> None:
-    with session_factory(get_settings())() as session, session.begin():
-        store.add(session, task_name=task_name, reason="rejected", details=reasons, payload=payload)

@@ -14,28 +14,29 @@ from services.core.clients import get_redis, session_factory
 from services.core.settings import get_settings
 from services.deadletters import store
 from services.envelopes import outbox
+from tasks import names
 from tasks.app import app
 
 
-@app.task(name="vigil.periodic.correlate_multi_actor", time_limit=120, soft_time_limit=100)
+@app.task(name=names.PERIODIC_CORRELATE, time_limit=120, soft_time_limit=100)
 def correlate_multi_actor() -> dict[str, Any]:
     settings = get_settings()
     return correlator.run(session_factory(settings), settings)
 
 
-@app.task(name="vigil.periodic.reset_daily_caps", time_limit=1800, soft_time_limit=1700)
+@app.task(name=names.PERIODIC_RESET_CAPS, time_limit=1800, soft_time_limit=1700)
 def reset_daily_caps() -> dict[str, Any]:
     settings = get_settings()
     return ledger.reset_daily_caps(get_redis(settings), settings)
 
 
-@app.task(name="vigil.periodic.relay_outbox", time_limit=120, soft_time_limit=100)
+@app.task(name=names.PERIODIC_RELAY_OUTBOX, time_limit=120, soft_time_limit=100)
 def relay_outbox() -> dict[str, Any]:
     settings = get_settings()
     return outbox.relay(session_factory(settings), get_redis(settings), settings)
 
 
-@app.task(name="vigil.periodic.purge_expired", time_limit=300)
+@app.task(name=names.PERIODIC_PURGE_EXPIRED, time_limit=300)
 def purge_expired() -> dict[str, Any]:
     """Drop dead letters past their retention and outbox rows long since published."""
 

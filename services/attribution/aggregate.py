@@ -83,52 +83,56 @@ class Aggregate:
     confidence: float
 
 
-def rows_needed(kind: Kind, t: Thresholds) -> int:
+def rows_needed(kind: Kind, thresholds: Thresholds) -> int:
     """Upper bound of rows one recompute reads; never the whole series."""
-    return HASH_MAX_ROWS if kind == "hash" else 2 * t.window
+    return HASH_MAX_ROWS if kind == "hash" else 2 * thresholds.window
 
 
 def aggregate(
-    kind: Kind, obs: Sequence[Obs], t: Thresholds, observation_count: int | None = None
+    kind: Kind, obs: Sequence[Obs], thresholds: Thresholds, observation_count: int | None = None
 ) -> Aggregate:
     """Dispatch on kind. ``observation_count`` is the series' total length (the
     hash rule reads only the last day, but an old series is not "unknown")."""
     if kind == "categorical":
-        return aggregate_categorical(obs, t)
+        return aggregate_categorical(obs, thresholds)
     if kind == "numeric":
-        return aggregate_numeric(obs, t)
+        return aggregate_numeric(obs, thresholds)
     if kind == "hash":
-        return aggregate_hash(obs, t, observation_count)
+        return aggregate_hash(obs, thresholds, observation_count)
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def _windows(values: Sequence[str], t: Thresholds) -> tuple[list[str], list[str]]:
-    current = list(values[-t.window :])
-    previous = list(values[-2 * t.window : -t.window]) if len(values) > t.window else []
+def _windows(values: Sequence[str], thresholds: Thresholds) -> tuple[list[str], list[str]]:
+    current = list(values[-thresholds.window :])
+    previous = (
+        list(values[-2 * thresholds.window : -thresholds.window])
+        if len(values) > thresholds.window
+        else []
+    )
     return current, previous
 
 
-def _required_majority(n: int, t: Thresholds) -> int:
+def _required_majority(n: int, thresholds: Thresholds) -> int:
     # "4 of 5" scaled to a window that is not full yet: 3 of 3, 4 of 4.
-    return math.ceil(t.majority * n / t.window - 1e-9)
+    return math.ceil(thresholds.majority * n / thresholds.window - 1e-9)
 
 
-def _clear_majority(values: Sequence[str], t: Thresholds) -> str | None:
-    if len(values) < t.min_observations:
+def _clear_majority(values: Sequence[str], thresholds: Thresholds) -> str | None:
+    if len(values) < thresholds.min_observations:
         return None
     value, count = Counter(values).most_common(1)[0]
-    return value if count >= _required_majority(len(values), t) else None
+    return value if count >= _required_majority(len(values), thresholds) else None
 
 
-def aggregate_categorical(obs: Sequence[Obs], t: Thresholds) -> Aggregate:
-    current, previous = _windows([o.value for o in obs], t)
-    if len(current) < t.min_observations:
+def aggregate_categorical(obs: Sequence[Obs], thresholds: Thresholds) -> Aggregate:
+    current, previous = _windows([o.value for o in obs], thresholds)
+    if len(current) < thresholds.min_observations:
         return Aggregate("unknown", current[-1] if current else None, 0.0)
     counts = Counter(current)
     top_share = counts.most_common(1)[0][1] / len(current)
-    majority = _clear_majority(current, t)
+    majority = _clear_majority(current, thresholds)
     if majority is not None:
-        before = _clear_majority(previous, t)
+        before = _clear_majority(previous, thresholds)
         state: State = "stable" if before is None or before == majority else "drifting"
         return Aggregate(state, majority, round(top_share, 6))
     pairs = list(pairwise(current))
@@ -165,40 +169,44 @@ def format_numeric(value: float) -> str:
     return format(value, ".12g")
 
 
-def aggregate_numeric(obs: Sequence[Obs], t: Thresholds) -> Aggregate:
+def aggregate_numeric(obs: Sequence[Obs], thresholds: Thresholds) -> Aggregate:
     parsed = [parse_numeric(o.value) for o in obs]
     numbers = [x for x in parsed if x is not None]
-    current = numbers[-t.window :]
-    previous = numbers[-2 * t.window : -t.window] if len(numbers) > t.window else []
-    if len(current) < t.min_observations:
+    current = numbers[-thresholds.window :]
+    previous = (
+        numbers[-2 * thresholds.window : -thresholds.window]
+        if len(numbers) > thresholds.window
+        else []
+    )
+    if len(current) < thresholds.min_observations:
         return Aggregate("unknown", format_numeric(current[-1]) if current else None, 0.0)
-    ewma = format_numeric(_ewma(current, t.ewma_alpha))
+    ewma = format_numeric(_ewma(current, thresholds.ewma_alpha))
     mean = statistics.fmean(current)
     cv = _relative(statistics.pstdev(current), mean)
     confidence = round(1 / (1 + cv), 6)
-    if cv > t.cv_conflicted:
+    if cv > thresholds.cv_conflicted:
         return Aggregate("conflicted", ewma, confidence)
-    if len(previous) >= t.min_observations:
+    if len(previous) >= thresholds.min_observations:
         before = statistics.fmean(previous)
-        if _relative(abs(mean - before), before) >= t.drift_shift:
+        if _relative(abs(mean - before), before) >= thresholds.drift_shift:
             return Aggregate("drifting", ewma, confidence)
     return Aggregate("stable", ewma, confidence)
 
 
-def hash_window(obs: Sequence[Obs], t: Thresholds) -> list[Obs]:
+def hash_window(obs: Sequence[Obs], thresholds: Thresholds) -> list[Obs]:
     """The observations within ``hash_window_s`` of the newest one."""
     if not obs:
         return []
-    since = obs[-1].observed_at - timedelta(seconds=t.hash_window_s)
+    since = obs[-1].observed_at - timedelta(seconds=thresholds.hash_window_s)
     return [o for o in obs if o.observed_at >= since]
 
 
 def aggregate_hash(
-    obs: Sequence[Obs], t: Thresholds, observation_count: int | None = None
+    obs: Sequence[Obs], thresholds: Thresholds, observation_count: int | None = None
 ) -> Aggregate:
-    recent = hash_window(obs, t)
+    recent = hash_window(obs, thresholds)
     total = max(observation_count or 0, len(obs))
-    if not recent or total < t.min_observations:
+    if not recent or total < thresholds.min_observations:
         return Aggregate("unknown", recent[-1].value if recent else None, 0.0)
     values = [o.value for o in recent]
     rotations = sum(1 for a, b in pairwise(values) if a != b)

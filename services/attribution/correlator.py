@@ -17,9 +17,8 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.envelopes import make_envelope
+from models.envelopes import envelope_id, make_envelope
 from services.attribution import repository as repo
-from services.attribution.service import envelope_id
 from services.core.clients import get_redis
 from services.core.settings import Settings
 from services.envelopes import outbox

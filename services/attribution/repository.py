@@ -367,10 +367,6 @@ def delete_fired(session: Session, identity_ids: Sequence[uuid.UUID]) -> int:
     return result.rowcount
 
 
-def transaction_now(session: Session) -> datetime:
-    return session.execute(text("SELECT now()")).scalar_one()
-
-
 # --- erase --------------------------------------------------------------------------
 
 _ERASE_ORDER = (

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.envelopes import make_envelope
+from models.envelopes import envelope_id, make_envelope
 from models.payloads import DetectionIn, ObservationIn
 from services.attribution import repository as repo
 from services.attribution.aggregate import (
@@ -32,12 +32,6 @@ from services.core.settings import Settings
 from services.envelopes import outbox
 
 STATE_CHANGED = "attribution.profile.state_changed"
-_NS = uuid.UUID("6f1d3c2a-4b8e-5d7f-9a0b-1c2d3e4f5a6b")
-
-
-def envelope_id(*parts: str) -> str:
-    """Deterministic: the same cause always yields the same envelope id."""
-    return str(uuid.uuid5(_NS, "\x1f".join(parts)))
 
 
 def observation_value(obs: ObservationIn) -> str | None:
@@ -126,7 +120,7 @@ def _group(inserted: list[repo.InsertedObservation]) -> dict[tuple[uuid.UUID, st
 def _recompute(
     session: Session,
     settings: Settings,
-    t: Thresholds,
+    thresholds: Thresholds,
     key: tuple[uuid.UUID, str],
     touched: _Touched,
     actor: tuple[str, str] | None,
@@ -136,13 +130,13 @@ def _recompute(
     old = repo.get_state(session, identity_id, primitive)
     if kind == "hash":
         window = repo.read_since_newest(
-            session, identity_id, primitive, kind, t.hash_window_s, HASH_MAX_ROWS
+            session, identity_id, primitive, kind, thresholds.hash_window_s, HASH_MAX_ROWS
         )
     else:
-        window = repo.read_latest(session, identity_id, primitive, kind, 2 * t.window)
+        window = repo.read_latest(session, identity_id, primitive, kind, 2 * thresholds.window)
     same_kind = old is not None and old.kind == kind
     count = (old.observation_count if same_kind else 0) + touched.count
-    result = aggregate(kind, window, t, count)  # type: ignore[arg-type]
+    result = aggregate(kind, window, thresholds, count)  # type: ignore[arg-type]
     newest = window[-1].observed_at if window else touched.newest_at
     if old is not None and old.last_observation_ts is not None and same_kind:
         newest = max(newest, old.last_observation_ts)

@@ -14,24 +14,27 @@ from typing import Any
 import redis
 
 from models.history import SeverityStats, StoredMessage
-from models.payloads import SEVERITY_ORDER, MessageIn
+from models.payloads import MessageIn
+from models.types import SEVERITY_ORDER
 from services.core import keys
 from services.core.settings import Settings
 
 
-def should_store(s: Settings, severity: str) -> bool:
+def should_store(settings: Settings, severity: str) -> bool:
     """Only severities at or above the setting; ``safe`` is never stored."""
     rank = SEVERITY_ORDER.index(severity)
-    return rank > 0 and rank >= s.min_severity_rank
+    return rank > 0 and rank >= settings.min_severity_rank
 
 
-def entry(s: Settings, msg: MessageIn, severity: str, crisis_score: float) -> dict[str, Any] | None:
+def entry(
+    settings: Settings, msg: MessageIn, severity: str, crisis_score: float
+) -> dict[str, Any] | None:
     """The ``history`` argument of ``apply_detection.lua``, or None when not stored."""
-    if not should_store(s, severity):
+    if not should_store(settings, severity):
         return None
     member = json.dumps(
         {
-            "message": msg.text[: s.history_text_chars],
+            "message": msg.text[: settings.history_text_chars],
             "timestamp": msg.sent_at.isoformat(),
             "crisis_score": crisis_score,
             "severity": severity,
@@ -41,8 +44,8 @@ def entry(s: Settings, msg: MessageIn, severity: str, crisis_score: float) -> di
     return {
         "score": msg.sent_at.timestamp(),
         "member": member,
-        "max": s.history_max_messages,
-        "ttl": s.history_ttl_s,
+        "max": settings.history_max_messages,
+        "ttl": settings.history_ttl_s,
     }
 
 
@@ -54,10 +57,16 @@ def parse(raw: str) -> StoredMessage | None:
 
 
 def get(
-    r: redis.Redis, s: Settings, guild_id: str | None, user_id: str, limit: int = 20
+    redis_client: redis.Redis,
+    settings: Settings,
+    guild_id: str | None,
+    user_id: str,
+    limit: int = 20,
 ) -> list[StoredMessage]:
     """Newest first, like the seed's ``get_history``."""
-    raws = r.zrange(keys.history(s, guild_id, user_id), 0, max(limit, 1) - 1, desc=True)
+    raws = redis_client.zrange(
+        keys.history(settings, guild_id, user_id), 0, max(limit, 1) - 1, desc=True
+    )
     return [m for m in map(parse, raws) if m is not None]
 
 
@@ -66,31 +75,37 @@ def context_of(raws: list[str]) -> list[StoredMessage]:
     return [m for m in map(parse, raws) if m is not None]
 
 
-def count(r: redis.Redis, s: Settings, guild_id: str | None, user_id: str) -> int:
-    return int(r.zcard(keys.history(s, guild_id, user_id)))
+def count(redis_client: redis.Redis, settings: Settings, guild_id: str | None, user_id: str) -> int:
+    return int(redis_client.zcard(keys.history(settings, guild_id, user_id)))
 
 
-def exists(r: redis.Redis, s: Settings, guild_id: str | None, user_id: str) -> bool:
-    return bool(r.exists(keys.history(s, guild_id, user_id)))
+def exists(
+    redis_client: redis.Redis, settings: Settings, guild_id: str | None, user_id: str
+) -> bool:
+    return bool(redis_client.exists(keys.history(settings, guild_id, user_id)))
 
 
-def clear(r: redis.Redis, s: Settings, guild_id: str | None, user_id: str) -> int:
+def clear(redis_client: redis.Redis, settings: Settings, guild_id: str | None, user_id: str) -> int:
     """Delete one guild's history of a user; returns how many messages went."""
-    key = keys.history(s, guild_id, user_id)
-    pipe = r.pipeline(transaction=True)
+    key = keys.history(settings, guild_id, user_id)
+    pipe = redis_client.pipeline(transaction=True)
     pipe.zcard(key)
     pipe.delete(key)
     removed, _ = pipe.execute()
     return int(removed)
 
 
-def guild_keys(r: redis.Redis, s: Settings, user_id: str) -> list[str]:
-    return list(r.scan_iter(match=keys.history_pattern(s, user_id), count=1000))
+def guild_keys(redis_client: redis.Redis, settings: Settings, user_id: str) -> list[str]:
+    return list(redis_client.scan_iter(match=keys.history_pattern(settings, user_id), count=1000))
 
 
-def stats(r: redis.Redis, s: Settings, guild_id: str | None, user_id: str) -> SeverityStats:
+def stats(
+    redis_client: redis.Redis, settings: Settings, guild_id: str | None, user_id: str
+) -> SeverityStats:
     items = [
-        m for m in map(parse, r.zrange(keys.history(s, guild_id, user_id), 0, -1)) if m is not None
+        m
+        for m in map(parse, redis_client.zrange(keys.history(settings, guild_id, user_id), 0, -1))
+        if m is not None
     ]
     by = Counter(m.severity for m in items)
     scores = [m.crisis_score for m in items if m.crisis_score is not None]

@@ -20,41 +20,39 @@ from typing import Any
 import redis
 
 from models.bond import Bond, BondEvent, RateLimit
+from models.envelopes import envelope_id
 from models.payloads import DetectionIn
 from services.core import keys, scripts
 from services.core.settings import Settings
-
-_NS = uuid.UUID("5b0d1c52-5c8e-4bb4-9f0b-0f1f4a6a0c11")
-
-
-def envelope_id(*parts: str) -> str:
-    """Deterministic envelope id: a redelivered cause yields the same id."""
-    return str(uuid.uuid5(_NS, "\x1f".join(parts)))
 
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def load(r: redis.Redis, s: Settings, user_id: str) -> Bond | None:
-    raw = r.get(keys.bond(s, user_id))
+def load(redis_client: redis.Redis, settings: Settings, user_id: str) -> Bond | None:
+    raw = redis_client.get(keys.bond(settings, user_id))
     return Bond.model_validate_json(raw) if raw else None
 
 
-def load_or_new(r: redis.Redis, s: Settings, user_id: str) -> Bond:
-    return load(r, s, user_id) or Bond(user_id=user_id, daily_msg_cap=s.default_daily_cap)
+def load_or_new(redis_client: redis.Redis, settings: Settings, user_id: str) -> Bond:
+    return load(redis_client, settings, user_id) or Bond(
+        user_id=user_id, daily_msg_cap=settings.default_daily_cap
+    )
 
 
 def list_bonds(
-    r: redis.Redis, s: Settings, *, cursor: int = 0, count: int = 100
+    redis_client: redis.Redis, settings: Settings, *, cursor: int = 0, count: int = 100
 ) -> tuple[int, list[Bond]]:
     """One page of all bonds; pass the returned cursor back until it is 0.
 
     SCAN guarantees every bond that exists for the whole walk is returned."""
-    events_prefix = keys.events(s, "")
-    next_cursor, found = r.scan(cursor=cursor, match=f"{s.bond_prefix}*", count=count)
+    events_prefix = keys.events(settings, "")
+    next_cursor, found = redis_client.scan(
+        cursor=cursor, match=f"{settings.bond_prefix}*", count=count
+    )
     bond_keys = [k for k in found if not k.startswith(events_prefix)]
-    raws = r.mget(bond_keys) if bond_keys else []
+    raws = redis_client.mget(bond_keys) if bond_keys else []
     bonds = []
     for raw in raws:
         if raw is None:
@@ -66,27 +64,29 @@ def list_bonds(
     return int(next_cursor), bonds
 
 
-def all_bonds(r: redis.Redis, s: Settings) -> list[Bond]:
+def all_bonds(redis_client: redis.Redis, settings: Settings) -> list[Bond]:
     cursor, out = 0, []
     while True:
-        cursor, page = list_bonds(r, s, cursor=cursor, count=500)
+        cursor, page = list_bonds(redis_client, settings, cursor=cursor, count=500)
         out.extend(page)
         if cursor == 0:
             return out
 
 
-def get_events(r: redis.Redis, s: Settings, user_id: str, limit: int = 50) -> list[BondEvent]:
+def get_events(
+    redis_client: redis.Redis, settings: Settings, user_id: str, limit: int = 50
+) -> list[BondEvent]:
     return [
         BondEvent.model_validate_json(raw)
-        for raw in r.lrange(keys.events(s, user_id), 0, max(limit, 1) - 1)
+        for raw in redis_client.lrange(keys.events(settings, user_id), 0, max(limit, 1) - 1)
     ]
 
 
 def check_rate_limit(
-    r: redis.Redis, s: Settings, user_id: str, now: float | None = None
+    redis_client: redis.Redis, settings: Settings, user_id: str, now: float | None = None
 ) -> RateLimit:
     """Read-only view of the cap; counting happens atomically at ingest."""
-    bond = load_or_new(r, s, user_id)
+    bond = load_or_new(redis_client, settings, user_id)
     count = bond.daily_msg_count
     if bond.daily_msg_reset_at < keys.day_start(now or time.time()):
         count = 0
@@ -99,7 +99,7 @@ def check_rate_limit(
 
 
 def detection_args(
-    s: Settings,
+    settings: Settings,
     det: DetectionIn,
     *,
     marker: str,
@@ -110,14 +110,14 @@ def detection_args(
     doc = {
         "user_id": det.user_id,
         "guild_id": det.guild_id,
-        "default_cap": s.default_daily_cap,
+        "default_cap": settings.default_daily_cap,
         "day_start": keys.day_start(now),
         "now": now,
         "published_at": iso(now),
         "correlation_id": det.message_id or det.detection_id,
-        "events_max": s.events_max,
-        "maxlen": s.stream_maxlen,
-        "marker_ttl": s.dedupe_ttl_days * 86_400,
+        "events_max": settings.events_max,
+        "maxlen": settings.stream_maxlen,
+        "marker_ttl": settings.dedupe_ttl_days * 86_400,
         "envelope_ids": {
             "phase": envelope_id(marker, "bond.phase_transition"),
             "risk": envelope_id(marker, "bond.risk_change"),
@@ -135,48 +135,60 @@ def detection_args(
         "history": history,
     }
     bond_keys = [
-        keys.bond(s, det.user_id),
-        keys.events(s, det.user_id),
+        keys.bond(settings, det.user_id),
+        keys.events(settings, det.user_id),
         marker,
-        keys.history(s, det.guild_id, det.user_id),
-        s.stream_bond,
+        keys.history(settings, det.guild_id, det.user_id),
+        settings.stream_bond,
     ]
     return bond_keys, doc
 
 
-def _admin(r: redis.Redis, s: Settings, user_id: str, doc: dict[str, Any]) -> Bond:
+def _admin(
+    redis_client: redis.Redis, settings: Settings, user_id: str, doc: dict[str, Any]
+) -> Bond:
     now = time.time()
     doc = {
         "user_id": user_id,
-        "default_cap": s.default_daily_cap,
+        "default_cap": settings.default_daily_cap,
         "now": now,
         "published_at": iso(now),
-        "events_max": s.events_max,
-        "maxlen": s.stream_maxlen,
+        "events_max": settings.events_max,
+        "maxlen": settings.stream_maxlen,
         **doc,
     }
     doc.setdefault("envelope_id", str(uuid.uuid4()))
     raw = scripts.run(
-        r,
+        redis_client,
         "bond_admin",
-        [keys.bond(s, user_id), keys.events(s, user_id), s.stream_bond],
+        [keys.bond(settings, user_id), keys.events(settings, user_id), settings.stream_bond],
         [json.dumps(doc)],
     )
     return Bond.model_validate_json(raw)
 
 
 def set_cap(
-    r: redis.Redis, s: Settings, user_id: str, cap: int, *, request_id: str | None = None
+    redis_client: redis.Redis,
+    settings: Settings,
+    user_id: str,
+    cap: int,
+    *,
+    request_id: str | None = None,
 ) -> Bond:
     """Set the daily cap (0 = unlimited); logged as an admin_action event."""
     doc: dict[str, Any] = {"action": "set_cap", "cap": cap, "correlation_id": request_id}
     if request_id:
         doc["envelope_id"] = envelope_id(request_id, "bond.admin_action")
-    return _admin(r, s, user_id, doc)
+    return _admin(redis_client, settings, user_id, doc)
 
 
 def add_note(
-    r: redis.Redis, s: Settings, user_id: str, note: str, *, request_id: str | None = None
+    redis_client: redis.Redis,
+    settings: Settings,
+    user_id: str,
+    note: str,
+    *,
+    request_id: str | None = None,
 ) -> Bond:
     """Append a UTC-stamped note (last ``notes_max`` kept)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
@@ -186,30 +198,32 @@ def add_note(
         "note_head": note[:100],
         "note_chars": len(note),
         "stamped_note": f"[{stamp}] {note}",
-        "notes_max": s.notes_max,
+        "notes_max": settings.notes_max,
         "correlation_id": request_id,
     }
     if request_id:
         doc["envelope_id"] = envelope_id(request_id, "bond.admin_action")
-    return _admin(r, s, user_id, doc)
+    return _admin(redis_client, settings, user_id, doc)
 
 
 def reset_daily_caps(
-    r: redis.Redis, s: Settings, now: float | None = None, batch: int = 500
+    redis_client: redis.Redis, settings: Settings, now: float | None = None, batch: int = 500
 ) -> dict[str, Any]:
     """Reset every bond's daily count at UTC midnight, in bounded batches.
 
     The count also rolls over lazily at ingest, so this job only tidies what
     operators see; running it twice resets nothing the second time."""
     day = keys.day_start(now or time.time())
-    events_prefix = keys.events(s, "")
+    events_prefix = keys.events(settings, "")
     cursor, scanned, reset = 0, 0, 0
     while True:
-        cursor, found = r.scan(cursor=cursor, match=f"{s.bond_prefix}*", count=batch)
+        cursor, found = redis_client.scan(
+            cursor=cursor, match=f"{settings.bond_prefix}*", count=batch
+        )
         bond_keys = [k for k in found if not k.startswith(events_prefix)]
         scanned += len(bond_keys)
         if bond_keys:
-            reset += int(scripts.run(r, "reset_caps", bond_keys, [day]))
+            reset += int(scripts.run(redis_client, "reset_caps", bond_keys, [day]))
         if cursor == 0:
             break
     return {"status": "ok", "scanned": scanned, "reset": reset, "day_start": day}

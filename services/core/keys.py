@@ -15,28 +15,28 @@ from services.core.settings import Settings
 DM_GUILD = "@dm"  # history of direct messages; '@' cannot start a valid guild id
 
 
-def bond(s: Settings, user_id: str) -> str:
-    return f"{s.bond_prefix}{user_id}"
+def bond(settings: Settings, user_id: str) -> str:
+    return f"{settings.bond_prefix}{user_id}"
 
 
-def events(s: Settings, user_id: str) -> str:
-    return f"{s.bond_prefix}events:{user_id}"
+def events(settings: Settings, user_id: str) -> str:
+    return f"{settings.bond_prefix}events:{user_id}"
 
 
-def history(s: Settings, guild_id: str | None, user_id: str) -> str:
-    return f"{s.history_prefix}{guild_id or DM_GUILD}:{user_id}"
+def history(settings: Settings, guild_id: str | None, user_id: str) -> str:
+    return f"{settings.history_prefix}{guild_id or DM_GUILD}:{user_id}"
 
 
-def history_pattern(s: Settings, user_id: str) -> str:
-    return f"{s.history_prefix}*:{user_id}"
+def history_pattern(settings: Settings, user_id: str) -> str:
+    return f"{settings.history_prefix}*:{user_id}"
 
 
-def message_marker(s: Settings, platform: str, message_id: str) -> str:
-    return f"{s.vigil_prefix}seen:msg:{platform}:{message_id}"
+def message_marker(settings: Settings, platform: str, message_id: str) -> str:
+    return f"{settings.vigil_prefix}seen:msg:{platform}:{message_id}"
 
 
-def detection_marker(s: Settings, detection_id: str) -> str:
-    return f"{s.vigil_prefix}seen:det:{detection_id}"
+def detection_marker(settings: Settings, detection_id: str) -> str:
+    return f"{settings.vigil_prefix}seen:det:{detection_id}"
 
 
 def day_start(now: float) -> int:

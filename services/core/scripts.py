@@ -43,11 +43,11 @@ Item = tuple[Sequence[str], dict[str, Any]]
 BATCH_CHUNK = 100
 
 
-def run(r: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    return run_many(r, name, [(keys, args)])[0]
+def run(redis_client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    return run_many(redis_client, name, [(keys, args)])[0]
 
 
-def run_many(r: redis.Redis, name: str, calls: Sequence[Call]) -> list[Any]:
+def run_many(redis_client: redis.Redis, name: str, calls: Sequence[Call]) -> list[Any]:
     """Run one script for many key/arg sets in a single round trip.
 
     Calls run independently (no MULTI), so a script error is raised only after
@@ -58,7 +58,7 @@ def run_many(r: redis.Redis, name: str, calls: Sequence[Call]) -> list[Any]:
     pending = list(range(len(calls)))
     results: list[Any] = [None] * len(calls)
     for attempt in range(2):
-        pipe = r.pipeline(transaction=False)
+        pipe = redis_client.pipeline(transaction=False)
         for i in pending:
             keys, args = calls[i]
             pipe.evalsha(digest, len(keys), *keys, *args)
@@ -73,7 +73,7 @@ def run_many(r: redis.Redis, name: str, calls: Sequence[Call]) -> list[Any]:
             break
         if attempt == 1:
             raise NoScriptError(f"script {name} could not be loaded")
-        r.script_load(source(name))
+        redis_client.script_load(source(name))
         pending = missing
     for reply in results:
         if isinstance(reply, ResponseError):
@@ -81,7 +81,7 @@ def run_many(r: redis.Redis, name: str, calls: Sequence[Call]) -> list[Any]:
     return results
 
 
-def run_batch(r: redis.Redis, name: str, items: Sequence[Item]) -> list[Any]:
+def run_batch(redis_client: redis.Redis, name: str, items: Sequence[Item]) -> list[Any]:
     """Run a batch script (``ingest_gate``, ``apply_detection``) over many items.
 
     The script takes every item's keys in order and one JSON array of the items'
@@ -93,7 +93,7 @@ def run_batch(r: redis.Redis, name: str, items: Sequence[Item]) -> list[Any]:
         keys = [k for item_keys, _ in chunk for k in item_keys]
         calls.append((keys, [json.dumps([doc for _, doc in chunk])]))
     out: list[Any] = []
-    for reply in run_many(r, name, calls):
+    for reply in run_many(redis_client, name, calls):
         for item in reply:
             if isinstance(item, list) and item and item[0] == "error":
                 out.append(ResponseError(str(item[1])[:200]))

@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Severity = Literal["safe", "low", "medium", "high", "critical"]
-SEVERITIES: tuple[str, ...] = ("safe", "low", "medium", "high", "critical")
+from models.types import SEVERITY_ORDER, Severity
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/vigil"
@@ -84,11 +83,22 @@ class Settings(BaseSettings):
     # Dead letters.
     dead_letter_retention_days: int = Field(default=30, ge=1)
 
+    # Where "the usual local servers" are; a test (or an unusual machine) can say
+    # "nothing runs at the defaults" without stopping anything.
+    default_redis_url: str = "redis://127.0.0.1:6379"
+    default_database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     # Embedded services (used only when nothing is configured and nothing answers).
     data_dir: Path = Path(".vigil")
     embedded: Literal["auto", "never", "always"] = "auto"
     embedded_redis_port: int = 6391
     embedded_postgres_port: int = 5441
+
+    # Delivery. With a Redis broker a message a worker took but did not ack
+    # comes back after the visibility timeout; kombu looks for such messages
+    # every restore interval. No task time limit or retry countdown may exceed
+    # the visibility timeout, or a running task is delivered twice.
+    visibility_timeout: int = Field(default=3600, ge=1)
+    unacked_restore_interval: int = Field(default=100, ge=1)
 
     # Flower.
     flower_address: str = "127.0.0.1"
@@ -145,7 +155,7 @@ class Settings(BaseSettings):
 
     @property
     def min_severity_rank(self) -> int:
-        return SEVERITIES.index(self.history_min_severity)
+        return SEVERITY_ORDER.index(self.history_min_severity)
 
 
 @lru_cache(maxsize=1)

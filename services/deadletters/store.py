@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.payloads import ID_PATTERN
 from models.tables import DeadLetter
 
 MAX_PAYLOAD_CHARS = 256 * 1024
+
+# A rejected payload and why: what ``reject`` keeps.
+Rejected = tuple[Any, list[str]]
 
 
 def _encode(payload: Any) -> tuple[str, bool]:
@@ -66,6 +70,16 @@ def add(
     session.add(row)
     session.flush()
     return row.id
+
+
+def reject(sessions: sessionmaker[Session], task_name: str, rejected: Sequence[Rejected]) -> None:
+    """The one path for payloads that can never succeed: each is kept with its
+    reasons under ``task_name``, the task that takes that payload on replay."""
+    if not rejected:
+        return
+    with sessions() as session, session.begin():
+        for payload, reasons in rejected:
+            add(session, task_name=task_name, reason="rejected", details=reasons, payload=payload)
 
 
 def summary(row: DeadLetter) -> dict[str, Any]:

@@ -8,10 +8,9 @@ Which path an envelope takes depends on where the state it reports lives:
 - PostgreSQL-side state (attribution states, correlator verdicts, erasure of
   PostgreSQL rows): ``enqueue`` inserts the envelope in the same transaction
   as the change, so a rolled-back change publishes nothing and a committed one
-  cannot lose its event. ``relay`` publishes committed rows. Callers that want
-  the event out at once call ``publish_after_commit`` before committing; the
-  beat job ``vigil.periodic.relay_outbox`` is the safety net for whatever that
-  misses (process died, Redis down).
+  cannot lose its event. ``relay`` publishes committed rows: the ingest
+  path right after its commit, and the beat job ``vigil.periodic.relay_outbox``
+  for whatever that misses (process died, Redis down).
 
 Each row reaches its stream exactly once: the XADD runs in a Lua script that
 first sets ``<vigil_prefix>outbox:sent:<envelope_id>`` with NX, so a relay that
@@ -26,9 +25,8 @@ import uuid
 from typing import Any
 
 import redis
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import Envelope
@@ -40,8 +38,6 @@ from services.envelopes.streams import stream_for_topic
 log = logging.getLogger(__name__)
 
 SENT_MARKER_TTL_S = 7 * 86_400
-_PENDING = "vigil.outbox.pending"
-_HOOKED = "vigil.outbox.hooked"
 
 
 def sent_marker_key(settings: Settings, envelope_id: str) -> str:
@@ -72,7 +68,6 @@ def enqueue(
         )
         .on_conflict_do_nothing(index_elements=[Outbox.envelope_id])
     )
-    session.info.setdefault(_PENDING, []).append(envelope.envelope_id)
 
 
 def _claim(session: Session, limit: int, envelope_ids: list[str] | None) -> list[Any]:
@@ -88,7 +83,7 @@ def _claim(session: Session, limit: int, envelope_ids: list[str] | None) -> list
     return list(session.execute(query).all())
 
 
-def _publish(r: redis.Redis, settings: Settings, rows: list[Any]) -> list[Any]:
+def _publish(redis_client: redis.Redis, settings: Settings, rows: list[Any]) -> list[Any]:
     calls = [
         (
             (sent_marker_key(settings, str(row.envelope_id)), row.stream),
@@ -96,7 +91,7 @@ def _publish(r: redis.Redis, settings: Settings, rows: list[Any]) -> list[Any]:
         )
         for row in rows
     ]
-    return scripts.run_many(r, "outbox_publish", calls)
+    return scripts.run_many(redis_client, "outbox_publish", calls)
 
 
 def _mark_published(session: Session, ids: list[int]) -> None:
@@ -105,7 +100,7 @@ def _mark_published(session: Session, ids: list[int]) -> None:
 
 def relay(
     session_factory: sessionmaker[Session],
-    r: redis.Redis,
+    redis_client: redis.Redis,
     settings: Settings,
     limit: int = 500,
     *,
@@ -120,40 +115,10 @@ def relay(
         rows = _claim(session, limit, envelope_ids)
         if not rows:
             return {"status": "ok", "published": 0, "already_sent": 0}
-        results = _publish(r, settings, rows)
+        results = _publish(redis_client, settings, rows)
         _mark_published(session, [row.id for row in rows])
     published = sum(1 for result in results if result)
     return {"status": "ok", "published": published, "already_sent": len(rows) - published}
-
-
-def publish_after_commit(
-    session: Session,
-    session_factory: sessionmaker[Session],
-    r: redis.Redis,
-    settings: Settings,
-) -> None:
-    """Relay the envelopes this session enqueued as soon as it commits.
-
-    A failure here loses nothing (the rows stay pending for the relay job), so
-    it is logged and never raised into the caller's commit.
-    """
-    if session.info.get(_HOOKED):
-        return
-    session.info[_HOOKED] = True
-
-    @event.listens_for(session, "after_commit")
-    def _relay_now(committed: Session) -> None:
-        ids = committed.info.pop(_PENDING, None)
-        if not ids:
-            return
-        try:
-            relay(session_factory, r, settings, limit=len(ids), envelope_ids=ids)
-        except (redis.RedisError, SQLAlchemyError) as exc:
-            log.warning("outbox relay after commit failed (%s); left for the relay job", exc)
-
-    @event.listens_for(session, "after_rollback")
-    def _forget(rolled_back: Session) -> None:
-        rolled_back.info.pop(_PENDING, None)
 
 
 def pending_count(session: Session) -> int:

@@ -67,9 +67,9 @@ def dead_letter_key(key: str) -> str:
     return key + DEAD_SUFFIX
 
 
-def publish(r: redis.Redis, settings: Settings, envelope: Envelope) -> str:
+def publish(redis_client: redis.Redis, settings: Settings, envelope: Envelope) -> str:
     """XADD one envelope to its topic's stream; returns the entry id."""
-    entry_id = r.xadd(
+    entry_id = redis_client.xadd(
         stream_for_topic(settings, envelope.topic),
         {"data": envelope.model_dump_json()},
         maxlen=settings.stream_maxlen,
@@ -78,9 +78,11 @@ def publish(r: redis.Redis, settings: Settings, envelope: Envelope) -> str:
     return _text(entry_id)
 
 
-def publish_many(r: redis.Redis, settings: Settings, envelopes: list[Envelope]) -> list[str]:
+def publish_many(
+    redis_client: redis.Redis, settings: Settings, envelopes: list[Envelope]
+) -> list[str]:
     """Publish a batch in one round trip (not atomically: see ``services.envelopes.outbox``)."""
-    pipe = r.pipeline(transaction=False)
+    pipe = redis_client.pipeline(transaction=False)
     for envelope in envelopes:
         pipe.xadd(
             stream_for_topic(settings, envelope.topic),
@@ -167,8 +169,8 @@ def decode(
 # Plain reads ------------------------------------------------------------------
 
 
-def _raw(r: redis.Redis, *args: Any) -> Any:
-    return r.execute_command(*args, **{NEVER_DECODE: []})
+def _raw(redis_client: redis.Redis, *args: Any) -> Any:
+    return redis_client.execute_command(*args, **{NEVER_DECODE: []})
 
 
 def _entries(response: Any) -> list[tuple[str, Any]]:
@@ -183,11 +185,13 @@ def _entries(response: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def read_latest(r: redis.Redis, settings: Settings, group: str, count: int) -> list[Entry]:
+def read_latest(
+    redis_client: redis.Redis, settings: Settings, group: str, count: int
+) -> list[Entry]:
     """The newest ``count`` entries, newest first; undecodable ones are skipped."""
     key = stream_key(settings, group)
     out: list[Entry] = []
-    for raw_id, fields in _raw(r, "XREVRANGE", key, "+", "-", "COUNT", int(count)):
+    for raw_id, fields in _raw(redis_client, "XREVRANGE", key, "+", "-", "COUNT", int(count)):
         entry_id = _text(raw_id)
         envelope = decode(fields, group=group, entry_id=entry_id)
         if envelope is not None:
@@ -195,13 +199,13 @@ def read_latest(r: redis.Redis, settings: Settings, group: str, count: int) -> l
     return out
 
 
-def _last_id(r: redis.Redis, key: str) -> str:
-    newest = _raw(r, "XREVRANGE", key, "+", "-", "COUNT", 1)
+def _last_id(redis_client: redis.Redis, key: str) -> str:
+    newest = _raw(redis_client, "XREVRANGE", key, "+", "-", "COUNT", 1)
     return _text(newest[0][0]) if newest else "0-0"
 
 
 def follow(
-    r: redis.Redis,
+    redis_client: redis.Redis,
     settings: Settings,
     group: str,
     *,
@@ -218,12 +222,12 @@ def follow(
     ``Consumer`` for that.
     """
     key = stream_key(settings, group)
-    cursor = _last_id(r, key) if last_id == "$" else last_id
-    return _follow(r, key, group, cursor, block_ms, stop)
+    cursor = _last_id(redis_client, key) if last_id == "$" else last_id
+    return _follow(redis_client, key, group, cursor, block_ms, stop)
 
 
 def _follow(
-    r: redis.Redis,
+    redis_client: redis.Redis,
     key: str,
     group: str,
     cursor: str,
@@ -231,7 +235,9 @@ def _follow(
     stop: threading.Event | None,
 ) -> Iterator[Entry]:
     while stop is None or not stop.is_set():
-        response = _raw(r, "XREAD", "COUNT", 100, "BLOCK", int(block_ms), "STREAMS", key, cursor)
+        response = _raw(
+            redis_client, "XREAD", "COUNT", 100, "BLOCK", int(block_ms), "STREAMS", key, cursor
+        )
         for entry_id, fields in _entries(response):
             cursor = entry_id
             envelope = decode(fields, group=group, entry_id=entry_id)
@@ -242,10 +248,10 @@ def _follow(
 # Consumer groups --------------------------------------------------------------
 
 
-def ensure_group(r: redis.Redis, key: str, group: str, start_id: str = "0") -> bool:
+def ensure_group(redis_client: redis.Redis, key: str, group: str, start_id: str = "0") -> bool:
     """Create ``group`` on ``key`` (and the stream); False when it already existed."""
     try:
-        r.xgroup_create(key, group, id=start_id, mkstream=True)
+        redis_client.xgroup_create(key, group, id=start_id, mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -254,7 +260,7 @@ def ensure_group(r: redis.Redis, key: str, group: str, start_id: str = "0") -> b
 
 
 def dead_letter(
-    r: redis.Redis,
+    redis_client: redis.Redis,
     settings: Settings,
     key: str,
     group_name: str,
@@ -275,7 +281,7 @@ def dead_letter(
     data = _data_field(fields)
     if data is not None:
         body["data"] = data
-    pipe = r.pipeline(transaction=True)
+    pipe = redis_client.pipeline(transaction=True)
     pipe.xadd(dead_letter_key(key), body, maxlen=settings.stream_maxlen, approximate=True)
     pipe.xack(key, group_name, entry_id)
     dead_id, _ = pipe.execute()
@@ -290,7 +296,7 @@ def dead_letter(
 
 
 def _accept(
-    r: redis.Redis,
+    redis_client: redis.Redis,
     settings: Settings,
     key: str,
     group_name: str,
@@ -302,14 +308,16 @@ def _accept(
         envelope = decode(fields, group=stream_group, entry_id=entry_id)
         if envelope is None:
             # It will never decode; retrying it would only delay the dead letter.
-            dead_letter(r, settings, key, group_name, entry_id, fields, reason="undecodable")
+            dead_letter(
+                redis_client, settings, key, group_name, entry_id, fields, reason="undecodable"
+            )
         else:
             out.append((entry_id, envelope))
     return out
 
 
 def consume(
-    r: redis.Redis,
+    redis_client: redis.Redis,
     settings: Settings,
     group_name: str,
     consumer: str,
@@ -328,25 +336,29 @@ def consume(
         args += ["BLOCK", int(block_ms)]
     args += ["STREAMS", key, ">"]
     try:
-        response = _raw(r, *args)
+        response = _raw(redis_client, *args)
     except redis.ResponseError as exc:
         if "NOGROUP" not in str(exc):
             raise
-        ensure_group(r, key, group_name)
-        response = _raw(r, *args)
-    return _accept(r, settings, key, group_name, stream_group, _entries(response))
+        ensure_group(redis_client, key, group_name)
+        response = _raw(redis_client, *args)
+    return _accept(redis_client, settings, key, group_name, stream_group, _entries(response))
 
 
 def ack(
-    r: redis.Redis, settings: Settings, group_name: str, stream_group: str, entry_ids: list[str]
+    redis_client: redis.Redis,
+    settings: Settings,
+    group_name: str,
+    stream_group: str,
+    entry_ids: list[str],
 ) -> int:
     if not entry_ids:
         return 0
-    return int(r.xack(stream_key(settings, stream_group), group_name, *entry_ids))
+    return int(redis_client.xack(stream_key(settings, stream_group), group_name, *entry_ids))
 
 
 def reclaim(
-    r: redis.Redis,
+    redis_client: redis.Redis,
     settings: Settings,
     group_name: str,
     consumer: str,
@@ -369,21 +381,29 @@ def reclaim(
         if len(claimed) >= count:
             break
         reply = _raw(
-            r, "XAUTOCLAIM", key, group_name, consumer, int(min_idle_ms), start, "COUNT", count
+            redis_client,
+            "XAUTOCLAIM",
+            key,
+            group_name,
+            consumer,
+            int(min_idle_ms),
+            start,
+            "COUNT",
+            count,
         )
         start = _text(reply[0])
         for raw_id, fields in reply[1]:
             entry_id = _text(raw_id)
             if fields is None:
                 # Trimmed away while pending (Redis 6.2 reports these here): nothing to do.
-                r.xack(key, group_name, entry_id)
+                redis_client.xack(key, group_name, entry_id)
                 continue
             claimed.append((entry_id, fields))
         if start == "0-0":
             break
     if not claimed:
         return []
-    pipe = r.pipeline(transaction=False)
+    pipe = redis_client.pipeline(transaction=False)
     for entry_id, _ in claimed:
         pipe.xpending_range(key, group_name, min=entry_id, max=entry_id, count=1)
     pending = pipe.execute()
@@ -392,7 +412,7 @@ def reclaim(
         deliveries = int(info[0]["times_delivered"]) if info else 1
         if deliveries > settings.stream_max_deliveries:
             dead_letter(
-                r,
+                redis_client,
                 settings,
                 key,
                 group_name,
@@ -403,19 +423,23 @@ def reclaim(
             )
         else:
             fresh.append((entry_id, fields))
-    return _accept(r, settings, key, group_name, stream_group, fresh)
+    return _accept(redis_client, settings, key, group_name, stream_group, fresh)
 
 
-def read_dead(r: redis.Redis, settings: Settings, stream_group: str, count: int = 100) -> list:
+def read_dead(
+    redis_client: redis.Redis, settings: Settings, stream_group: str, count: int = 100
+) -> list:
     """Dead-letter entries of one stream, oldest first, as (id, fields) with text values."""
     key = dead_letter_key(stream_key(settings, stream_group))
     out = []
-    for raw_id, fields in _raw(r, "XRANGE", key, "-", "+", "COUNT", int(count)):
+    for raw_id, fields in _raw(redis_client, "XRANGE", key, "-", "+", "COUNT", int(count)):
         out.append((_text(raw_id), {_text(k): _text(v) for k, v in fields.items()}))
     return out
 
 
-def replay_dead(r: redis.Redis, settings: Settings, stream_group: str, count: int = 100) -> dict:
+def replay_dead(
+    redis_client: redis.Redis, settings: Settings, stream_group: str, count: int = 100
+) -> dict:
     """Re-publish decodable dead letters to their stream (every group sees them again).
 
     Undecodable ones stay where they are for an operator to look at.
@@ -423,12 +447,12 @@ def replay_dead(r: redis.Redis, settings: Settings, stream_group: str, count: in
     key = stream_key(settings, stream_group)
     dead = dead_letter_key(key)
     replayed = kept = 0
-    for raw_id, fields in _raw(r, "XRANGE", dead, "-", "+", "COUNT", int(count)):
+    for raw_id, fields in _raw(redis_client, "XRANGE", dead, "-", "+", "COUNT", int(count)):
         entry_id = _text(raw_id)
         if decode(fields, group=stream_group, entry_id=entry_id) is None:
             kept += 1
             continue
-        pipe = r.pipeline(transaction=True)
+        pipe = redis_client.pipeline(transaction=True)
         pipe.xadd(
             key, {"data": _data_field(fields)}, maxlen=settings.stream_maxlen, approximate=True
         )
@@ -449,7 +473,7 @@ class Consumer:
 
     def __init__(
         self,
-        r: redis.Redis,
+        redis_client: redis.Redis,
         settings: Settings,
         stream_group: str,
         group_name: str,
@@ -462,7 +486,7 @@ class Consumer:
         reclaim_interval_s: float = 30.0,
         start_id: str = "0",
     ) -> None:
-        self.r = r
+        self.redis_client = redis_client
         self.settings = settings
         self.stream_group = stream_group
         self.group_name = group_name
@@ -478,7 +502,7 @@ class Consumer:
         self._ready = False
 
     def setup(self) -> None:
-        ensure_group(self.r, self.key, self.group_name, self.start_id)
+        ensure_group(self.redis_client, self.key, self.group_name, self.start_id)
         self._ready = True
 
     def step(self, *, reclaim_now: bool | None = None) -> dict[str, int]:
@@ -489,7 +513,7 @@ class Consumer:
         entries: list[Entry] = []
         if due:
             entries = reclaim(
-                self.r,
+                self.redis_client,
                 self.settings,
                 self.group_name,
                 self.consumer_name,
@@ -499,7 +523,7 @@ class Consumer:
             )
             self._next_reclaim = time.monotonic() + self.reclaim_interval_s
         entries += consume(
-            self.r,
+            self.redis_client,
             self.settings,
             self.group_name,
             self.consumer_name,
@@ -521,7 +545,7 @@ class Consumer:
                     type(exc).__name__,
                 )
                 continue
-            ack(self.r, self.settings, self.group_name, self.stream_group, [entry_id])
+            ack(self.redis_client, self.settings, self.group_name, self.stream_group, [entry_id])
             handled += 1
         return {"handled": handled, "failed": failed}
 

@@ -12,9 +12,9 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.envelopes import make_envelope
+from models.envelopes import envelope_id, make_envelope
 from services.attribution import repository
-from services.bonds import history, ledger
+from services.bonds import history
 from services.core import keys
 from services.core.settings import Settings
 from services.deadletters import store
@@ -24,12 +24,12 @@ from services.envelopes.streams import dead_letter_key
 _STREAM_SCAN_BATCH = 1000
 
 
-def _stream_entries_of(r: redis.Redis, stream: str, user_id: str) -> list[str]:
+def _stream_entries_of(redis_client: redis.Redis, stream: str, user_id: str) -> list[str]:
     """Ids of stream entries whose payload names the user (bounded by MAXLEN)."""
     found: list[str] = []
     start = "-"
     while True:
-        entries = r.xrange(stream, min=start, max="+", count=_STREAM_SCAN_BATCH)
+        entries = redis_client.xrange(stream, min=start, max="+", count=_STREAM_SCAN_BATCH)
         for entry_id, fields in entries:
             try:
                 payload = json.loads(fields.get("data", "{}")).get("payload", {})
@@ -43,8 +43,8 @@ def _stream_entries_of(r: redis.Redis, stream: str, user_id: str) -> list[str]:
 
 
 def erase_user(
-    r: redis.Redis,
-    s: Settings,
+    redis_client: redis.Redis,
+    settings: Settings,
     sessions: sessionmaker[Session],
     *,
     user_id: str,
@@ -52,11 +52,11 @@ def erase_user(
     request_id: str,
 ) -> dict[str, Any]:
     removed: dict[str, int] = {}
-    history_keys = history.guild_keys(r, s, user_id)
-    removed["history_messages"] = sum(int(r.zcard(k)) for k in history_keys)
-    removed["bond"] = int(r.delete(keys.bond(s, user_id)))
-    removed["events"] = int(r.llen(keys.events(s, user_id)))
-    r.delete(keys.events(s, user_id), *history_keys)
+    history_keys = history.guild_keys(redis_client, settings, user_id)
+    removed["history_messages"] = sum(int(redis_client.zcard(k)) for k in history_keys)
+    removed["bond"] = int(redis_client.delete(keys.bond(settings, user_id)))
+    removed["events"] = int(redis_client.llen(keys.events(settings, user_id)))
+    redis_client.delete(keys.events(settings, user_id), *history_keys)
 
     with sessions() as session, session.begin():
         counts = repository.erase_actor(session, platform, user_id)
@@ -65,18 +65,18 @@ def erase_user(
 
     stream_hits = 0
 
-    mains = (s.stream_bond, s.stream_attribution, s.stream_user)
+    mains = (settings.stream_bond, settings.stream_attribution, settings.stream_user)
     for stream in (*mains, *map(dead_letter_key, mains)):
-        ids = _stream_entries_of(r, stream, user_id)
+        ids = _stream_entries_of(redis_client, stream, user_id)
         if ids:
-            stream_hits += int(r.xdel(stream, *ids))
+            stream_hits += int(redis_client.xdel(stream, *ids))
     removed["stream_entries"] = stream_hits
 
     env = make_envelope(
         "user.erased",
         {"user_id": user_id, "platform": platform, "removed": removed},
         correlation_id=request_id,
-        envelope_id=ledger.envelope_id(request_id, "user.erased"),
+        envelope_id=envelope_id(request_id, "user.erased"),
     )
-    streams.publish(r, s, env)
+    streams.publish(redis_client, settings, env)
     return {"status": "erased", "user_id": user_id, "removed": removed}

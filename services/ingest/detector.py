@@ -17,7 +17,8 @@ import httpx
 from pydantic import ValidationError
 
 from models.history import StoredMessage
-from models.payloads import SEVERITY_ORDER, DetectionIn, MessageIn
+from models.payloads import DetectionIn, MessageIn
+from models.types import SEVERITY_ORDER
 from services.core.errors import TransientError
 from services.core.settings import Settings
 
@@ -217,9 +218,9 @@ class DetectorFailed(Exception):
     """The detector cannot handle this message; retrying will not help."""
 
 
-def from_settings(s: Settings) -> Detector:
-    if s.detector == "http":
-        if not s.detector_url:
+def from_settings(settings: Settings) -> Detector:
+    if settings.detector == "http":
+        if not settings.detector_url:
             raise ValueError("VIGIL_DETECTOR_URL: required when VIGIL_DETECTOR=http")
-        return HttpDetector(s.detector_url, s.detector_timeout_s)
+        return HttpDetector(settings.detector_url, settings.detector_timeout_s)
     return LexiconDetector()

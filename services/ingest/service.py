@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from redis.exceptions import ResponseError
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.envelopes import envelope_id
 from models.history import StoredMessage
 from models.payloads import DetectionIn, MessageIn, reasons_of
 from services.attribution import service as attribution
@@ -79,15 +80,23 @@ class IngestService:
 
     def __init__(
         self,
-        r: redis.Redis,
+        redis_client: redis.Redis,
         settings: Settings,
         sessions: sessionmaker[Session],
         detector: Detector,
+        *,
+        message_task: str,
+        detection_task: str,
     ) -> None:
-        self.r = r
-        self.s = settings
+        """``message_task`` and ``detection_task`` name the tasks that take one
+        message or one detection: a rejected item is dead-lettered under that
+        name with its own payload, so replay sends it where it can succeed."""
+        self.redis_client = redis_client
+        self.settings = settings
         self.sessions = sessions
         self.detector = detector
+        self.message_task = message_task
+        self.detection_task = detection_task
         wanted = getattr(detector, "context_limit", None)
         limit = settings.history_context_limit
         self.context_limit = limit if wanted is None else min(limit, wanted)
@@ -100,7 +109,7 @@ class IngestService:
         outcomes = batch.outcomes
 
         gates = scripts.run_batch(
-            self.r, "ingest_gate", [self._gate_item(m, now) for _, m in valid]
+            self.redis_client, "ingest_gate", [self._gate_item(m, now) for _, m in valid]
         )
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None]] = []
         # Messages earlier in this batch are context for later ones of the same user.
@@ -129,11 +138,11 @@ class IngestService:
             except DetectorFailed as exc:
                 outcomes[i] = self._reject(batch, i, msg, [f"detector: {exc}"])
                 continue
-            entry = history.entry(self.s, msg, det.severity, det.crisis_score)
+            entry = history.entry(self.settings, msg, det.severity, det.crisis_score)
             if entry is not None:
                 local_context[ctx_key].append(
                     StoredMessage(
-                        message=msg.text[: self.s.history_text_chars],
+                        message=msg.text[: self.settings.history_text_chars],
                         timestamp=msg.sent_at.isoformat(),
                         crisis_score=det.crisis_score,
                         severity=det.severity,
@@ -145,31 +154,29 @@ class IngestService:
         self._attribution([det for _, _, det, _ in to_apply])
         calls = [
             ledger.detection_args(
-                self.s,
+                self.settings,
                 det,
-                marker=keys.message_marker(self.s, msg.platform, msg.message_id),
+                marker=keys.message_marker(self.settings, msg.platform, msg.message_id),
                 history=entry,
                 now=now,
             )
             for _, msg, det, entry in to_apply
         ]
-        applied = scripts.run_batch(self.r, "apply_detection", calls)
+        applied = scripts.run_batch(self.redis_client, "apply_detection", calls)
         for (i, msg, det, _), reply in zip(to_apply, applied, strict=True):
             outcomes[i] = self._applied(reply, msg.message_id, det)
             if outcomes[i]["status"] == "rejected":
                 self._reject(batch, i, msg, outcomes[i]["reasons"])
-        self._dead_letter(
-            batch, "vigil.ingest.messages" if len(raws) > 1 else "vigil.ingest.message"
-        )
+        store.reject(self.sessions, self.message_task, batch.rejected)
         return batch
 
     def _gate_item(self, msg: MessageIn, now: float) -> scripts.Item:
-        marker = keys.message_marker(self.s, msg.platform, msg.message_id)
+        marker = keys.message_marker(self.settings, msg.platform, msg.message_id)
         item_keys = [
-            keys.bond(self.s, msg.user_id),
+            keys.bond(self.settings, msg.user_id),
             marker,
-            keys.history(self.s, msg.guild_id, msg.user_id),
-            self.s.stream_bond,
+            keys.history(self.settings, msg.guild_id, msg.user_id),
+            self.settings.stream_bond,
         ]
         doc = {
             "user_id": msg.user_id,
@@ -177,12 +184,12 @@ class IngestService:
             "platform": msg.platform,
             "message_id": msg.message_id,
             "day_start": keys.day_start(now),
-            "default_cap": self.s.default_daily_cap,
+            "default_cap": self.settings.default_daily_cap,
             "context_limit": self.context_limit,
-            "marker_ttl": self.s.dedupe_ttl_days * 86_400,
-            "maxlen": self.s.stream_maxlen,
+            "marker_ttl": self.settings.dedupe_ttl_days * 86_400,
+            "maxlen": self.settings.stream_maxlen,
             "now": now,
-            "envelope_id": ledger.envelope_id(marker, "message.rate_limited"),
+            "envelope_id": envelope_id(marker, "message.rate_limited"),
             "published_at": ledger.iso(now),
         }
         return item_keys, doc
@@ -196,15 +203,15 @@ class IngestService:
         attribution = self._attribution([d for _, d in valid])
         calls = [
             ledger.detection_args(
-                self.s,
+                self.settings,
                 det,
-                marker=keys.detection_marker(self.s, det.detection_id),
+                marker=keys.detection_marker(self.settings, det.detection_id),
                 history=None,
                 now=now,
             )
             for _, det in valid
         ]
-        applied = scripts.run_batch(self.r, "apply_detection", calls)
+        applied = scripts.run_batch(self.redis_client, "apply_detection", calls)
         for (i, det), reply in zip(valid, applied, strict=True):
             outcomes[i] = self._applied(reply, det.detection_id, det, key="detection_id")
             changes = attribution.get(det.detection_id)
@@ -212,7 +219,7 @@ class IngestService:
                 outcomes[i]["attribution_changes"] = changes
             if outcomes[i]["status"] == "rejected":
                 self._reject(batch, i, det, outcomes[i]["reasons"])
-        self._dead_letter(batch, "vigil.ingest.detection")
+        store.reject(self.sessions, self.detection_task, batch.rejected)
         return batch
 
     # -- shared -----------------------------------------------------------------
@@ -225,13 +232,13 @@ class IngestService:
             return {}
 
         with self.sessions() as session, session.begin():
-            results = attribution.apply_detections(session, self.s, with_obs)
+            results = attribution.apply_detections(session, self.settings, with_obs)
         changed: dict[str, int] = defaultdict(int)
         for res in results or []:
             if res.get("changed"):
                 changed[str(res.get("detection_id"))] += 1
         if changed:
-            outbox.relay(self.sessions, self.r, self.s)
+            outbox.relay(self.sessions, self.redis_client, self.settings)
         return dict(changed)
 
     @staticmethod
@@ -255,16 +262,3 @@ class IngestService:
     def _reject(batch: Batch, i: int, item: Any, reasons: list[str]) -> dict[str, Any]:
         batch.rejected.append((item.model_dump(mode="json"), reasons))
         return {"status": "rejected", "index": i, "reasons": reasons}
-
-    def _dead_letter(self, batch: Batch, task_name: str) -> None:
-        if not batch.rejected:
-            return
-        with self.sessions() as session, session.begin():
-            for payload, reasons in batch.rejected:
-                store.add(
-                    session,
-                    task_name=task_name,
-                    reason="rejected",
-                    details=reasons,
-                    payload=payload,
-                )

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
+from tests.helpers import INGEST_TASKS
 
 
 class Vigil:
@@ -82,4 +83,4 @@ def alternating(user: str, n: int = 6) -> list[dict]:
 @pytest.fixture
 def ingest(r, db, settings) -> IngestService:
     """The real pipeline, in process: fills the stores the commands read."""
-    return IngestService(r, settings, db, LexiconDetector())
+    return IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)

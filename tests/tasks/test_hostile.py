@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 
 from models.payloads import ID_PATTERN
 from models.tables import Actor, AttributionState, DeadLetter, Identity, Observation, Outbox
+from tests.helpers import INGEST_TASKS
 
 pytestmark = pytest.mark.faults
 
@@ -322,7 +323,7 @@ def _service(r, settings, db):
     from services.ingest.detector import LexiconDetector
     from services.ingest.service import IngestService
 
-    return IngestService(r, settings, db, LexiconDetector())
+    return IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
 
 
 def test_hostile_payloads_through_the_service(r, db, settings):

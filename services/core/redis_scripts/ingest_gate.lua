@@ -1,7 +1,7 @@
 -- Round trip 1 of a batch of messages: for each, dedupe, atomic daily-cap
 -- check-and-count, and its history context.
 -- KEYS: 4 per message: bond, marker, history, bond_stream
--- ARGV[1]: JSON array, one object per message (see services/ingest.py: _gate_doc)
+-- ARGV[1]: JSON array, one object per message (see services/ingest/service.py: _gate_item)
 -- Returns one reply per message: {'duplicate', marker} | {'rate_limited', cap, count}
 --   | {'accepted', count_or_'redelivered', context} | {'error', reason}
 

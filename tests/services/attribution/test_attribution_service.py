@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from models.envelopes import envelope_id
 from models.payloads import DetectionIn
 from services.attribution import repository as repo
 from services.attribution import service
@@ -61,7 +62,7 @@ def test_categorical_alternation_ends_multi_actor(db, settings):
     env = envs[0]
     assert env["correlation_id"] == "u1-d2"
     assert env["payload"]["user_id"] == "u1" and env["payload"]["platform"] == "discord"
-    assert env["_id"] == service.envelope_id("u1-d2", "motor.input", "state_changed")
+    assert env["_id"] == envelope_id("u1-d2", "motor.input", "state_changed")
 
 
 def test_categorical_stable_then_drifting(db, settings):

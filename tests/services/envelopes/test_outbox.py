@@ -8,7 +8,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import select
 
 from models.envelopes import EXAMPLE_PAYLOADS, make_envelope, parse_envelope
@@ -143,41 +142,6 @@ def test_concurrent_relays_publish_each_row_once(r, db, settings):
     # SKIP LOCKED alone kept relays apart: no row was even attempted twice.
     assert sum(res["already_sent"] for res in results) == 0
     assert sum(res["published"] for res in results) == 300
-
-
-def test_publish_after_commit_relays_at_once(r, db, settings):
-    e = state_changed()
-    with db() as session, session.begin():
-        outbox.publish_after_commit(session, db, r, settings)
-        outbox.enqueue(session, settings, e)
-        assert r.xlen(settings.stream_attribution) == 0
-    assert published_ids(r, settings) == [e.envelope_id]
-    with db() as session:
-        assert outbox.pending_count(session) == 0
-
-
-def test_publish_after_commit_ignores_rolled_back_envelopes(r, db, settings):
-    with db() as session:
-        outbox.publish_after_commit(session, db, r, settings)
-        with session.begin():
-            outbox.enqueue(session, settings, state_changed())
-            session.rollback()
-        kept = state_changed()
-        with session.begin():
-            outbox.enqueue(session, settings, kept)
-    assert published_ids(r, settings) == [kept.envelope_id]
-
-
-def test_publish_after_commit_with_redis_down_leaves_rows_for_the_relay(r, db, settings):
-    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
-    e = state_changed()
-    with db() as session, session.begin():
-        outbox.publish_after_commit(session, db, down, settings)
-        outbox.enqueue(session, settings, e)
-    with db() as session:
-        assert outbox.pending_count(session) == 1
-    assert outbox.relay(db, r, settings)["published"] == 1
-    assert published_ids(r, settings) == [e.envelope_id]
 
 
 def test_outbox_envelope_is_readable_by_stream_consumers(r, db, settings):

@@ -14,6 +14,7 @@ from services.bonds import history, ledger
 from services.core.settings import Settings
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
+from tests.helpers import INGEST_TASKS
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -42,7 +43,7 @@ class Recording(LexiconDetector):
 
 @pytest.fixture
 def svc(r, db, settings):
-    return IngestService(r, settings, db, LexiconDetector())
+    return IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
 
 
 def stream(r, settings):
@@ -51,7 +52,7 @@ def stream(r, settings):
 
 def test_history_seed_behaviour(r, db, settings):
     s = Settings(history_max_messages=5)
-    svc = IngestService(r, s, db, LexiconDetector())
+    svc = IngestService(r, s, db, LexiconDetector(), **INGEST_TASKS)
     long = "I feel sad " + "x" * 900
     svc.messages([msg(0, "hello there")] + [msg(i, long) for i in range(1, 9)])
     assert not history.exists(r, s, "g1", "u2")
@@ -68,7 +69,7 @@ def test_history_seed_behaviour(r, db, settings):
 
 def test_history_threshold_is_a_setting(r, db):
     s = Settings(history_min_severity="medium")
-    svc = IngestService(r, s, db, LexiconDetector())
+    svc = IngestService(r, s, db, LexiconDetector(), **INGEST_TASKS)
     svc.messages([msg(1, "I feel sad"), msg(2, "I feel hopeless and worthless")])
     assert [m.message_id for m in history.get(r, s, "g1", "u1")] == ["m2"]
 
@@ -90,7 +91,9 @@ def test_reads_seed_written_history_and_gives_it_oldest_first(r, db, settings):
             },
         )
     det = Recording()
-    IngestService(r, settings, db, det).messages([msg(5, "sad"), msg(6, "sad again")])
+    IngestService(r, settings, db, det, **INGEST_TASKS).messages(
+        [msg(5, "sad"), msg(6, "sad again")]
+    )
     assert det.contexts[0] == ["seed1", "seed2"]
     # the batch's own earlier message is context for the next one
     assert det.contexts[1] == ["seed1", "seed2", "m5"]
@@ -172,7 +175,7 @@ def test_hostile_message_is_rejected_and_kept(r, db, svc, bad):
 
 
 def test_detection_task_payload(r, db, settings):
-    svc = IngestService(r, settings, db, LexiconDetector())
+    svc = IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
     det = {
         "detection_id": "d1",
         "user_id": "u9",
@@ -211,7 +214,7 @@ def test_every_envelope_written_by_the_scripts_matches_the_contract(r, db, setti
 
     ledger.set_cap(r, settings, "u1", 2)
     ledger.add_note(r, settings, "u1", "checked in")
-    svc = IngestService(r, settings, db, LexiconDetector())
+    svc = IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
     svc.messages([msg(1, "sad"), msg(2, "I want to die", guild=None), msg(3)])
     entries = [f["data"] for _, f in r.xrange(settings.stream_bond)]
     topics = {json.loads(e)["topic"] for e in entries}
