@@ -76,5 +76,5 @@ def test_demo_table_shows_counts_and_where_to_look(vigil, r, db, worker):
 def test_demo_without_a_worker_exits_1(vigil, r, db, settings, monkeypatch):
     # No worker on a broker db of its own: nothing answers the ping.
     empty = settings.model_copy(update={"broker_url": settings.redis_url.rsplit("/", 1)[0] + "/5"})
-    monkeypatch.setattr("cli.demo.settings", lambda: empty)
+    monkeypatch.setattr("cli.demo.load_settings", lambda: empty)
     assert "no vigil worker" in vigil("demo", "--users", "4", "--messages", "20", code=1).stderr
