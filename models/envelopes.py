@@ -208,6 +208,7 @@ ENVELOPE_CLASSES: dict[str, type[_Envelope]] = {
     )
 }
 
+# Stream name -> the topics that stream carries; each topic is on exactly one stream.
 STREAM_TOPICS: dict[str, tuple[str, ...]] = {
     "bond": (
         "bond.phase_transition",
@@ -222,6 +223,7 @@ STREAM_TOPICS: dict[str, tuple[str, ...]] = {
     "user": ("user.erased",),
 }
 
+# Stream name -> the strict decoder of its envelopes.
 STREAM_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "bond": TypeAdapter(BondEnvelope),
     "attribution": TypeAdapter(AttributionEnvelope),
@@ -279,13 +281,15 @@ EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
     },
 }
 
-_GROUP_OF_TOPIC = {topic: group for group, topics in STREAM_TOPICS.items() for topic in topics}
+_STREAM_OF_TOPIC = {
+    topic: stream_name for stream_name, topics in STREAM_TOPICS.items() for topic in topics
+}
 
 
-def stream_group_of(topic: str) -> str:
-    """The stream group ("bond", "attribution", "user") that carries ``topic``."""
+def stream_of_topic(topic: str) -> str:
+    """The name of the stream ("bond", "attribution", "user") that carries ``topic``."""
     try:
-        return _GROUP_OF_TOPIC[topic]
+        return _STREAM_OF_TOPIC[topic]
     except KeyError:
         raise ValueError(f"unknown envelope topic {topic!r}") from None
 
@@ -326,9 +330,9 @@ def make_envelope(
     return cls.model_validate(fields)  # type: ignore[return-value]
 
 
-def parse_envelope(group: str, raw: str | bytes) -> Envelope:
-    """Strict decode of one ``data`` value for stream ``group``; raises when invalid."""
-    adapter = STREAM_ADAPTERS.get(group)
+def parse_envelope(stream_name: str, raw: str | bytes) -> Envelope:
+    """Strict decode of one ``data`` value for stream ``stream_name``; raises when invalid."""
+    adapter = STREAM_ADAPTERS.get(stream_name)
     if adapter is None:
-        raise ValueError(f"unknown stream group {group!r}")
+        raise ValueError(f"unknown stream {stream_name!r}")
     return adapter.validate_json(raw, context=WIRE_CONTEXT)

@@ -18,22 +18,22 @@ DEFAULT_DIR = Path(__file__).resolve().parents[1] / "schemas"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def file_name(group: str) -> str:
-    return f"{group}.v{SCHEMA_VERSION}.json"
+def file_name(stream_name: str) -> str:
+    return f"{stream_name}.v{SCHEMA_VERSION}.json"
 
 
 def current() -> dict[str, dict[str, Any]]:
-    """Stream group -> its JSON Schema, generated from the envelope models."""
+    """Stream name -> its JSON Schema, generated from the envelope models."""
     out: dict[str, dict[str, Any]] = {}
-    for group, adapter in STREAM_ADAPTERS.items():
+    for stream_name, adapter in STREAM_ADAPTERS.items():
         schema = adapter.json_schema(mode="validation")
-        out[group] = {
+        out[stream_name] = {
             "$schema": DIALECT,
-            "$id": f"urn:vigil:stream:{group}:v{SCHEMA_VERSION}",
-            "title": f"vigil {group} stream envelope, schema_version {SCHEMA_VERSION}",
+            "$id": f"urn:vigil:stream:{stream_name}:v{SCHEMA_VERSION}",
+            "title": f"vigil {stream_name} stream envelope, schema_version {SCHEMA_VERSION}",
             "description": (
                 "One Redis Streams entry has a single field 'data' holding this JSON. "
-                f"Topics: {', '.join(STREAM_TOPICS[group])}."
+                f"Topics: {', '.join(STREAM_TOPICS[stream_name])}."
             ),
             **schema,
         }
@@ -47,8 +47,8 @@ def render(schema: dict[str, Any]) -> str:
 def export(directory: Path = DEFAULT_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for group, schema in current().items():
-        path = directory / file_name(group)
+    for stream_name, schema in current().items():
+        path = directory / file_name(stream_name)
         path.write_text(render(schema))
         written.append(path)
     return written

@@ -33,7 +33,7 @@ from models.envelopes import (
     STREAM_TOPICS,
     WIRE_CONTEXT,
     Envelope,
-    stream_group_of,
+    stream_of_topic,
 )
 from services.core.settings import Settings
 
@@ -60,7 +60,7 @@ def stream_key(settings: Settings, group: str) -> str:
 
 
 def stream_for_topic(settings: Settings, topic: str) -> str:
-    return stream_key(settings, stream_group_of(topic))
+    return stream_key(settings, stream_of_topic(topic))
 
 
 def dead_letter_key(key: str) -> str:

@@ -5,6 +5,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import redis
 from pydantic import ValidationError
 
 from models.envelopes import (
@@ -14,19 +15,25 @@ from models.envelopes import (
     PhaseTransition,
     make_envelope,
     parse_envelope,
-    stream_group_of,
+    stream_of_topic,
 )
 
 ALL_TOPICS = sorted(ENVELOPE_CLASSES)
 
 
+@pytest.fixture
+def redis_client(r: redis.Redis) -> redis.Redis:
+    """The suite's text client (conftest's ``r``)."""
+    return r
+
+
 def test_every_topic_belongs_to_exactly_one_stream():
-    carried = [t for topics in STREAM_TOPICS.values() for t in topics]
+    carried = [topic for topics in STREAM_TOPICS.values() for topic in topics]
     assert sorted(carried) == ALL_TOPICS
     assert len(carried) == len(set(carried))
-    assert stream_group_of("message.rate_limited") == "bond"
-    assert stream_group_of("user.erased") == "user"
-    assert stream_group_of("attribution.profile.state_changed") == "attribution"
+    assert stream_of_topic("message.rate_limited") == "bond"
+    assert stream_of_topic("user.erased") == "user"
+    assert stream_of_topic("attribution.profile.state_changed") == "attribution"
 
 
 def test_field_order_is_the_wire_order():
@@ -50,7 +57,7 @@ def test_round_trip_every_topic(topic):
     uuid.UUID(env.envelope_id)
     assert env.published_at.tzinfo is not None
     assert env.published_at.utcoffset() == timedelta(0)
-    back = parse_envelope(stream_group_of(topic), env.model_dump_json())
+    back = parse_envelope(stream_of_topic(topic), env.model_dump_json())
     assert back == env
     assert type(back) is type(env)
 
@@ -74,11 +81,11 @@ def test_envelopes_and_payloads_are_frozen():
         env.payload.user_id = "2"
 
 
-def test_unknown_topic_and_group_are_refused():
+def test_unknown_topic_and_stream_are_refused():
     with pytest.raises(ValueError):
         make_envelope("bond.ulm_spike", {})
     with pytest.raises(ValueError):
-        stream_group_of("nope")
+        stream_of_topic("nope")
     with pytest.raises(ValueError):
         parse_envelope("nope", "{}")
 
@@ -137,7 +144,7 @@ def test_confidence_is_bounded():
         make_envelope("bond.phase_transition", payload)
 
 
-def test_parses_json_built_by_lua_cjson(r):
+def test_parses_json_built_by_lua_cjson(redis_client):
     """Bond envelopes are built inside Lua scripts; decode exactly what cjson writes."""
     eid = str(uuid.uuid4())
     script = """
@@ -151,7 +158,7 @@ def test_parses_json_built_by_lua_cjson(r):
                  primary_signal = 'frequency'}})
     """
     for confidence in ("0.85", "1", "0"):
-        raw = r.eval(script, 0, eid, "2026-11-22T10:00:00.123456+00:00", confidence)
+        raw = redis_client.eval(script, 0, eid, "2026-11-22T10:00:00.123456+00:00", confidence)
         env = parse_envelope("bond", raw)
         assert env.envelope_id == eid
         assert env.payload.guild_id is None
@@ -161,8 +168,8 @@ def test_parses_json_built_by_lua_cjson(r):
         assert env.published_at == datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC)
 
 
-def test_parses_lua_cjson_integer_fields(r):
-    raw = r.eval(
+def test_parses_lua_cjson_integer_fields(redis_client):
+    raw = redis_client.eval(
         """return cjson.encode({schema_version = '1', envelope_id = ARGV[1],
         topic = 'message.rate_limited', published_at = '2026-11-22T00:00:00+00:00', meta = {},
         payload = {user_id = '7', platform = 'discord', message_id = 'x', cap = 5, count = 6}})""",

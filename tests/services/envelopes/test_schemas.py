@@ -13,12 +13,12 @@ from services.envelopes import schemas, streams
 COMMITTED = Path(__file__).resolve().parents[3] / "schemas"
 
 
-def committed(group: str) -> dict:
-    return json.loads((COMMITTED / schemas.file_name(group)).read_text())
+def committed(stream_name: str) -> dict:
+    return json.loads((COMMITTED / schemas.file_name(stream_name)).read_text())
 
 
-def validator(group: str) -> jsonschema.Draft202012Validator:
-    schema = committed(group)
+def validator(stream_name: str) -> jsonschema.Draft202012Validator:
+    schema = committed(stream_name)
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -28,16 +28,16 @@ def validator(group: str) -> jsonschema.Draft202012Validator:
 def test_committed_schemas_match_the_models():
     """Fails when a model changed without ``python -m services.envelopes.schemas``."""
     current = schemas.current()
-    assert sorted(p.name for p in COMMITTED.glob("*.json")) == sorted(
-        schemas.file_name(g) for g in current
+    assert sorted(path.name for path in COMMITTED.glob("*.json")) == sorted(
+        schemas.file_name(name) for name in current
     )
-    for group, schema in current.items():
-        assert (COMMITTED / schemas.file_name(group)).read_text() == schemas.render(schema)
+    for stream_name, schema in current.items():
+        assert (COMMITTED / schemas.file_name(stream_name)).read_text() == schemas.render(schema)
 
 
 def test_export_writes_one_file_per_stream(tmp_path):
     written = schemas.export(tmp_path)
-    assert sorted(p.name for p in written) == [
+    assert sorted(path.name for path in written) == [
         "attribution.v1.json",
         "bond.v1.json",
         "user.v1.json",
@@ -47,19 +47,19 @@ def test_export_writes_one_file_per_stream(tmp_path):
 
 
 def test_each_schema_is_self_contained():
-    for group in STREAM_TOPICS:
-        text = json.dumps(committed(group))
+    for stream_name in STREAM_TOPICS:
+        text = json.dumps(committed(stream_name))
         refs = [part.split('"')[0] for part in text.split('"$ref": "')[1:]]
         assert all(ref.startswith("#/") for ref in refs), refs
 
 
-@pytest.mark.parametrize("group", sorted(STREAM_TOPICS))
-def test_published_envelopes_validate_against_their_stream_schema(r, settings, group):
-    check = validator(group)
-    for topic in STREAM_TOPICS[group]:
+@pytest.mark.parametrize("stream_name", sorted(STREAM_TOPICS))
+def test_published_envelopes_validate_against_their_stream_schema(r, settings, stream_name):
+    check = validator(stream_name)
+    for topic in STREAM_TOPICS[stream_name]:
         streams.publish(r, settings, make_envelope(topic, EXAMPLE_PAYLOADS[topic], meta={"a": 1}))
-    entries = r.xrange(streams.stream_key(settings, group))
-    assert len(entries) == len(STREAM_TOPICS[group])
+    entries = r.xrange(streams.stream_key(settings, stream_name))
+    assert len(entries) == len(STREAM_TOPICS[stream_name])
     for _, fields in entries:
         check.validate(json.loads(fields["data"]))
 
