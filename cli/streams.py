@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cli.common import AsJson, console, emit, fail, load_settings, state_redis
 from models.envelopes import Envelope
-from services.envelopes import streams
+from services.envelopes import consumers, streams
 
 app = typer.Typer(help="Envelope streams.", no_args_is_help=True)
 
@@ -119,7 +119,7 @@ def _tail_group(
 ) -> None:
     """At-least-once: each envelope is acked only after it was printed."""
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
-    member = streams.Consumer(
+    member = consumers.Consumer(
         redis_client,
         settings,
         stream,

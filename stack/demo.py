@@ -279,33 +279,33 @@ def make_app(settings: Settings) -> Celery:
 
 def _stream_marks(redis_client: redis.Redis, settings: Settings) -> dict[str, str]:
     marks = {}
-    for group in STREAM_TOPICS:
+    for stream_name in STREAM_TOPICS:
         newest = redis_client.execute_command(
             "XREVRANGE",
-            streams.stream_key(settings, group),
+            streams.stream_key(settings, stream_name),
             "+",
             "-",
             "COUNT",
             1,
             **{NEVER_DECODE: []},
         )
-        marks[group] = newest[0][0].decode() if newest else "0-0"
+        marks[stream_name] = newest[0][0].decode() if newest else "0-0"
     return marks
 
 
 def envelopes_since(
     redis_client: redis.Redis, settings: Settings, marks: dict[str, str]
 ) -> dict[str, int]:
-    """Envelopes per topic added after ``marks`` (one entry id per stream group)."""
+    """Envelopes per topic added after ``marks`` (one entry id per stream)."""
     counts: Counter = Counter()
-    for group, mark in marks.items():
-        key, start = streams.stream_key(settings, group), f"({mark}"
+    for stream_name, mark in marks.items():
+        key, start = streams.stream_key(settings, stream_name), f"({mark}"
         while True:
             entries = redis_client.execute_command(
                 "XRANGE", key, start, "+", "COUNT", 1000, **{NEVER_DECODE: []}
             )
             for raw_id, fields in entries:
-                envelope = streams.decode(fields, group=group, entry_id=raw_id.decode())
+                envelope = streams.decode(fields, stream_name=stream_name, entry_id=raw_id.decode())
                 if envelope is not None:
                     counts[envelope.topic] += 1
             if len(entries) < 1000:

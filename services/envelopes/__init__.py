@@ -1,1 +1,2 @@
-"""Versioned envelopes on Redis Streams: publishing, reading, consumer groups, the outbox."""
+"""Versioned envelopes on Redis Streams: publishing and reading (``streams``),
+consumer groups and the quarantine of poison entries (``consumers``), the outbox."""

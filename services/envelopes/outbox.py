@@ -33,7 +33,7 @@ from models.envelopes import Envelope
 from models.tables import Outbox
 from services.core import scripts
 from services.core.settings import Settings
-from services.envelopes.streams import stream_for_topic
+from services.envelopes.streams import stream_key_of_topic
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def enqueue(
         insert(Outbox)
         .values(
             envelope_id=uuid.UUID(envelope.envelope_id),
-            stream=stream_for_topic(settings, envelope.topic),
+            stream=stream_key_of_topic(settings, envelope.topic),
             topic=envelope.topic,
             body=envelope.model_dump_json(),
             identity_id=identity_id,

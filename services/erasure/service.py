@@ -19,7 +19,7 @@ from services.core import keys
 from services.core.settings import Settings
 from services.deadletters import store
 from services.envelopes import streams
-from services.envelopes.streams import dead_letter_key
+from services.envelopes.consumers import quarantine_key
 
 _STREAM_SCAN_BATCH = 1000
 
@@ -66,7 +66,7 @@ def erase_user(
     stream_hits = 0
 
     mains = (settings.stream_bond, settings.stream_attribution, settings.stream_user)
-    for stream in (*mains, *map(dead_letter_key, mains)):
+    for stream in (*mains, *map(quarantine_key, mains)):
         ids = _stream_entries_of(redis_client, stream, user_id)
         if ids:
             stream_hits += int(redis_client.xdel(stream, *ids))

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from models.envelopes import EXAMPLE_PAYLOADS, make_envelope, parse_envelope
 from models.tables import Outbox
-from services.envelopes import outbox, streams
+from services.envelopes import consumers, outbox
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -147,7 +147,7 @@ def test_concurrent_relays_publish_each_row_once(r, db, settings):
 def test_outbox_envelope_is_readable_by_stream_consumers(r, db, settings):
     [sent] = enqueue_committed(db, settings)
     outbox.relay(db, r, settings)
-    got = streams.consume(r, settings, "g", "c", "attribution", block_ms=None)
+    got = consumers.consume(r, settings, "g", "c", "attribution", block_ms=None)
     assert [e for _, e in got] == [sent]
 
 
