@@ -9,11 +9,13 @@ import sys
 from enum import StrEnum
 from typing import Annotated, Any
 
+import redis
 import typer
 from rich.table import Table
 
 from cli.common import AsJson, console, emit, fail, load_settings, state_redis
 from models.envelopes import Envelope
+from services.core.settings import Settings
 from services.envelopes import consumers, streams
 
 app = typer.Typer(help="Envelope streams.", no_args_is_help=True)
@@ -31,9 +33,9 @@ def as_dict(entry_id: str, envelope: Envelope) -> dict[str, Any]:
 
 def one_line(data: dict[str, Any]) -> str:
     payload = " ".join(
-        f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}"
-        for k, v in data["payload"].items()
-        if v is not None
+        f"{field}={json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value}"
+        for field, value in data["payload"].items()
+        if value is not None
     )
     return (
         f"{data['entry_id']}  {data['published_at'][:19]}  [bold]{data['topic']}[/bold]  {payload}"
@@ -49,8 +51,10 @@ def latest(
     """The newest envelopes of a stream, newest first."""
     settings = load_settings()
     rows = [
-        as_dict(i, e)
-        for i, e in streams.read_latest(state_redis(settings), settings, stream, count)
+        as_dict(entry_id, envelope)
+        for entry_id, envelope in streams.read_latest(
+            state_redis(settings), settings, stream, count
+        )
     ]
     emit(rows, as_json, _render_latest)
 
@@ -80,8 +84,9 @@ def _show(entry_id: str, envelope: Envelope, as_json: bool) -> None:
 
 def tail(
     stream: StreamName,
-    group: Annotated[
-        str | None, typer.Option(help="Consume as a member of this consumer group (acks).")
+    consumer_group: Annotated[
+        str | None,
+        typer.Option("--group", help="Consume as a member of this consumer group (acks)."),
     ] = None,
     consumer: Annotated[
         str | None, typer.Option(help="Consumer name in the group (default: host-pid).")
@@ -95,13 +100,22 @@ def tail(
     as_json: AsJson = False,
 ) -> None:
     """Print envelopes as they arrive (Ctrl-C to stop)."""
-    if consumer and not group:
+    if consumer and not consumer_group:
         fail("--consumer needs --group", 2)
     settings = load_settings()
     redis_client = state_redis(settings)
     try:
-        if group:
-            _tail_group(redis_client, settings, stream, group, consumer, count, from_start, as_json)
+        if consumer_group:
+            _tail_consumer_group(
+                redis_client,
+                settings,
+                stream,
+                consumer_group,
+                consumer,
+                count,
+                from_start,
+                as_json,
+            )
         else:
             follow = streams.follow(
                 redis_client, settings, stream, last_id="0" if from_start else "$"
@@ -114,8 +128,15 @@ def tail(
         return
 
 
-def _tail_group(
-    redis_client, settings, stream, group, consumer, count, from_start, as_json
+def _tail_consumer_group(
+    redis_client: redis.Redis,
+    settings: Settings,
+    stream: StreamName,
+    consumer_group: str,
+    consumer: str | None,
+    count: int | None,
+    from_start: bool,
+    as_json: bool,
 ) -> None:
     """At-least-once: each envelope is acked only after it was printed."""
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -123,7 +144,7 @@ def _tail_group(
         redis_client,
         settings,
         stream,
-        group,
+        consumer_group,
         name,
         lambda entry_id, envelope: _show(entry_id, envelope, as_json),
         start_id="0" if from_start else "$",

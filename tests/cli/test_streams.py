@@ -5,19 +5,28 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+import redis
+
 from models.envelopes import EXAMPLE_PAYLOADS, make_envelope
 from services.envelopes import streams
 
 
-def _publish(r, settings, n: int, topic: str = "bond.risk_change") -> list[str]:
+@pytest.fixture
+def redis_client(r: redis.Redis) -> redis.Redis:
+    """The suite's text client (conftest's ``r``)."""
+    return r
+
+
+def _publish(redis_client, settings, how_many: int, topic: str = "bond.risk_change") -> list[str]:
     return [
-        streams.publish(r, settings, make_envelope(topic, EXAMPLE_PAYLOADS[topic]))
-        for _ in range(n)
+        streams.publish(redis_client, settings, make_envelope(topic, EXAMPLE_PAYLOADS[topic]))
+        for _ in range(how_many)
     ]
 
 
-def test_latest_newest_first(vigil, r, settings):
-    ids = _publish(r, settings, 5)
+def test_latest_newest_first(vigil, redis_client, settings):
+    ids = _publish(redis_client, settings, 5)
     rows = vigil.json("streams", "latest", "bond", "--count", "3")
     assert [row["entry_id"] for row in rows] == ids[::-1][:3]
     assert rows[0]["topic"] == "bond.risk_change"
@@ -26,19 +35,19 @@ def test_latest_newest_first(vigil, r, settings):
     vigil("streams", "latest", "nope", code=2)
 
 
-def test_tail_from_start_exits_after_count(vigil, r, settings):
-    ids = _publish(r, settings, 4)
+def test_tail_from_start_exits_after_count(vigil, redis_client, settings):
+    ids = _publish(redis_client, settings, 4)
     out = vigil("tail", "bond", "--from-start", "--count", "3", "--json").stdout
     assert [json.loads(line)["entry_id"] for line in out.splitlines()] == ids[:3]
     assert "bond.risk_change" in vigil("tail", "bond", "--from-start", "--count", "1").stdout
 
 
-def test_tail_prints_what_arrives(vigil, r, settings):
+def test_tail_prints_what_arrives(vigil, redis_client, settings):
     stop = threading.Event()
 
     def keep_publishing() -> None:
         while not stop.wait(0.1):
-            _publish(r, settings, 1, "user.erased")
+            _publish(redis_client, settings, 1, "user.erased")
 
     thread = threading.Thread(target=keep_publishing, daemon=True)
     thread.start()
@@ -50,13 +59,13 @@ def test_tail_prints_what_arrives(vigil, r, settings):
     assert [json.loads(line)["topic"] for line in out.splitlines()] == ["user.erased"] * 2
 
 
-def test_tail_as_group_member_acks_and_resumes(vigil, r, settings):
-    ids = _publish(r, settings, 5)
+def test_tail_as_consumer_group_member_acks_and_resumes(vigil, redis_client, settings):
+    ids = _publish(redis_client, settings, 5)
     args = ("tail", "bond", "--group", "ops", "--consumer", "c1", "--from-start", "--json")
     first = vigil(*args, "--count", "2").stdout
     assert [json.loads(line)["entry_id"] for line in first.splitlines()] == ids[:2]
-    group = r.xinfo_groups(settings.stream_bond)[0]
-    assert group["pending"] == 0  # printed entries were acked
+    consumer_group = redis_client.xinfo_groups(settings.stream_bond)[0]
+    assert consumer_group["pending"] == 0  # printed entries were acked
     second = vigil(*args, "--count", "3").stdout
     assert [json.loads(line)["entry_id"] for line in second.splitlines()] == ids[2:]
     assert (
