@@ -7,6 +7,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from services.core import health
 from services.core.clients import close_all, reset_after_fork
 from services.core.settings import get_settings
+from services.ingest import detector
 from tasks.base import VigilCelery
 
 app = VigilCelery("vigil")
@@ -20,6 +21,7 @@ def _fresh_clients(**_: object) -> None:
 
 @worker_process_shutdown.connect
 def _close_clients(**_: object) -> None:
+    detector.close_process_detectors()
     close_all()
 
 

@@ -24,7 +24,7 @@ def _service() -> IngestService:
         get_redis(settings),
         settings,
         session_factory(settings),
-        detector.from_settings(settings),
+        detector.for_process(settings),
         message_task=names.INGEST_MESSAGE,
         detection_task=names.INGEST_DETECTION,
     )

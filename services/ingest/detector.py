@@ -10,7 +10,9 @@ service instead.
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import threading
 from typing import Any, Protocol
 
 import httpx
@@ -96,6 +98,8 @@ class Detector(Protocol):
 
     def detect(self, msg: MessageIn, context: list[StoredMessage]) -> DetectionIn: ...
 
+    def close(self) -> None: ...
+
 
 def severity_of(score: float) -> str:
     for threshold, name in _SEVERITY_AT:
@@ -174,6 +178,9 @@ class LexiconDetector:
             phase_severity=held,
         )
 
+    def close(self) -> None:
+        """Nothing to release: the lexicon holds no connections."""
+
 
 class HttpDetector:
     """Adapter to an external NLP service.
@@ -181,6 +188,8 @@ class HttpDetector:
     POSTs ``{"message": {...}, "history": [...]}`` and expects a detection body
     (the ``vigil.ingest.detection`` fields). A timeout or 5xx is transient (the
     task retries with backoff); a 4xx or an invalid body is a permanent failure.
+    Its client keeps connections alive, so build one per process
+    (``for_process``) rather than one per task.
     """
 
     name = "http"
@@ -213,14 +222,55 @@ class HttpDetector:
         except (ValueError, ValidationError, AttributeError):
             raise DetectorFailed("detector returned an invalid detection") from None
 
+    def close(self) -> None:
+        self.client.close()
+
 
 class DetectorFailed(Exception):
     """The detector cannot handle this message; retrying will not help."""
 
 
 def from_settings(settings: Settings) -> Detector:
+    """A new detector; the caller closes it. Tasks use ``for_process`` instead."""
     if settings.detector == "http":
         if not settings.detector_url:
             raise ValueError("VIGIL_DETECTOR_URL: required when VIGIL_DETECTOR=http")
         return HttpDetector(settings.detector_url, settings.detector_timeout_s)
     return LexiconDetector()
+
+
+# This process's detectors, by the settings that built them. Like the Redis and
+# PostgreSQL clients (services/core/clients.py): built lazily, forgotten after
+# fork so a prefork child never shares its parent's sockets, closed at shutdown.
+_process_detectors: dict[tuple[str, str | None, float], Detector] = {}
+_process_detectors_lock = threading.Lock()
+
+
+def for_process(settings: Settings) -> Detector:
+    """The detector every task in this process shares, so an HTTP detector keeps
+    one client (and its kept-alive connection) per process, not one per task."""
+    key = (settings.detector, settings.detector_url, settings.detector_timeout_s)
+    found = _process_detectors.get(key)
+    if found is None:
+        with _process_detectors_lock:
+            found = _process_detectors.get(key)
+            if found is None:
+                found = _process_detectors[key] = from_settings(settings)
+    return found
+
+
+def close_process_detectors() -> None:
+    """Close this process's detectors (worker process shutdown)."""
+    with _process_detectors_lock:
+        detectors = list(_process_detectors.values())
+        _process_detectors.clear()
+    for process_detector in detectors:
+        process_detector.close()
+
+
+def _forget_after_fork() -> None:
+    # The parent's clients stay the parent's: the child builds its own on first use.
+    _process_detectors.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

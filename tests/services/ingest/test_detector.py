@@ -1,16 +1,109 @@
-"""The built-in detector: deterministic, explainable, escalating over history."""
+"""The built-in detector: deterministic, explainable, escalating over history;
+the HTTP adapter against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
+from celery.signals import worker_process_shutdown
 
 from models.history import StoredMessage
 from models.payloads import MessageIn
+from services.core import keys
 from services.core.errors import TransientError
+from services.core.settings import Settings
+from services.ingest import detector
 from services.ingest.detector import DetectorFailed, HttpDetector, LexiconDetector
+from tasks import names
+from tests.helpers import wait_for
+
+# What the loopback detector answers when it is up: a valid detection body.
+VALID_DETECTION = {
+    "severity": "low",
+    "crisis_score": 0.2,
+    "phase": "watch",
+    "risk_level": "low",
+    "confidence": 0.6,
+    "signals": {"primary": "loopback"},
+}
+
+
+class DetectorServer:
+    """A real HTTP detector on 127.0.0.1 (HTTP/1.1, keep-alive) that answers
+    ``answer`` (status, JSON body) and counts TCP connections and requests."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[int, Any] = (200, VALID_DETECTION)
+        self.connections_opened = 0
+        self.connections_closed = 0
+        self.message_ids: list[str] = []  # one per request, in arrival order
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/detect"
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.connections_opened, self.connections_closed
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: one connection serves many requests
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server.connections_opened += 1
+
+            def finish(self) -> None:
+                super().finish()
+                with server._lock:
+                    server.connections_closed += 1
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.message_ids.append(body["message"]["message_id"])
+                    status, answer = server.answer
+                raw = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def detector_server() -> Iterator[DetectorServer]:
+    server = DetectorServer()
+    yield server
+    server.close()
 
 
 def m(text: str) -> MessageIn:
@@ -78,3 +171,69 @@ def test_http_detector_failure_modes():
         HttpDetector("http://detector", 1, client=handler(400)).detect(m("hi"), [])
     det = HttpDetector("http://detector", 1, client=handler(200)).detect(m("hi"), [])
     assert det.severity == "low" and det.user_id == "u"
+
+
+def test_http_detector_against_a_real_server(detector_server):
+    d = HttpDetector(detector_server.url, 2)
+    try:
+        det = d.detect(m("hi"), [])
+        assert (det.severity, det.phase, det.detection_id) == ("low", "watch", "1")
+        detector_server.answer = (200, {"error": "model not loaded"})
+        with pytest.raises(DetectorFailed):
+            d.detect(m("hi"), [])
+        detector_server.answer = (503, {})
+        with pytest.raises(TransientError):
+            d.detect(m("hi"), [])
+        assert detector_server.counts() == (1, 0)  # three requests, one kept-alive connection
+    finally:
+        d.close()
+    wait_for(lambda: detector_server.counts() == (1, 1), timeout=10, what="connection closed")
+
+
+def test_one_detector_per_process_closed_by_the_worker_shutdown_signal(celery_app):
+    """``tasks.app`` closes this process's detector on ``worker_process_shutdown``."""
+    http_settings = Settings(detector="http", detector_url="http://127.0.0.1:9/detect")
+    process_detector = detector.for_process(http_settings)
+    assert isinstance(process_detector, HttpDetector)
+    assert detector.for_process(http_settings) is process_detector
+    worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+    assert process_detector.client.is_closed
+    assert detector.for_process(http_settings) is not process_detector
+    detector.close_process_detectors()
+
+
+def test_worker_reuses_one_detector_connection_per_process_and_closes_it_at_shutdown(
+    r, db, settings, start_worker, celery_app, detector_server, monkeypatch
+):
+    monkeypatch.setenv("VIGIL_DETECTOR", "http")
+    monkeypatch.setenv("VIGIL_DETECTOR_URL", detector_server.url)
+    # A queue only this worker consumes: the shared worker runs the built-in detector.
+    queue = f"ingest-http-{uuid.uuid4().hex[:8]}"
+    http_worker = start_worker(concurrency=2, queues=(queue,))
+    sent_at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    ids = [f"conn-{i}" for i in range(30)]
+    for i, message_id in enumerate(ids):
+        celery_app.send_task(
+            names.INGEST_MESSAGE,
+            kwargs={
+                "message_id": message_id,
+                "user_id": f"conn-user-{i % 3}",
+                "guild_id": "g1",
+                "text": "hello",
+                "sent_at": (sent_at + timedelta(seconds=i)).isoformat(),
+            },
+            queue=queue,
+        )
+    markers = [keys.message_marker(settings, "discord", message_id) for message_id in ids]
+    wait_for(
+        lambda: r.mget(markers) == ["done"] * len(ids), timeout=60, what="every message applied"
+    )
+    assert sorted(detector_server.message_ids) == sorted(ids)
+    opened, _ = detector_server.counts()
+    assert 1 <= opened <= 2  # at most one connection per worker process
+    assert http_worker.stop()
+    wait_for(
+        lambda: detector_server.counts() == (opened, opened),
+        timeout=10,
+        what="the worker's detector connections closed",
+    )
