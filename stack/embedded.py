@@ -182,49 +182,26 @@ class EmbeddedRedis:
             binary = redis_server_binary()
             if not os.access(binary, os.X_OK):
                 binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
-            self.root.mkdir(parents=True, exist_ok=True)
-            argv = [
-                str(binary),
-                "--bind", HOST,
-                "--port", str(self.port),
-                "--dir", str(self.root),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--protected-mode", "yes",
-                "--logfile", str(self.log_file),
-            ]  # fmt: skip
-            # Its own session: a Ctrl-C in the terminal must not kill it before
-            # the workers using it have shut down.
-            proc = subprocess.Popen(
-                argv,
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            _children[proc.pid] = proc
-            self.pid_file.write_text(f"{proc.pid}\n")
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not self.ping():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    self._kill(proc)
-                    raise EmbeddedError(
-                        f"embedded redis-server did not start on port {self.port}:\n"
-                        f"{_tail(self.log_file)}"
-                    )
-                time.sleep(0.05)
-            self.started = True
-            log.info("embedded Redis started on port %s (pid %s)", self.port, proc.pid)
-            return self
+            # Imported here: stack.processes imports this module for the binary.
+            from stack.processes import ProcessExited, RedisServer
 
-    def _kill(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        _children.pop(proc.pid, None)
-        self.pid_file.unlink(missing_ok=True)
+            # Its own session (as every RedisServer): a Ctrl-C in the terminal must
+            # not kill it before the workers using it have shut down.
+            server = RedisServer(
+                self.root, self.port, logfile=self.log_file, host=HOST, binary=binary
+            )
+            try:
+                server.start(timeout=START_TIMEOUT_S)
+            except (ProcessExited, TimeoutError) as err:
+                raise EmbeddedError(
+                    f"embedded redis-server did not start on port {self.port}:\n"
+                    f"{_tail(self.log_file)}"
+                ) from err
+            _children[server.pid] = server.proc
+            self.pid_file.write_text(f"{server.pid}\n")
+            self.started = True
+            log.info("embedded Redis started on port %s (pid %s)", self.port, server.pid)
+            return self
 
     def stop(self) -> None:
         """Stop the server recorded in the pid file; a no-op when none is running."""
