@@ -22,7 +22,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -47,17 +46,24 @@ from stack.discovery import (
     migrate,
 )
 from stack.embedded import EmbeddedError
+from stack.processes import (
+    VIGIL_QUEUES,
+    NotReady,
+    Process,
+    ProcessExited,
+    WorkerProcess,
+    celery_command,
+)
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-QUEUES = "ingest,admin,periodic"
 FLOWER_USER = "vigil"
 FLOWER_SECRET_FILE = "flower-password"  # noqa: S105 - a file name
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 
-T = TypeVar("T")
+ResultT = TypeVar("ResultT")
 
 
 class StackError(RuntimeError):
@@ -141,16 +147,9 @@ def flower_command(
             f"a local-only Flower without authentication must bind to loopback, "
             f"not {address} (VIGIL_FLOWER_ADDRESS)"
         )
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tasks",
-        "flower",
-        f"--address={address}",
-        f"--port={settings.flower_port}",
-    ]
+    argv = celery_command(
+        "tasks", "flower", f"--address={address}", f"--port={settings.flower_port}"
+    )
     env = {"FLOWER_BASIC_AUTH": basic_auth} if basic_auth else {}
     return argv, env
 
@@ -167,28 +166,6 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 @dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-    _log: IO[bytes] = field(repr=False)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %ss; killing it", self.name, timeout)
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-@dataclass
 class Stack:
     """A running stack, as handed to the ``then`` callback."""
 
@@ -198,7 +175,7 @@ class Stack:
     log_dir: Path
     worker_name: str
     flower_url: str | None
-    children: dict[str, Child] = field(default_factory=dict)
+    children: dict[str, Process] = field(default_factory=dict)
     failure: str | None = None
 
     def client(self) -> Celery:
@@ -209,42 +186,36 @@ class Stack:
             name="vigil-stack",
         )
 
-    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Child:
-        log_path = self.log_dir / f"{name}.log"
-        handle = open(log_path, "ab")  # noqa: SIM115 - closed by Child.stop
-        proc = subprocess.Popen(
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Process:
+        """Start a supervised child (beat, Flower) logging to ``<log_dir>/<name>.log``."""
+        child = Process(
             argv,
-            cwd=ROOT,
+            log_path=self.log_path(name),
             env=child_env({**self.env, **(extra_env or {})}),
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            label=name,
         )
-        child = Child(name, proc, log_path, handle)
-        self.children[name] = child
+        return self.add(name, child)
+
+    def add(self, name: str, child: Process) -> Process:
+        self.children[name] = child.start()
         return child
 
     def check_children(self) -> None:
         for child in self.children.values():
-            code = child.proc.poll()
-            if code is not None:
-                raise StackError(
-                    f"{child.name} exited with code {code}; see {child.log_path}:\n"
-                    f"{_tail(child.log_path)}"
-                )
+            try:
+                child.check_alive()
+            except ProcessExited as err:
+                raise StackError(str(err)) from None
 
     def stop(self) -> None:
         for name in reversed(list(self.children)):
-            self.children[name].stop()
+            child = self.children[name]
+            if not child.stop(STOP_TIMEOUT_S):
+                log.warning("%s did not stop in %ss; killed it", name, STOP_TIMEOUT_S)
         self.found.stop_started()
-
-
-def _tail(path: Path, chars: int = 1500) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
 
 
 class _Shutdown(Exception):
@@ -272,7 +243,7 @@ def _signals_raise() -> Iterator[_SignalState]:
             raise _Shutdown(signal.Signals(signum).name)
 
     sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.signal(s, handler) for s in sigs}
+    previous = {sig: signal.signal(sig, handler) for sig in sigs}
     try:
         yield state
     finally:
@@ -321,14 +292,14 @@ def resolve(settings: Settings) -> tuple[Settings, Found]:
 def run_stack(
     settings: Settings | None = None,
     *,
-    then: Callable[[Stack], T] | None = None,
+    then: Callable[[Stack], ResultT] | None = None,
     flower: bool = True,
     flower_local_only: bool = False,
     beat: bool = True,
     concurrency: int = 2,
     ready_timeout: float = READY_TIMEOUT_S,
     out: IO[str] | None = None,
-) -> T | None:
+) -> ResultT | None:
     """Start everything, run ``then(stack)`` (or wait for a signal), stop everything.
 
     Returns what ``then`` returned; raises StackError when a process fails to
@@ -394,27 +365,20 @@ def run_stack(
 def _start_children(
     stack: Stack, auth: str | None, local_only: bool, beat: bool, flower: bool, concurrency: int
 ) -> None:
-    celery = [sys.executable, "-m", "celery", "-A", "tasks"]
-    stack.start(
+    stack.add(
         "worker",
-        [
-            *celery,
-            "worker",
-            "-Q",
-            QUEUES,
-            "-E",
-            "-P",
-            "prefork",
-            "-c",
-            str(concurrency),
-            "-n",
-            f"{stack.worker_name}@%h",
-            "-l",
-            "INFO",
-        ],
+        WorkerProcess(
+            log_path=stack.log_path("worker"),
+            env=child_env(stack.env),
+            concurrency=concurrency,
+            queues=VIGIL_QUEUES,
+            node_name=f"{stack.worker_name}@%h",
+            gossip=True,
+            mingle=True,
+        ),
     )
     if beat:
-        stack.start("beat", [*celery, "beat", "-l", "INFO"])
+        stack.start("beat", celery_command("tasks", "beat", "-l", "INFO"))
     if flower:
         argv, extra = flower_command(stack.settings, basic_auth=auth, local_only=local_only)
         stack.start("flower", argv, extra)
@@ -422,18 +386,14 @@ def _start_children(
 
 def _wait_ready(stack: Stack, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    worker = stack.children["worker"]
+    assert isinstance(worker, WorkerProcess)
     client = stack.client()
     try:
-        while True:
-            stack.check_children()
-            replies = client.control.ping(timeout=1.0)
-            if any(name.startswith(f"{stack.worker_name}@") for r in replies for name in r):
-                break
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"worker did not answer a ping within {timeout:.0f}s; "
-                    f"see {stack.children['worker'].log_path}"
-                )
+        stack.check_children()
+        worker.wait_ready(client, timeout)
+    except (ProcessExited, NotReady) as err:
+        raise StackError(str(err)) from None
     finally:
         client.close()
     if stack.flower_url:
@@ -443,14 +403,14 @@ def _wait_ready(stack: Stack, timeout: float) -> None:
                 if httpx.get(f"{stack.flower_url}/healthcheck", timeout=2).status_code == 200:
                     return
             if time.monotonic() > deadline:
-                raise StackError(f"Flower did not come up; see {stack.children['flower'].log_path}")
+                raise StackError(f"Flower did not come up; see {stack.log_path('flower')}")
             time.sleep(0.2)
 
 
 def _announce(stack: Stack, out: IO[str]) -> None:
     lines = ["vigil is running"]
     if stack.found.started:
-        lines.append("  embedded: " + ", ".join(s.url for s in stack.found.started))
+        lines.append("  embedded: " + ", ".join(service.url for service in stack.found.started))
     if stack.flower_url:
         lines.append(f"  Flower:   {stack.flower_url}")
     lines.append(f"  logs:     {stack.log_dir}")
