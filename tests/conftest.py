@@ -8,12 +8,9 @@ set, else the defaults on 127.0.0.1, else embedded ones started for the run.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -22,6 +19,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from alembic import command
+from stack.processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 # Overridable so two test runs on one machine do not share a database.
@@ -143,83 +141,27 @@ def celery_app(test_env):
     return app
 
 
-class WorkerProcess:
-    """A real ``celery worker`` subprocess."""
-
-    def __init__(
-        self,
-        env: dict[str, str],
-        log_path: Path,
-        concurrency: int = 2,
-        queues: str = "ingest,admin,periodic",
-        name: str | None = None,
-    ) -> None:
-        self.log_path = log_path
-        self.name = name or f"w{uuid.uuid4().hex[:6]}@%h"
-        self._log = open(log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks",
-                "worker",
-                "-P",
-                "prefork",
-                "-c",
-                str(concurrency),
-                "-Q",
-                queues,
-                "-n",
-                self.name,
-                "-l",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "-E",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, app, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            replies = app.control.ping(timeout=1.0)
-            if any(self.name.split("@")[0] in next(iter(r)) for r in replies):
-                return
-        raise TimeoutError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+def start_test_worker(env: dict[str, str], log_path: Path, app, **options: Any) -> WorkerProcess:
+    """A ``celery worker`` on the test services, started and answering pings."""
+    worker = WorkerProcess(log_path=log_path, env={**os.environ, **env}, **options)
+    worker.start()
+    try:
+        return worker.wait_ready(app)
+    except BaseException:
+        worker.stop()
+        raise
 
 
 @pytest.fixture(scope="session")
 def worker(celery_app, test_env, migrated, tmp_path_factory) -> Iterator[WorkerProcess]:
     """One shared worker (2 prefork processes) for integration tests."""
     redis.Redis.from_url(test_env["VIGIL_BROKER_URL"]).flushdb()
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = WorkerProcess(test_env, log)
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    shared = start_test_worker(test_env, log_path, celery_app)
     try:
-        proc.wait_ready(celery_app)
-        yield proc
+        yield shared
     finally:
-        proc.stop()
+        shared.stop()
 
 
 @pytest.fixture
@@ -227,12 +169,12 @@ def start_worker(celery_app, test_env, migrated, tmp_path):
     """Factory for extra workers a test starts (and may kill) itself."""
     started: list[WorkerProcess] = []
 
-    def start(**kwargs) -> WorkerProcess:
-        proc = WorkerProcess(test_env, tmp_path / f"worker{len(started)}.log", **kwargs)
-        started.append(proc)
-        proc.wait_ready(celery_app)
-        return proc
+    def start(**options: Any) -> WorkerProcess:
+        log_path = tmp_path / f"worker{len(started)}.log"
+        extra = start_test_worker(test_env, log_path, celery_app, **options)
+        started.append(extra)
+        return extra
 
     yield start
-    for proc in started:
-        proc.stop()
+    for extra in started:
+        extra.stop()

@@ -8,14 +8,9 @@ may be using them while these servers are being killed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,13 +19,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 from celery import Celery
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from stack.embedded import EmbeddedPostgres, redis_server_binary, spare_port
+from stack import processes
+from stack.embedded import EmbeddedPostgres, spare_port
 from tests.helpers import wait_for
+
+__all__ = ["wait_for"]  # the fault tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -39,69 +36,12 @@ STATE_DB, BROKER_DB, REFERENCE_DB = 0, 1, 2
 VISIBILITY_TIMEOUT_S = 8
 
 
-def _redis_binary() -> str:
-    return shutil.which("redis-server") or str(redis_server_binary())
-
-
-class RedisServer:
-    """A redis-server with an append-only file, so a restart (SIGTERM: the file is flushed) on the
-    same port keeps every acknowledged write (broker included)."""
+class RedisServer(processes.RedisServer):
+    """A private redis-server with an append-only file, so a restart (SIGTERM: the
+    file is flushed) on the same port keeps every acknowledged write (broker included)."""
 
     def __init__(self, root: Path, port: int | None = None, password: str | None = None) -> None:
-        self.root = root
-        self.port = port or spare_port()
-        self.password = password
-        self.proc: subprocess.Popen | None = None
-        root.mkdir(parents=True, exist_ok=True)
-
-    def url(self, db: int, with_password: bool = True) -> str:
-        auth = f":{self.password}@" if self.password and with_password else ""
-        return f"redis://{auth}{HOST}:{self.port}/{db}"
-
-    def client(self, db: int = STATE_DB) -> redis.Redis:
-        return redis.Redis(
-            host=HOST, port=self.port, db=db, password=self.password, decode_responses=True
-        )
-
-    def start(self) -> RedisServer:
-        argv = [
-            _redis_binary(),
-            "--bind", HOST,
-            "--port", str(self.port),
-            "--dir", str(self.root),
-            "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--daemonize", "no",
-            "--logfile", str(self.root / "redis.log"),
-        ]  # fmt: skip
-        if self.password:
-            argv += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for(self._answers, timeout=30, what=f"redis-server on port {self.port}")
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+        super().__init__(root, port, password=password, appendonly=True)
 
 
 @dataclass
@@ -219,126 +159,67 @@ def app(fresh: Stack) -> Iterator[Celery]:
     client.close()
 
 
-class Proc:
-    """A celery worker or beat in its own process group, output to a log file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", *argv],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
+class Worker(processes.WorkerProcess):
+    """A worker in its own process group; ``kill9`` takes the pool children too."""
 
     def kill9(self) -> None:
         """SIGKILL the whole group: the parent and every pool child, mid-task."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.alive:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of this group only
-        self.proc.wait(30)
-        self._log.close()
-
-
-class Worker(Proc):
-    def __init__(
-        self, env: dict[str, str], log_path: Path, concurrency: int = 2, loglevel: str = "INFO"
-    ) -> None:
-        self.name = f"f{uuid.uuid4().hex[:6]}@%h"
-        super().__init__(
-            [
-                "worker",
-                "-P",
-                "prefork",
-                "-c",
-                str(concurrency),
-                "-Q",
-                "ingest,admin,periodic",
-                "-n",
-                self.name,
-                "-l",
-                loglevel,
-                "--without-gossip",
-                "--without-mingle",
-                "-E",
-            ],
-            env,
-            log_path,
-        )
-
-    def ping(self, app: Celery) -> bool:
-        try:
-            replies = app.control.ping(timeout=1.0)
-        except redis.ConnectionError:
-            return False  # a pooled connection from before a Redis restart; ask again
-        return any(self.name.split("@")[0] in next(iter(r)) for r in replies)
-
-    def wait_ready(self, app: Celery, timeout: float = 60) -> Worker:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise RuntimeError(f"worker exited: {self.log()[-3000:]}")
-            if self.ping(app):
-                return self
-        raise TimeoutError(f"worker not ready: {self.log()[-3000:]}")
+        self.kill()
 
 
 @dataclass
 class Procs:
     stack: Stack
     tmp: Path
-    started: list[Proc] = field(default_factory=list)
+    started: list[processes.Process] = field(default_factory=list)
 
-    def worker(self, app: Celery | None = None, env: dict[str, str] | None = None, **kw) -> Worker:
-        w = Worker(env or self.stack.env(), self.tmp / f"worker{len(self.started)}.log", **kw)
-        self.started.append(w)
-        if app is not None:
-            w.wait_ready(app)
-        return w
-
-    def beat(self, env: dict[str, str] | None = None) -> Proc:
-        n = len(self.started)
-        b = Proc(
-            ["beat", "-l", "INFO", "-s", str(self.tmp / f"beat{n}.schedule")],
-            env or self.stack.env(),
-            self.tmp / f"beat{n}.log",
+    def worker(
+        self,
+        app: Celery | None = None,
+        env: dict[str, str] | None = None,
+        concurrency: int = 2,
+        loglevel: str = "INFO",
+    ) -> Worker:
+        worker = Worker(
+            log_path=self.tmp / f"worker{len(self.started)}.log",
+            env={**os.environ, **(env or self.stack.env())},
+            concurrency=concurrency,
+            loglevel=loglevel,
+            node_name=f"f{uuid.uuid4().hex[:6]}@%h",
         )
-        self.started.append(b)
-        return b
+        self.started.append(worker.start())
+        if app is not None:
+            worker.wait_ready(app)
+        return worker
+
+    def beat(self, env: dict[str, str] | None = None) -> processes.Process:
+        index = len(self.started)
+        schedule = self.tmp / f"beat{index}.schedule"
+        beat = processes.Process(
+            processes.celery_command("tasks", "beat", "-l", "INFO", "-s", str(schedule)),
+            log_path=self.tmp / f"beat{index}.log",
+            env={**os.environ, **(env or self.stack.env())},
+            label="beat",
+        )
+        self.started.append(beat.start())
+        return beat
 
 
 @pytest.fixture
 def procs(fresh: Stack, tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(fresh, tmp_path)
-    yield p
-    for proc in p.started:
-        proc.stop()
+    started = Procs(fresh, tmp_path)
+    yield started
+    for process in started.started:
+        process.stop()
 
 
 def broker_drained(stack: Stack) -> bool:
     """Nothing queued and nothing delivered-but-unacked on the broker."""
-    b = stack.redis.client(BROKER_DB)
-    return all(b.llen(q) == 0 for q in ("ingest", "admin", "periodic")) and b.hlen("unacked") == 0
+    broker = stack.redis.client(BROKER_DB)
+    return (
+        all(broker.llen(queue) == 0 for queue in processes.VIGIL_QUEUES)
+        and broker.hlen("unacked") == 0
+    )
 
 
 # -- the two brokers vigil supports ------------------------------------------------
@@ -359,8 +240,8 @@ def _amqp_drained() -> bool:
     with Connection(AMQP_URL) as conn:
         channel = conn.default_channel
         return all(
-            channel.queue_declare(queue=q, passive=True).message_count == 0
-            for q in ("ingest", "admin", "periodic")
+            channel.queue_declare(queue=queue, passive=True).message_count == 0
+            for queue in processes.VIGIL_QUEUES
         )
 
 

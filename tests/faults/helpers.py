@@ -10,6 +10,8 @@ from typing import Any
 import redis
 from celery import Celery
 
+from tasks.names import INGEST_MESSAGE, INGEST_MESSAGES, QUEUE_INGEST
+
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 TEXTS = (
     "hello there",
@@ -30,61 +32,61 @@ def burst(
     """Batches whose users appear in no other task, and single messages each for
     its own user: per-user outcomes then do not depend on task order, so a
     reference run in one process gives the state a correct run must end with."""
-    out: list[list[dict[str, Any]]] = []
-    n = 0
-    for b in range(batches):
+    batch_list: list[list[dict[str, Any]]] = []
+    sequence = 0
+    for batch_no in range(batches):
         batch = []
-        for i in range(per_batch):
+        for position in range(per_batch):
             batch.append(
                 {
-                    "message_id": f"{tag}{n}",
+                    "message_id": f"{tag}{sequence}",
                     "platform": "discord",
-                    "guild_id": f"g{b % 3}",
+                    "guild_id": f"g{batch_no % 3}",
                     "channel_id": "c1",
-                    "user_id": f"{tag}b{b}u{i % users_per_batch}",
-                    "text": TEXTS[(i * 7 + b) % len(TEXTS)],
-                    "sent_at": (T0 + timedelta(seconds=n)).isoformat(),
+                    "user_id": f"{tag}b{batch_no}u{position % users_per_batch}",
+                    "text": TEXTS[(position * 7 + batch_no) % len(TEXTS)],
+                    "sent_at": (T0 + timedelta(seconds=sequence)).isoformat(),
                 }
             )
-            n += 1
-        out.append(batch)
-    single = []
-    for i in range(singles):
-        single.append(
+            sequence += 1
+        batch_list.append(batch)
+    single_list = []
+    for position in range(singles):
+        single_list.append(
             {
-                "message_id": f"{tag}{n}",
-                "guild_id": None if i % 5 == 0 else "g1",
-                "user_id": f"{tag}s{i}",
-                "text": TEXTS[i % len(TEXTS)],
-                "sent_at": (T0 + timedelta(seconds=n)).isoformat(),
+                "message_id": f"{tag}{sequence}",
+                "guild_id": None if position % 5 == 0 else "g1",
+                "user_id": f"{tag}s{position}",
+                "text": TEXTS[position % len(TEXTS)],
+                "sent_at": (T0 + timedelta(seconds=sequence)).isoformat(),
             }
         )
-        n += 1
-    return out, single
+        sequence += 1
+    return batch_list, single_list
 
 
 def send_burst(
     app: Celery, batches: list[list[dict[str, Any]]], singles: list[dict[str, Any]]
 ) -> None:
     """Batches interleaved with singles, over one producer connection."""
-    per = max(1, len(singles) // max(1, len(batches)))
-    it = iter(singles)
+    singles_per_batch = max(1, len(singles) // max(1, len(batches)))
+    remaining = iter(singles)
     with app.producer_or_acquire() as producer:
         for batch in batches:
             app.send_task(
-                "vigil.ingest.messages",
+                INGEST_MESSAGES,
                 kwargs={"messages": batch},
-                queue="ingest",
+                queue=QUEUE_INGEST,
                 producer=producer,
             )
-            for _ in range(per):
-                m = next(it, None)
-                if m is not None:
+            for _ in range(singles_per_batch):
+                message = next(remaining, None)
+                if message is not None:
                     app.send_task(
-                        "vigil.ingest.message", kwargs=m, queue="ingest", producer=producer
+                        INGEST_MESSAGE, kwargs=message, queue=QUEUE_INGEST, producer=producer
                     )
-        for m in it:
-            app.send_task("vigil.ingest.message", kwargs=m, queue="ingest", producer=producer)
+        for message in remaining:
+            app.send_task(INGEST_MESSAGE, kwargs=message, queue=QUEUE_INGEST, producer=producer)
 
 
 def run_reference(stack, batches, singles) -> dict[str, Any]:
@@ -97,17 +99,17 @@ def run_reference(stack, batches, singles) -> dict[str, Any]:
     from .conftest import REFERENCE_DB
 
     settings = stack.settings(db=REFERENCE_DB)
-    r = get_redis(settings)
-    r.flushdb()
-    svc = IngestService(r, settings, stack.sessions(), LexiconDetector())
+    state_redis = get_redis(settings)
+    state_redis.flushdb()
+    service = IngestService(state_redis, settings, stack.sessions(), LexiconDetector())
     for batch in batches:
-        svc.messages(batch)
-    for m in singles:
-        svc.messages([m])
-    return snapshot(r, settings)
+        service.messages(batch)
+    for message in singles:
+        service.messages([message])
+    return snapshot(state_redis, settings)
 
 
-def snapshot(r: redis.Redis, settings) -> dict[str, Any]:
+def snapshot(state_redis: redis.Redis, settings) -> dict[str, Any]:
     """Everything vigil keeps in Redis for users, minus processing-time stamps."""
     from services.core import keys
 
@@ -116,23 +118,25 @@ def snapshot(r: redis.Redis, settings) -> dict[str, Any]:
     history: dict[str, Any] = {}
     markers: dict[str, str] = {}
     events_prefix = keys.events(settings, "")
-    for key in r.scan_iter(count=2000):
+    for key in state_redis.scan_iter(count=2000):
         if key.startswith(events_prefix):
-            events[key] = [_no_clock_event(json.loads(e)) for e in r.lrange(key, 0, -1)]
+            events[key] = [
+                _no_clock_event(json.loads(event)) for event in state_redis.lrange(key, 0, -1)
+            ]
         elif key.startswith(settings.bond_prefix):
-            bond = json.loads(r.get(key))
-            for f in _BOND_CLOCK:
-                bond.pop(f, None)
+            bond = json.loads(state_redis.get(key))
+            for clock_field in _BOND_CLOCK:
+                bond.pop(clock_field, None)
             bonds[key] = bond
         elif key.startswith(settings.history_prefix):
-            history[key] = r.zrange(key, 0, -1, withscores=True)
+            history[key] = state_redis.zrange(key, 0, -1, withscores=True)
         elif key.startswith(f"{settings.vigil_prefix}seen:"):
-            markers[key] = r.get(key)
+            markers[key] = state_redis.get(key)
     stream: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for _id, fields in r.xrange(settings.stream_bond):
-        env = json.loads(fields["data"])
-        env.pop("published_at", None)
-        stream[env["payload"].get("user_id", "")].append(env)
+    for _id, fields in state_redis.xrange(settings.stream_bond):
+        envelope = json.loads(fields["data"])
+        envelope.pop("published_at", None)
+        stream[envelope["payload"].get("user_id", "")].append(envelope)
     return {
         "bonds": bonds,
         "events": events,
@@ -147,27 +151,27 @@ def _no_clock_event(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def count_markers(r: redis.Redis, settings) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
+def count_markers(state_redis: redis.Redis, settings) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
     match = f"{settings.vigil_prefix}seen:msg:*"
-    keys_ = list(r.scan_iter(match=match, count=5000))
-    if keys_:
-        for value in r.mget(keys_):
-            out[str(value)] += 1
-    return dict(out)
+    marker_keys = list(state_redis.scan_iter(match=match, count=5000))
+    if marker_keys:
+        for value in state_redis.mget(marker_keys):
+            counts[str(value)] += 1
+    return dict(counts)
 
 
 def diff(expected: dict[str, Any], got: dict[str, Any], limit: int = 5) -> list[str]:
     """A short, readable list of differences (ids only, no message text)."""
-    out = []
+    differences = []
     for part in expected:
-        e, g = expected[part], got.get(part, {})
-        missing = sorted(set(e) - set(g))
-        extra = sorted(set(g) - set(e))
-        changed = sorted(k for k in set(e) & set(g) if e[k] != g[k])
+        want, have = expected[part], got.get(part, {})
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        changed = sorted(key for key in set(want) & set(have) if want[key] != have[key])
         if missing or extra or changed:
-            out.append(
+            differences.append(
                 f"{part}: {len(missing)} missing {missing[:limit]}, {len(extra)} extra "
                 f"{extra[:limit]}, {len(changed)} differ {changed[:limit]}"
             )
-    return out
+    return differences
