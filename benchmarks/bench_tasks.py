@@ -26,6 +26,7 @@ from celery.signals import (
 )
 
 from benchmarks import counters
+from benchmarks.names import BENCH_NOOP, BENCH_SEED_STYLE, BENCH_SEED_STYLE_BATCH
 from benchmarks.seed_style import SeedStyleIngest
 from services.core.clients import get_redis
 from services.core.settings import get_settings
@@ -35,7 +36,7 @@ from tasks.app import app
 # -- tasks ----------------------------------------------------------------------------
 
 
-@app.task(name="vigil.bench.noop", time_limit=60, soft_time_limit=50)
+@app.task(name=BENCH_NOOP, time_limit=60, soft_time_limit=50)
 def noop(publish: str | None = None, **_: Any) -> dict[str, Any]:
     """Celery's ceiling. With ``publish`` it XADDs one entry (one round trip) so
     the latency run has something to see on the stream."""
@@ -55,12 +56,12 @@ def _seed() -> SeedStyleIngest:
     return SeedStyleIngest(get_redis(settings), settings, detector.from_settings(settings))
 
 
-@app.task(name="vigil.bench.seed_style", time_limit=60, soft_time_limit=50)
+@app.task(name=BENCH_SEED_STYLE, time_limit=60, soft_time_limit=50)
 def seed_style(**payload: Any) -> dict[str, Any]:
     return _seed().message(payload)
 
 
-@app.task(name="vigil.bench.seed_style_batch", time_limit=300, soft_time_limit=240)
+@app.task(name=BENCH_SEED_STYLE_BATCH, time_limit=300, soft_time_limit=240)
 def seed_style_batch(messages: list[Any]) -> dict[str, Any]:
     outcomes = _seed().messages(messages)
     return {"status": "ok", "accepted": sum(o["status"] == "accepted" for o in outcomes)}

@@ -1,4 +1,5 @@
-"""Private servers and a worker for one benchmark run.
+"""Private servers, a worker and a database for one benchmark run, and the Bench
+that drives them.
 
 The broker and the state Redis are two ``redis-server`` processes of our own on
 spare loopback ports, so the state server's command counts and memory are the
@@ -9,76 +10,53 @@ database of our own (``vigil_bench`` by default) on the configured server.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-import redis
+from celery import Celery
+from kombu import Exchange, Queue
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from benchmarks.counters import read_counts
+from benchmarks.names import IDLE_QUEUE
+from stack.processes import RedisServer, WorkerProcess
+from tasks.names import QUEUE_INGEST
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+POLL_S = 0.01
+WORKER_STOP_TIMEOUT_S = 60.0
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    from stack.embedded import redis_server_binary
-
-    return str(redis_server_binary())
+# -- servers, worker, database --------------------------------------------------------
 
 
-_REDIS_OPTS = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no")
+def private_redis(workdir: Path, name: str) -> RedisServer:
+    """A throwaway ``redis-server`` with no persistence, in ``workdir/name``."""
+    return RedisServer(workdir / name).start()
 
 
-class RedisServer:
-    """A throwaway ``redis-server`` with no persistence, stopped by ``stop``."""
-
-    def __init__(self, workdir: Path, name: str) -> None:
-        from stack.embedded import spare_port
-
-        self.port = spare_port()
-        self.dir = workdir / name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.dir / "redis.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [redis_binary(), *_REDIS_OPTS, "--port", str(self.port), "--dir", str(self.dir)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on {self.port} did not start") from None
-                time.sleep(0.05)
-        client.close()
-
-    def client(self, **kwargs) -> redis.Redis:
-        return redis.Redis(port=self.port, **kwargs)
-
-    def version(self) -> str:
-        return str(self.client().info("server").get("redis_version"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+def bench_worker(
+    env: dict[str, str], log_path: Path, pool: str = "prefork", concurrency: int = 2
+) -> WorkerProcess:
+    """``celery worker`` with the production app and settings, plus the benchmark
+    tasks (``-I``). It starts on an idle queue; the bench switches the ``ingest``
+    queue on and off with remote control, so a run drains a pre-filled queue."""
+    return WorkerProcess(
+        log_path=log_path,
+        env={**os.environ, **env},
+        pool=pool,
+        concurrency=concurrency,
+        queues=[IDLE_QUEUE],
+        node_name=f"bench{uuid.uuid4().hex[:6]}@localhost",
+        loglevel="WARNING",
+        include=["benchmarks.bench_tasks"],
+        label="bench worker",
+    ).start()
 
 
 def fresh_database(admin_url: str, name: str) -> str:
@@ -114,48 +92,176 @@ def drop_database(admin_url: str, name: str) -> None:
     engine.dispose()
 
 
-class Worker:
-    """``celery worker`` with the production app and settings, plus the benchmark
-    tasks (``-I``). It starts on an idle queue; the harness switches the ``ingest``
-    queue on and off with remote control, so a run drains a pre-filled queue."""
+# -- CPU accounting -------------------------------------------------------------------
 
-    IDLE_QUEUE = "bench.idle"
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-    def __init__(
-        self, env: dict[str, str], log_path: Path, pool: str = "prefork", concurrency: int = 2
-    ) -> None:
-        self.name = f"bench{uuid.uuid4().hex[:6]}@localhost"
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115
-        self.argv = [
-            *(sys.executable, "-m", "celery", "-A", "tasks", "worker"),
-            *("-I", "benchmarks.bench_tasks", "-P", pool, "-c", str(concurrency)),
-            *("-Q", self.IDLE_QUEUE, "-n", self.name, "-l", "WARNING"),
-            *("--without-gossip", "--without-mingle", "-E"),
-        ]
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """user + system CPU of a process (and of its live children), from /proc."""
+    pids = [pid]
+    if with_children:
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pids += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    total = 0.0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+# -- the bench ------------------------------------------------------------------------
+
+
+class Bench:
+    """The servers, database, worker and sending app of one run, and what the
+    contenders measure with: queue control, drain detection and counters."""
+
+    def __init__(self, workdir: Path, pg_admin_url: str, db_name: str) -> None:
+        self.workdir = workdir
+        self.pg_admin_url = pg_admin_url
+        self.db_name = db_name
+        self.count_dir = workdir / "counts"
+        self.count_dir.mkdir()
+        self.broker = private_redis(workdir, "broker")
+        self.state = private_redis(workdir, "state")
+        self.database_url = fresh_database(pg_admin_url, db_name)
+        self.env = {
+            "VIGIL_REDIS_URL": self.state.url(0),
+            "VIGIL_BROKER_URL": self.broker.url(0),
+            "VIGIL_DATABASE_URL": self.database_url,
+            "VIGIL_EMBEDDED": "never",
+            "VIGIL_DATA_DIR": str(workdir / "data"),
+            "VIGIL_BENCH_COUNT_DIR": str(self.count_dir),
+            "VIGIL_BENCH_STATE_PORT": str(self.state.port),
+        }
+        os.environ.update(self.env)
+        # Read only now: the settings come from the environment just set.
+        from services.core.settings import Settings, get_settings
+
+        get_settings.cache_clear()
+        self.settings = Settings()
+        self.app = Celery("vigil-bench", broker=self.broker.url(0))
+        self.app.conf.update(
+            task_serializer="json", accept_content=["json"], broker_connection_retry=True
         )
+        self.broker_client = self.broker.client()
+        self.state_client = self.state.client()
+        self.worker: WorkerProcess | None = None
+        self._declare_queue()
 
-    def wait_ready(self, app, timeout: float = 60) -> None:
+    def _declare_queue(self) -> None:
+        with self.app.connection_for_write() as conn:
+            queue = Queue(QUEUE_INGEST, Exchange(QUEUE_INGEST), routing_key=QUEUE_INGEST)
+            queue(conn.default_channel).declare()
+
+    def start_worker(self, extra_env: dict[str, str] | None = None, tag: str = "worker") -> None:
+        self.stop_worker()
+        env = {**self.env, **(extra_env or {})}
+        self.worker = bench_worker(env, self.workdir / f"{tag}.log")
+        self.worker.wait_ready(self.app)
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            # Warm shutdown: lets the profiler dump its stats.
+            self.worker.stop(WORKER_STOP_TIMEOUT_S)
+            self.worker = None
+
+    def close(self) -> None:
+        self.stop_worker()
+        self.broker.stop()
+        self.state.stop()
+        drop_database(self.pg_admin_url, self.db_name)
+
+    # -- queue control --
+
+    def consume(self, on: bool) -> None:
+        """Switch the worker's consumer of the ingest queue on or off."""
+        assert self.worker is not None
+        control = self.app.control
+        switch = control.add_consumer if on else control.cancel_consumer
+        replies = switch(QUEUE_INGEST, destination=[self.worker.node], reply=True, timeout=10)
+        if not replies:
+            raise RuntimeError(f"worker did not answer {'add' if on else 'cancel'}_consumer")
+
+    def _broker_busy(self) -> int:
+        pipe = self.broker_client.pipeline(transaction=False)
+        pipe.llen(QUEUE_INGEST)
+        pipe.hlen("unacked")
+        return sum(pipe.execute())
+
+    def wait_drained(self, timeout: float = 600) -> float:
+        """Time at which the queue and the unacked set were both empty twice in a
+        row (a message is briefly in neither between BRPOP and the unacked write)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            if app.control.ping(destination=[self.name], timeout=1.0):
-                return
-        raise TimeoutError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+            if self._broker_busy() == 0:
+                empty_at = time.perf_counter()
+                time.sleep(POLL_S)
+                if self._broker_busy() == 0:
+                    return empty_at
+            time.sleep(POLL_S)
+        raise TimeoutError("queue did not drain")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # warm shutdown: lets the profiler dump its stats
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+    def drain(self) -> float:
+        """Consume until the queue is empty, then stop consuming; when it was empty."""
+        self.consume(True)
+        empty_at = self.wait_drained()
+        self.consume(False)
+        return empty_at
+
+    def send_one(self, task: str, kwargs: dict[str, Any], producer) -> None:
+        self.app.send_task(
+            task,
+            kwargs=kwargs,
+            queue=QUEUE_INGEST,
+            producer=producer,
+            argsrepr="()",
+            kwargsrepr="<bench>",
+        )
+
+    def send(self, task: str, kwargs_list: Iterable[dict[str, Any]]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            for kwargs in kwargs_list:
+                self.send_one(task, kwargs, producer)
+
+    # -- measurements --
+
+    def commands(self) -> int:
+        stats = self.state_client.info("commandstats")
+        return sum(value["calls"] for name, value in stats.items() if name != "cmdstat_info")
+
+    def memory(self) -> int:
+        return int(self.state_client.info("memory")["used_memory"])
+
+    def cpu(self) -> dict[str, float]:
+        assert self.worker is not None
+        return {
+            "worker": cpu_seconds(self.worker.pid, with_children=True),
+            "broker_redis": cpu_seconds(self.broker.pid),
+            "state_redis": cpu_seconds(self.state.pid),
+        }
+
+    def round_trips(self) -> int:
+        return read_counts(self.count_dir)
+
+    def verify(self, message_ids: list[str], timeout: float = 30) -> int:
+        """How many messages left their 'done' marker (waiting a little if needed)."""
+        from services.core import keys
+
+        markers = [keys.message_marker(self.settings, "bench", mid) for mid in message_ids]
+        deadline = time.monotonic() + timeout
+        while True:
+            done = 0
+            for start in range(0, len(markers), 1000):
+                values = self.state_client.mget(markers[start : start + 1000])
+                done += sum(value == "done" for value in values)
+            if done == len(markers) or time.monotonic() > deadline:
+                return done
+            time.sleep(0.2)

@@ -1,0 +1,253 @@
+"""What runs: the contenders, their workload, and how each one is measured.
+
+- ceiling: ``vigil.bench.noop`` (same payload, no work);
+- seed-style: ``vigil.bench.seed_style`` (one message per task) and
+  ``vigil.bench.seed_style_batch`` (a loop over a batch), see seed_style.py;
+- vigil: ``vigil.ingest.message`` and ``vigil.ingest.messages``.
+
+Every contender gets a throughput run (pre-filled queue, drained by the worker)
+and a latency run (paced producer at half its rate, stream reader).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from benchmarks.harness import Bench
+from benchmarks.names import BENCH_NOOP, BENCH_SEED_STYLE, BENCH_SEED_STYLE_BATCH
+from tasks.names import INGEST_MESSAGE, INGEST_MESSAGES
+
+MESSAGES_PER_USER = 10
+
+# A user's messages alternate distress and small talk, so most of them move the
+# user's phase or risk (the detector steps down one level at a time, so not all).
+# The latency run gives every message a user of its own: a first distress
+# message always moves the phase, so each one publishes an envelope.
+DISTRESS = (
+    "honestly I feel so alone tonight and I can't sleep again",
+    "everything is overwhelming and I keep crying, I'm exhausted",
+    "I'm so stressed and anxious about tomorrow, bad day again",
+)
+SMALL_TALK = (
+    "anyone up for a game later? I'll be online around nine",
+    "that new album is great, the second track especially",
+    "lol same, my cat did the exact same thing yesterday",
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    noop: int
+    single: int
+    seed_single: int
+    batch: int
+    seed_batch: int
+    runs: int
+    latency_s: float
+    batch_size: int
+    correlator_rows: int
+    correlator_runs: int
+
+
+FULL = Sizes(3000, 2000, 1500, 20000, 5000, 3, 4.0, 100, 1_000_000, 7)
+QUICK = Sizes(500, 400, 300, 3000, 1000, 3, 1.0, 100, 200_000, 5)
+SMOKE = Sizes(20, 20, 20, 40, 40, 1, 0.3, 10, 2_000, 2)
+
+
+@dataclass
+class Contender:
+    key: str
+    label: str
+    task: str
+    batch: int  # 0: one message per task
+    n: int
+    effects: bool = True
+    runs_msgs_per_s: list[float] = field(default_factory=list)
+    msgs_per_s: float = 0.0
+    round_trips_per_msg: float | None = None
+    server_commands_per_msg: float | None = None
+    memory_bytes_per_user: float | None = None
+    cpu_us_per_msg: dict[str, float] = field(default_factory=dict)
+    users: int = 0
+    verified: str = ""
+    latency: dict[str, Any] = field(default_factory=dict)
+
+
+def contenders_for(sizes: Sizes) -> list[Contender]:
+    batch = sizes.batch_size
+    return [
+        Contender("ceiling", "Celery no-op (ceiling)", BENCH_NOOP, 0, sizes.noop, False),
+        Contender("seed_single", "seed-style, 1 msg/task", BENCH_SEED_STYLE, 0, sizes.seed_single),
+        Contender("vigil_single", "vigil, 1 msg/task", INGEST_MESSAGE, 0, sizes.single),
+        Contender("seed_batch", f"seed-style, {batch} msgs/task", BENCH_SEED_STYLE_BATCH, batch,
+                  sizes.seed_batch),
+        Contender("vigil_batch", f"vigil, {batch} msgs/task", INGEST_MESSAGES, batch,
+                  sizes.batch),
+    ]  # fmt: skip
+
+
+# -- workload -------------------------------------------------------------------------
+
+
+def make_messages(tag: str, count: int, per_user: int = MESSAGES_PER_USER) -> list[dict[str, Any]]:
+    users = max(1, count // per_user)
+    base = datetime.now(UTC)
+    messages = []
+    for index in range(count):
+        user, round_no = index % users, index // users
+        texts = DISTRESS if round_no % 2 == 0 else SMALL_TALK
+        messages.append(
+            {
+                "message_id": f"{tag}-{index}",
+                "platform": "bench",
+                "guild_id": f"g{user % 7}",
+                "channel_id": "c1",
+                "user_id": f"{tag.split('-')[0]}-u{user}",
+                "text": texts[index % len(texts)],
+                "sent_at": (base + timedelta(milliseconds=index)).isoformat(),
+            }
+        )
+    return messages
+
+
+def task_kwargs(contender: Contender, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if contender.batch:
+        size = contender.batch
+        return [
+            {"messages": messages[start : start + size]} for start in range(0, len(messages), size)
+        ]
+    return list(messages)
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+# -- measurements ---------------------------------------------------------------------
+
+
+def warm_up(bench: Bench, contender: Contender) -> None:
+    """A few unmeasured tasks first: imports, connections and the Lua script
+    cache are per process or per server, not per message."""
+    messages = make_messages(f"warm{contender.key}-w", 4 * max(contender.batch, 1))
+    bench.send(contender.task, task_kwargs(contender, messages))
+    bench.drain()
+
+
+def throughput(bench: Bench, contender: Contender, sizes: Sizes) -> None:
+    warm_up(bench, contender)
+    bench.state_client.flushall()  # keeps the script cache
+    count = contender.n
+    verified: list[int] = []
+    cpu_runs: list[dict[str, float]] = []
+    for run_no in range(sizes.runs):
+        messages = make_messages(f"{contender.key}-r{run_no}", count)
+        bench.send(contender.task, task_kwargs(contender, messages))
+        trips_before, commands_before = bench.round_trips(), bench.commands()
+        memory_before, cpu_before = bench.memory(), bench.cpu()
+        started = time.perf_counter()
+        drained = bench.drain()
+        cpu_after = bench.cpu()
+        trips_after, commands_after = bench.round_trips(), bench.commands()
+        memory_after = bench.memory()
+        contender.runs_msgs_per_s.append(round(count / (drained - started), 1))
+        cpu_runs.append(
+            {part: (cpu_after[part] - cpu_before[part]) / count * 1e6 for part in cpu_before}
+        )
+        if run_no == 0:
+            contender.round_trips_per_msg = round((trips_after - trips_before) / count, 3)
+            contender.server_commands_per_msg = round((commands_after - commands_before) / count, 2)
+            contender.users = max(1, count // MESSAGES_PER_USER)
+            if contender.effects:
+                contender.memory_bytes_per_user = round(
+                    (memory_after - memory_before) / contender.users
+                )
+        if contender.effects:
+            verified.append(bench.verify([message["message_id"] for message in messages]))
+    contender.msgs_per_s = statistics.median(contender.runs_msgs_per_s)
+    contender.cpu_us_per_msg = {
+        part: round(statistics.median(run[part] for run in cpu_runs), 1) for part in cpu_runs[0]
+    }
+    contender.cpu_us_per_msg["total"] = round(sum(contender.cpu_us_per_msg.values()), 1)
+    total = count * sizes.runs
+    contender.verified = f"{sum(verified)}/{total}" if contender.effects else "n/a (no effects)"
+
+
+def latency(bench: Bench, contender: Contender, sizes: Sizes) -> None:
+    """Paced producer at half the measured rate; a stream reader notes when
+    each message's envelope becomes visible."""
+    rate = max(1.0, contender.msgs_per_s / 2)
+    count = max(contender.batch or 1, int(rate * sizes.latency_s))
+    if contender.batch:
+        count -= count % contender.batch
+    messages = make_messages(f"lat{contender.key}-x", count, per_user=1)
+    if contender.key == "ceiling":
+        chunks = [{**message, "publish": message["message_id"]} for message in messages]
+    else:
+        chunks = task_kwargs(contender, messages)
+    per_task = contender.batch or 1
+    interval = per_task / rate
+    stream = bench.settings.stream_bond
+    last = bench.state_client.xrevrange(stream, count=1)
+    start_id = last[0][0] if last else "0-0"
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def read() -> None:
+        reader = bench.state.client()
+        last_id = start_id
+        while not stop.is_set():
+            reply = reader.xread({stream: last_id}, count=1000, block=100)
+            now = time.time()
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    try:
+                        correlation_id = json.loads(fields["data"]).get("correlation_id")
+                    except (ValueError, KeyError):
+                        continue
+                    if correlation_id is not None and correlation_id not in seen:
+                        seen[correlation_id] = now
+        reader.close()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    bench.consume(True)
+    sent: dict[str, float] = {}
+    with bench.app.producer_or_acquire() as producer:
+        begin = time.perf_counter()
+        for chunk_no, kwargs in enumerate(chunks):
+            delay = begin + chunk_no * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            stamp = time.time()
+            bench.send_one(contender.task, kwargs, producer)
+            for message in messages[chunk_no * per_task : (chunk_no + 1) * per_task]:
+                sent[message["message_id"]] = stamp
+        offered = count / max(time.perf_counter() - begin, 1e-9)
+    deadline = time.monotonic() + 30
+    while len(seen.keys() & sent.keys()) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(5)
+    bench.wait_drained()
+    bench.consume(False)
+    waits = sorted((seen[mid] - sent[mid]) * 1000 for mid in sent if mid in seen)
+    contender.latency = {
+        "target_rate": round(rate, 1),
+        "offered_rate": round(offered, 1),
+        "messages": count,
+        "seen": len(waits),
+        "p50_ms": round(percentile(waits, 50), 1) if waits else None,
+        "p99_ms": round(percentile(waits, 99), 1) if waits else None,
+        "max_ms": round(waits[-1], 1) if waits else None,
+    }

@@ -1,0 +1,15 @@
+"""Names of the benchmark-only tasks and the worker's idle queue.
+
+Production task names come from ``tasks.names``; these exist only in a worker
+started with ``-I benchmarks.bench_tasks``.
+"""
+
+from __future__ import annotations
+
+BENCH_NOOP = "vigil.bench.noop"
+BENCH_SEED_STYLE = "vigil.bench.seed_style"
+BENCH_SEED_STYLE_BATCH = "vigil.bench.seed_style_batch"
+
+# The benchmark worker starts consuming only this queue, which nothing is sent
+# to; the harness switches the ingest queue on and off with remote control.
+IDLE_QUEUE = "bench.idle"
