@@ -100,11 +100,11 @@ def measure(database_url: str, runs: int = 7, redis_client=None, settings=None) 
         repo.list_multi_actor_identities(session, 2)  # warm the cache once
         samples, found = [], []
         for _ in range(runs):
-            t = time.perf_counter()
+            started = time.perf_counter()
             found = repo.list_multi_actor_identities(session, 2)
-            samples.append(time.perf_counter() - t)
+            samples.append(time.perf_counter() - started)
         out["query_ms_median"] = _median_ms(samples)
-        out["query_ms_all"] = [round(s * 1000, 2) for s in samples]
+        out["query_ms_all"] = [round(sample * 1000, 2) for sample in samples]
         out["suspected_identities"] = len(found)
         plan = session.execute(
             text("EXPLAIN (ANALYZE, BUFFERS) " + repo._MULTI_ACTOR.text), {"at_least": 2}
@@ -113,15 +113,15 @@ def measure(database_url: str, runs: int = 7, redis_client=None, settings=None) 
     if redis_client is not None and settings is not None:
         from services.attribution import correlator
 
-        t = time.perf_counter()
+        started = time.perf_counter()
         first = correlator.run(sessions, settings, redis_client)
-        out["first_tick_ms"] = round((time.perf_counter() - t) * 1000, 1)
+        out["first_tick_ms"] = round((time.perf_counter() - started) * 1000, 1)
         out["first_tick"] = {k: v for k, v in first.items() if k != "relay"}
         ticks = []
         for _ in range(runs):
-            t = time.perf_counter()
+            started = time.perf_counter()
             result = correlator.run(sessions, settings, redis_client)
-            ticks.append(time.perf_counter() - t)
+            ticks.append(time.perf_counter() - started)
         out["steady_tick_ms_median"] = _median_ms(ticks)
         out["steady_tick"] = result
     engine.dispose()

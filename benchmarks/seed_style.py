@@ -49,9 +49,9 @@ _NEW_BOND: dict[str, Any] = {
 class SeedStyleIngest:
     """One message at a time, one Redis command per round trip."""
 
-    def __init__(self, r: redis.Redis, settings: Settings, detector: Detector) -> None:
-        self.r = r
-        self.s = settings
+    def __init__(self, store: redis.Redis, settings: Settings, detector: Detector) -> None:
+        self.redis = store
+        self.settings = settings
         self.detector = detector
 
     def messages(self, raws: Sequence[Any]) -> list[dict[str, Any]]:
@@ -63,14 +63,14 @@ class SeedStyleIngest:
             msg = MessageIn.model_validate(raw)
         except ValidationError as exc:
             return {"status": "rejected", "reasons": reasons_of(exc)}
-        r, s = self.r, self.s
+        store, settings = self.redis, self.settings
         now = time.time()
-        marker = keys.message_marker(s, msg.platform, msg.message_id)
-        if r.get(marker) is not None:  # select-then-insert dedupe
+        marker = keys.message_marker(settings, msg.platform, msg.message_id)
+        if store.get(marker) is not None:  # select-then-insert dedupe
             return {"status": "duplicate", "message_id": msg.message_id}
 
-        bond_key = keys.bond(s, msg.user_id)
-        raw_bond = r.get(bond_key)
+        bond_key = keys.bond(settings, msg.user_id)
+        raw_bond = store.get(bond_key)
         bond = json.loads(raw_bond) if raw_bond else {**_NEW_BOND, "user_id": msg.user_id}
         bond.setdefault("peak_nodes", {})
         # The seed's rolling 24 h window, checked and counted in separate steps.
@@ -79,20 +79,21 @@ class SeedStyleIngest:
             bond["daily_msg_reset_at"] = now
         cap = bond.get("daily_msg_cap", 0)
         if cap > 0 and bond["daily_msg_count"] >= cap:
-            r.set(marker, "limited", ex=s.dedupe_ttl_days * 86_400)
+            store.set(marker, "limited", ex=settings.dedupe_ttl_days * 86_400)
             return {"status": "rate_limited", "message_id": msg.message_id}
         bond["daily_msg_count"] += 1
         bond["last_updated"] = now
-        r.set(bond_key, json.dumps(bond))
+        store.set(bond_key, json.dumps(bond))
 
-        history_key = keys.history(s, msg.guild_id, msg.user_id)
-        raws_ctx = r.zrange(history_key, 0, max(s.history_context_limit, 1) - 1, desc=True)
+        history_key = keys.history(settings, msg.guild_id, msg.user_id)
+        context_size = max(settings.history_context_limit, 1)
+        raws_ctx = store.zrange(history_key, 0, context_size - 1, desc=True)
         context = [StoredMessage.model_validate_json(m) for m in reversed(raws_ctx)]
         det = self.detector.detect(msg, context)
 
         changed = self._apply(bond, bond_key, msg, det, now)
         stored = self._add_history(history_key, msg, det)
-        r.set(marker, "done", ex=s.dedupe_ttl_days * 86_400)
+        store.set(marker, "done", ex=settings.dedupe_ttl_days * 86_400)
         return {
             "status": "accepted",
             "message_id": msg.message_id,
@@ -104,8 +105,8 @@ class SeedStyleIngest:
         }
 
     def _apply(self, bond: dict, bond_key: str, msg: MessageIn, det, now: float) -> list[str]:
-        r, s = self.r, self.s
-        events_key = keys.events(s, msg.user_id)
+        store, settings = self.redis, self.settings
+        events_key = keys.events(settings, msg.user_id)
         changed = []
         if det.phase != bond["phase"]:
             old = bond["phase"]
@@ -168,37 +169,37 @@ class SeedStyleIngest:
             if val > bond["peak_nodes"].get(node, 0.0):
                 bond["peak_nodes"][node] = round(val, 4)
         bond["last_updated"] = now
-        r.set(bond_key, json.dumps(bond))
+        store.set(bond_key, json.dumps(bond))
         return changed
 
     def _log_event(self, events_key: str, event: dict[str, Any]) -> None:
-        self.r.lpush(events_key, json.dumps(event))
-        self.r.ltrim(events_key, 0, self.s.events_max - 1)
+        self.redis.lpush(events_key, json.dumps(event))
+        self.redis.ltrim(events_key, 0, self.settings.events_max - 1)
 
     def _publish(self, topic: str, payload: dict[str, Any], correlation_id: str) -> None:
         env = make_envelope(topic, payload, correlation_id=correlation_id)
-        self.r.xadd(
-            self.s.stream_bond,
+        self.redis.xadd(
+            self.settings.stream_bond,
             {"data": env.model_dump_json()},
-            maxlen=self.s.stream_maxlen,
+            maxlen=self.settings.stream_maxlen,
             approximate=True,
         )
 
     def _add_history(self, history_key: str, msg: MessageIn, det) -> bool:
         rank = SEVERITY_ORDER.index(det.severity)
-        if rank == 0 or rank < self.s.min_severity_rank:
+        if rank == 0 or rank < self.settings.min_severity_rank:
             return False
-        r, s = self.r, self.s
+        store, settings = self.redis, self.settings
         entry = {
-            "message": msg.text[: s.history_text_chars],
+            "message": msg.text[: settings.history_text_chars],
             "timestamp": msg.sent_at.isoformat(),
             "crisis_score": det.crisis_score,
             "severity": det.severity,
             "message_id": msg.message_id,
         }
-        r.zadd(history_key, {json.dumps(entry): msg.sent_at.timestamp()})
-        r.expire(history_key, s.history_ttl_s)
-        count = r.zcard(history_key)
-        if count > s.history_max_messages:
-            r.zremrangebyrank(history_key, 0, count - s.history_max_messages - 1)
+        store.zadd(history_key, {json.dumps(entry): msg.sent_at.timestamp()})
+        store.expire(history_key, settings.history_ttl_s)
+        count = store.zcard(history_key)
+        if count > settings.history_max_messages:
+            store.zremrangebyrank(history_key, 0, count - settings.history_max_messages - 1)
         return True
