@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from models.envelopes import make_envelope
 from models.history import StoredMessage
-from models.payloads import SEVERITY_ORDER, MessageIn, reasons_of
+from models.payloads import MessageIn, reasons_of
+from models.types import SEVERITY_ORDER
 from services.core import keys
 from services.core.settings import Settings
 from services.ingest.detector import Detector

@@ -11,6 +11,7 @@ import redis
 from celery import Celery
 
 from tasks.names import INGEST_MESSAGE, INGEST_MESSAGES, QUEUE_INGEST
+from tests.helpers import INGEST_TASKS
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 TEXTS = (
@@ -101,7 +102,9 @@ def run_reference(stack, batches, singles) -> dict[str, Any]:
     settings = stack.settings(db=REFERENCE_DB)
     state_redis = get_redis(settings)
     state_redis.flushdb()
-    service = IngestService(state_redis, settings, stack.sessions(), LexiconDetector())
+    service = IngestService(
+        state_redis, settings, stack.sessions(), LexiconDetector(), **INGEST_TASKS
+    )
     for batch in batches:
         service.messages(batch)
     for message in singles:
