@@ -105,12 +105,19 @@ def erase_user(args: EraseUserIn, settings: Settings) -> dict[str, Any]:
 
 @admin_task(names.ADMIN_REPLAY_DEAD_LETTERS, ReplayIn, time_limit=300)
 def replay_dead_letters(args: ReplayIn, settings: Settings) -> dict[str, Any]:
-    """Send dead-lettered payloads again, under their original task names."""
-    replayed = []
+    """Send dead-lettered payloads again, under their original task names.
+
+    Only rows actually sent are marked replayed; every other id is answered in
+    ``skipped`` with why, and stays pending."""
+    replayed: list[int] = []
     with session_factory(settings)() as session, session.begin():
-        for row_id, task_name, body in store.take_for_replay(session, args.ids):
-            if task_name not in app.tasks or not isinstance(body, dict):
+        sendable, skipped = store.lock_for_replay(session, args.ids)
+        for row_id, task_name, kwargs in sendable:
+            if task_name not in app.tasks:
+                skipped.append({"id": row_id, "reason": "unknown task name"})
                 continue
-            app.send_task(task_name, kwargs=body, argsrepr="()", kwargsrepr=redact_kwargs(body))
+            app.send_task(task_name, kwargs=kwargs, argsrepr="()", kwargsrepr=redact_kwargs(kwargs))
             replayed.append(row_id)
-    return {"status": "ok", "replayed": replayed}
+        store.mark_replayed(session, replayed)
+    skipped.sort(key=lambda skip: skip["id"])
+    return {"status": "ok", "replayed": replayed, "skipped": skipped}

@@ -113,23 +113,51 @@ def count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(DeadLetter)) or 0
 
 
-def take_for_replay(session: Session, ids: list[int]) -> list[tuple[int, str, Any]]:
-    """Lock the rows, mark them replayed and hand back (id, task, payload)."""
+# Why replay did not send a requested row.
+SKIP_NOT_FOUND = "not found, or being replayed by another request"
+SKIP_TRUNCATED = "payload was truncated when stored"
+SKIP_NOT_AN_OBJECT = "payload is not a JSON object"
+
+
+def lock_for_replay(
+    session: Session, ids: list[int]
+) -> tuple[list[tuple[int, str, dict[str, Any]]], list[dict[str, Any]]]:
+    """Lock the requested rows for the caller's transaction and split them into
+    what can be sent, as (id, task name, kwargs), and every other id with why.
+
+    Marks nothing: the caller marks only what it actually sent (``mark_replayed``),
+    so a row that cannot be sent stays pending for an operator to see.
+    """
     rows = session.scalars(
         select(DeadLetter)
-        .where(DeadLetter.id.in_(ids), DeadLetter.payload_truncated.is_(False))
+        .where(DeadLetter.id.in_(ids))
+        .order_by(DeadLetter.id)
         .with_for_update(skip_locked=True)
     ).all()
-    out = []
+    sendable: list[tuple[int, str, dict[str, Any]]] = []
+    skipped: list[dict[str, Any]] = []
     for row in rows:
-        out.append((row.id, row.task_name, json.loads(row.payload)))
-    if rows:
+        if row.payload_truncated:
+            skipped.append({"id": row.id, "reason": SKIP_TRUNCATED})
+            continue
+        kwargs = json.loads(row.payload)
+        if isinstance(kwargs, dict):
+            sendable.append((row.id, row.task_name, kwargs))
+        else:
+            skipped.append({"id": row.id, "reason": SKIP_NOT_AN_OBJECT})
+    locked = {row.id for row in rows}
+    skipped += [{"id": i, "reason": SKIP_NOT_FOUND} for i in dict.fromkeys(ids) if i not in locked]
+    return sendable, skipped
+
+
+def mark_replayed(session: Session, ids: list[int]) -> None:
+    """Record that these rows were sent again."""
+    if ids:
         session.execute(
             update(DeadLetter)
-            .where(DeadLetter.id.in_([r.id for r in rows]))
+            .where(DeadLetter.id.in_(ids))
             .values(replayed_at=func.now(), replay_count=DeadLetter.replay_count + 1)
         )
-    return out
 
 
 def purge(
