@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
 from sqlalchemy import select
 
 from models.tables import DeadLetter
 from services.bonds import ledger
+from services.core import keys
 from services.deadletters import store
 from tasks import names
 from tests.helpers import wait_for
+from tests.services.ingest.test_detector import VALID_DETECTION, DetectorServer
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
 def dead_letters(db) -> list[DeadLetter]:
@@ -20,6 +28,24 @@ def replay(celery_app, ids: list[int]) -> dict:
     return celery_app.send_task(names.ADMIN_REPLAY_DEAD_LETTERS, kwargs={"ids": ids}).get(
         timeout=60
     )
+
+
+@pytest.fixture
+def detector_server():
+    server = DetectorServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def shared_worker_paused(celery_app, worker):
+    """Take the shared worker (built-in detector) off the vigil queues for one
+    test, so every task, replayed ones included, reaches the worker the test starts."""
+    for queue in names.QUEUES:
+        celery_app.control.cancel_consumer(queue, destination=[worker.node], reply=True)
+    yield
+    for queue in names.QUEUES:
+        celery_app.control.add_consumer(queue, destination=[worker.node], reply=True)
 
 
 def test_replay_marks_and_answers_only_the_rows_it_sent(r, db, settings, worker, celery_app):
@@ -52,3 +78,47 @@ def test_replay_marks_and_answers_only_the_rows_it_sent(r, db, settings, worker,
         timeout=30,
         what="the replayed set_cap applied",
     )
+
+
+def test_batch_items_rejected_by_the_detector_replay_through_the_single_message_task(
+    r, db, settings, celery_app, start_worker, shared_worker_paused, detector_server, monkeypatch
+):
+    """HTTP detector refuses a batch's messages (they are dead-lettered one by one
+    under ``vigil.ingest.message``); once it answers, replaying them applies each."""
+    monkeypatch.setenv("VIGIL_DETECTOR", "http")
+    monkeypatch.setenv("VIGIL_DETECTOR_URL", detector_server.url)
+    start_worker(concurrency=1)
+    # Up but not ready: an answer that is no detection is a permanent failure per
+    # message (DetectorFailed). A 503 or a refused connection would instead retry
+    # the whole batch task with backoff.
+    detector_server.answer = (200, {"error": "model not loaded"})
+    batch = [
+        {
+            "message_id": f"replay-{i}-{uuid.uuid4().hex[:6]}",
+            "user_id": f"replay-user-{i}",
+            "guild_id": "g1",
+            "text": "hello",
+            "sent_at": (T0 + timedelta(seconds=i)).isoformat(),
+        }
+        for i in range(3)
+    ]
+    celery_app.send_task(names.INGEST_MESSAGES, kwargs={"messages": batch})
+    rows = wait_for(
+        lambda: (found := dead_letters(db)) and len(found) == len(batch) and found,
+        timeout=60,
+        what="each message dead-lettered",
+    )
+    assert {row.task_name for row in rows} == {names.INGEST_MESSAGE}
+    assert sorted(row.user_id for row in rows) == [m["user_id"] for m in batch]
+    assert all("detector" in row.details and "hello" not in row.details for row in rows)
+
+    detector_server.answer = (200, VALID_DETECTION)
+    ids = [row.id for row in rows]
+    assert replay(celery_app, ids) == {"status": "ok", "replayed": ids, "skipped": []}
+    markers = [keys.message_marker(settings, "discord", m["message_id"]) for m in batch]
+    wait_for(lambda: r.mget(markers) == ["done"] * len(batch), timeout=60, what="replays applied")
+    for message in batch:
+        bond = ledger.load(r, settings, message["user_id"])
+        assert (bond.phase, bond.risk_level) == ("watch", "low")  # the HTTP detector's answer
+    assert sorted(detector_server.message_ids) == sorted(2 * [m["message_id"] for m in batch])
+    assert all(row.replayed_at and row.replay_count == 1 for row in dead_letters(db))
