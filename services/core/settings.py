@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
     flower_basic_auth: str | None = Field(default=None, repr=False)
+    # Flower without a login, allowed only on loopback (tasks/flower_guard.py).
+    flower_local_only: bool = False
 
     @model_validator(mode="before")
     @classmethod
