@@ -42,7 +42,7 @@ def test_health_reports_stores_workers_and_beat(vigil, r, db, settings, worker):
     )
     report = vigil.json("health")
     assert all(report[k]["ok"] for k in ("broker", "redis", "postgres", "workers"))
-    assert any(worker.name.split("@")[0] in node for node in report["workers"]["nodes"])
+    assert worker.node in report["workers"]["nodes"]
     runs = report["beat"]["last_runs"]
     assert datetime.fromisoformat(runs["correlate-multi-actor"]) == last
     assert runs["reset-daily-caps"] is None
