@@ -13,6 +13,7 @@ import redis
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+from services.core.settings import get_settings
 from stack.discovery import (
     ServiceUnavailable,
     app_database_url,
@@ -86,8 +87,12 @@ def test_defaults_from_the_environment(tmp_path: Path, monkeypatch) -> None:
     dead_redis, dead_pg = _dead()
     monkeypatch.setenv("VIGIL_DEFAULT_REDIS_URL", dead_redis)
     monkeypatch.setenv("VIGIL_DEFAULT_DATABASE_URL", dead_pg)
-    with pytest.raises(ServiceUnavailable, match=dead_redis):
-        ensure_services(redis_url=None, database_url=None, data_dir=tmp_path, embedded="never")
+    get_settings.cache_clear()  # the defaults are settings, read once
+    try:
+        with pytest.raises(ServiceUnavailable, match=dead_redis):
+            ensure_services(redis_url=None, database_url=None, data_dir=tmp_path, embedded="never")
+    finally:
+        get_settings.cache_clear()
 
 
 def test_bare_machine_starts_embedded_servers_then_stops_them(data_dir: Path) -> None:
