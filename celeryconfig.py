@@ -17,6 +17,11 @@ from tasks import names
 _settings = get_settings()
 
 broker_url = _broker_url(_settings)
+# On a Redis broker, vigil's transport: one reused client per channel and late
+# acks that survive a broker reconnect (services/core/broker.py). amqp keeps
+# kombu's default.
+if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+    broker_transport = "services.core.broker:Transport"
 # Results are off by default (task_ignore_result); tasks that a caller waits on
 # (the demo, tests, the CLI) store their small JSON outcome here.
 result_backend = _redis_url(_settings)

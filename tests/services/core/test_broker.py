@@ -1,0 +1,200 @@
+"""vigil's Redis broker transport against the test Redis (and a real worker).
+
+Each test uses its own queue and unacked keys, so the shared worker on the same
+broker database never touches them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from services.core import broker
+from tasks import names
+
+TRANSPORT = "services.core.broker:Transport"
+
+
+@pytest.fixture
+def keys() -> dict[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "queue": f"test-broker-{tag}",
+        "unacked_key": f"test-broker-unacked-{tag}",
+        "unacked_index_key": f"test-broker-unacked-index-{tag}",
+        "unacked_mutex_key": f"test-broker-unacked-mutex-{tag}",
+    }
+
+
+@pytest.fixture
+def broker_redis(test_env, keys) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(test_env["VIGIL_BROKER_URL"])
+    yield client
+    client.delete(*keys.values())
+    client.close()
+
+
+@pytest.fixture
+def queue(keys) -> Queue:
+    name = keys["queue"]
+    return Queue(name, Exchange(name, "direct"), routing_key=name)
+
+
+@pytest.fixture
+def connect(test_env, keys):
+    """Connections on the test broker with this test's unacked keys."""
+    opened: list[Connection] = []
+    options = {k: v for k, v in keys.items() if k != "queue"}
+
+    def open_(transport: str | None = TRANSPORT) -> Connection:
+        conn = Connection(
+            test_env["VIGIL_BROKER_URL"], transport=transport, transport_options=options
+        )
+        opened.append(conn)
+        return conn
+
+    yield open_
+    for conn in opened:
+        conn.release()
+
+
+@pytest.fixture
+def client_builds(monkeypatch) -> list[int]:
+    """Counts every redis.Redis constructed from now on."""
+    built = [0]
+    original = redis.Redis.__init__
+
+    def counting(self, *args, **kwargs):
+        built[0] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "__init__", counting)
+    return built
+
+
+def publish(connect, queue: Queue, count: int) -> None:
+    with connect(None) as conn, conn.Producer() as producer:
+        for i in range(count):
+            producer.publish(
+                {"i": i}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue]
+            )
+
+
+def test_celeryconfig_selects_it_for_redis_only(celery_app):
+    assert celery_app.conf.broker_url.startswith("redis")
+    assert celery_app.conf.broker_transport == TRANSPORT
+    with celery_app.connection_for_write() as conn:
+        assert isinstance(conn.transport, broker.Transport)
+
+
+def test_one_client_reused_and_none_built_per_message(
+    connect, queue, keys, broker_redis, client_builds
+):
+    count = 50
+    publish(connect, queue, count)
+    channel = connect().default_channel
+    client = channel._create_client()
+    assert channel._create_client() is client
+    # BRPOP / pub-sub client: a different client on a different pool.
+    assert channel.client is not client
+    assert channel.client.connection_pool is not client.connection_pool
+    bound = queue(channel)
+    bound.get(no_ack=False).ack()  # warm-up
+    before = client_builds[0]
+    for _ in range(count - 1):
+        message = bound.get(no_ack=False)
+        assert broker_redis.hlen(keys["unacked_key"]) == 1
+        message.ack()
+    assert client_builds[0] == before, "a redis.Redis was built per get/ack"
+    assert channel._create_client() is client
+    assert broker_redis.llen(keys["queue"]) == 0
+    assert broker_redis.hlen(keys["unacked_key"]) == 0
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 0
+
+
+def test_new_pool_gets_new_client(connect):
+    channel = connect().default_channel
+    old = channel._create_client()
+    channel._disconnect_pools()  # what a fork or close does
+    assert channel._create_client() is not old
+
+
+def test_transactional_option_keeps_stock_bookkeeping(connect, queue, keys, broker_redis):
+    publish(connect, queue, 3)
+    conn = connect()
+    conn.transport_options["vigil_transactional_unacked"] = True
+    channel = conn.default_channel
+    assert channel.vigil_transactional_unacked is True
+    bound = queue(channel)
+    for _ in range(3):
+        bound.get(no_ack=False).ack()
+    assert broker_redis.hlen(keys["unacked_key"]) == 0
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 0
+
+
+def test_unacked_restored_on_close(connect, queue, keys, broker_redis):
+    publish(connect, queue, 5)
+    conn = connect()
+    bound = queue(conn.default_channel)
+    messages = [bound.get(no_ack=False) for _ in range(3)]
+    messages[0].ack()
+    assert broker_redis.llen(keys["queue"]) == 2
+    assert broker_redis.hlen(keys["unacked_key"]) == 2
+    conn.release()  # closes the channel, which restores its unacked messages
+    assert broker_redis.llen(keys["queue"]) == 4
+    assert broker_redis.hlen(keys["unacked_key"]) == 0
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 0
+
+
+@pytest.mark.parametrize("transport", [None, TRANSPORT], ids=["stock", "vigil"])
+def test_late_ack_on_detached_channel(connect, queue, keys, broker_redis, transport):
+    """After a broker connection loss Celery collects the connection while
+    acks_late tasks still run; their ack then goes through the detached channel."""
+    publish(connect, queue, 2)
+    conn = connect(transport)
+    channel = conn.default_channel
+    bound = queue(channel)
+    first, second = bound.get(no_ack=False), bound.get(no_ack=False)
+    first.ack()
+    channel.do_restore = False  # as when the restore already ran
+    conn.collect()
+    channel._pool = None
+    assert channel.connection is None
+    if transport is None:
+        with pytest.raises(AttributeError):
+            second.ack()
+        return
+    second.ack()
+    assert broker_redis.hlen(keys["unacked_key"]) == 0
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 0
+
+
+def test_restore_on_detached_channel_keeps_the_message(connect, queue, keys, broker_redis):
+    publish(connect, queue, 1)
+    conn = connect()
+    channel = conn.default_channel
+    message = queue(channel).get(no_ack=False)
+    qos = channel.qos
+    channel.do_restore = False
+    conn.collect()
+    with pytest.raises(redis.ConnectionError):
+        qos.restore_by_tag(message.delivery_tag)
+    assert broker_redis.hlen(keys["unacked_key"]) == 1
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 1
+
+
+def test_real_worker_uses_it_and_acks(celery_app, worker, test_env):
+    stats = celery_app.control.inspect(timeout=5).stats() or {}
+    assert stats, "no worker answered"
+    for info in stats.values():
+        assert info["broker"]["transport"] == TRANSPORT
+    results = [celery_app.send_task(names.ADMIN_PING) for _ in range(20)]
+    for result in results:
+        assert result.get(timeout=30)["status"] == "ok"
+    broker_db = redis.Redis.from_url(test_env["VIGIL_BROKER_URL"])
+    assert broker_db.llen(names.QUEUE_ADMIN) == 0
+    assert broker_db.hlen("unacked") == 0
