@@ -150,7 +150,9 @@ def flower_command(
     argv = celery_command(
         "tasks", "flower", f"--address={address}", f"--port={settings.flower_port}"
     )
-    env = {"FLOWER_BASIC_AUTH": basic_auth} if basic_auth else {}
+    # Without a login this is local-only on loopback (checked above): say so to
+    # the guard in tasks/flower_guard.py, which refuses an anonymous Flower otherwise.
+    env = {"FLOWER_BASIC_AUTH": basic_auth} if basic_auth else {"VIGIL_FLOWER_LOCAL_ONLY": "1"}
     return argv, env
 
 

@@ -42,7 +42,7 @@ def test_flower_refuses_to_start_without_auth() -> None:
 def test_local_only_flower_must_bind_to_loopback() -> None:
     argv, env = flower_command(_settings(), basic_auth=None, local_only=True)
     assert "--address=127.0.0.1" in argv
-    assert env == {}
+    assert env == {"VIGIL_FLOWER_LOCAL_ONLY": "1"}
     with pytest.raises(FlowerAuthError, match="loopback"):
         flower_command(_settings(flower_address="0.0.0.0"), basic_auth=None, local_only=True)
 
