@@ -2,7 +2,9 @@
 
 Fields may grow; their meaning never changes. Every string is bounded and every
 id is checked against ``ID_PATTERN`` so no id can reach into another user's keys
-(``:`` and ``*`` are refused).
+(``:`` and ``*`` are refused). A message's text limit is a setting
+(``VIGIL_MAX_TEXT_CHARS``); models read no settings, so the caller passes it in
+the validation context (``text_limit``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from models.types import Severity, UtcDatetime
 
@@ -25,7 +29,9 @@ Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_.\-]+$")]
 ShortText = Annotated[str, StringConstraints(max_length=200)]
 
-MAX_TEXT_CHARS = 8000
+DEFAULT_MAX_TEXT_CHARS = 8000
+# Validation-context key for the text limit; see ``text_limit``.
+TEXT_LIMIT_KEY = "max_text_chars"
 MAX_SIGNALS = 32
 MAX_ULM_NODES = 64
 MAX_OBSERVATIONS = 32
@@ -36,6 +42,12 @@ def _coerce_id(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
     return value
+
+
+def text_limit(max_text_chars: int) -> dict[str, int]:
+    """The validation context that makes ``max_text_chars`` a message's text limit:
+    ``MessageIn.model_validate(raw, context=text_limit(n))``."""
+    return {TEXT_LIMIT_KEY: max_text_chars}
 
 
 class _Strict(BaseModel):
@@ -50,12 +62,34 @@ class MessageIn(_Strict):
     guild_id: Id | None = None
     channel_id: Id | None = None
     user_id: Id
-    text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+    text: str
     sent_at: UtcDatetime
 
     _ids = field_validator("message_id", "guild_id", "channel_id", "user_id", mode="before")(
         _coerce_id
     )
+
+    @field_validator("text")
+    @classmethod
+    def _valid_text(cls, text: str, info: ValidationInfo) -> str:
+        """At most the limit from the context (the setting), else the default, and
+        encodable (no lone surrogates, which Redis and JSON cannot carry). Errors
+        name the rule, never the text."""
+        limit = (info.context or {}).get(TEXT_LIMIT_KEY, DEFAULT_MAX_TEXT_CHARS)
+        if len(text) > limit:
+            raise PydanticCustomError(
+                "string_too_long",
+                "String should have at most {max_length} characters",
+                {"max_length": limit},
+            )
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise PydanticCustomError(
+                "string_unicode",
+                "Input should be a valid string, unable to parse raw data as a unicode string",
+            ) from None
+        return text
 
 
 class ObservationIn(_Strict):

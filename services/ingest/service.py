@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import envelope_id
 from models.history import StoredMessage
-from models.payloads import DetectionIn, MessageIn, reasons_of
+from models.payloads import DetectionIn, MessageIn, reasons_of, text_limit
 from services.attribution import service as attribution
 from services.bonds import history, ledger
 from services.core import keys, scripts
@@ -44,12 +44,15 @@ class Batch:
     rejected: list[tuple[Any, list[str]]] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, model: Any, raws: Sequence[Any]) -> tuple[Batch, list[tuple[int, Any]]]:
-        """Validate every item; invalid ones are answered and set aside here."""
+    def parse(
+        cls, model: Any, raws: Sequence[Any], context: dict[str, Any] | None = None
+    ) -> tuple[Batch, list[tuple[int, Any]]]:
+        """Validate every item (``context``: the model's validation context);
+        invalid ones are answered and set aside here."""
         batch = cls([{} for _ in raws])
         valid = []
         for i, raw in enumerate(raws):
-            item, reasons = _parse(model, raw)
+            item, reasons = _parse(model, raw, context)
             if reasons:
                 batch.outcomes[i] = {"status": "rejected", "index": i, "reasons": reasons}
                 batch.rejected.append((raw, reasons))
@@ -64,11 +67,11 @@ class Batch:
         return {"status": "ok", **counts, "results": self.outcomes}
 
 
-def _parse(model, raw: Any) -> tuple[Any, list[str] | None]:
+def _parse(model, raw: Any, context: dict[str, Any] | None) -> tuple[Any, list[str] | None]:
     if not isinstance(raw, dict):
         return None, [f"payload: expected a JSON object, got {type(raw).__name__}"]
     try:
-        return model.model_validate(raw), None
+        return model.model_validate(raw, context=context), None
     except ValidationError as exc:
         return None, reasons_of(exc)
     except (ValueError, TypeError, RecursionError) as exc:
@@ -105,7 +108,7 @@ class IngestService:
 
     def messages(self, raws: Sequence[Any], now: float | None = None) -> Batch:
         now = time.time() if now is None else now
-        batch, valid = Batch.parse(MessageIn, raws)
+        batch, valid = Batch.parse(MessageIn, raws, text_limit(self.settings.max_text_chars))
         outcomes = batch.outcomes
 
         gates = scripts.run_batch(

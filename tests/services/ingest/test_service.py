@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,10 +12,12 @@ from sqlalchemy import func, select
 from models.payloads import DetectionIn, MessageIn
 from models.tables import DeadLetter
 from services.bonds import history, ledger
+from services.core import keys
 from services.core.settings import Settings
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
-from tests.helpers import INGEST_TASKS
+from tasks import names
+from tests.helpers import INGEST_TASKS, wait_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -239,3 +242,40 @@ def test_corrupt_bond_rejects_only_its_message(r, svc, db):
     assert r.get("abl:broken") == "{not json"  # left for an operator, not overwritten
     with db() as session:
         assert session.scalar(select(func.count()).select_from(DeadLetter)) == 1
+
+
+def dead_letter_rows(db) -> list[DeadLetter]:
+    with db() as session:
+        return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)))
+
+
+def test_text_limit_is_the_max_text_chars_setting(r, db):
+    limited = IngestService(r, Settings(max_text_chars=100), db, LexiconDetector(), **INGEST_TASKS)
+    out = limited.messages([msg(1, "a" * 100), msg(2, "secret " + "a" * 94)]).outcomes
+    assert [o["status"] for o in out] == ["accepted", "rejected"]
+    assert out[1]["reasons"] == ["text: String should have at most 100 characters"]
+    [row] = dead_letter_rows(db)
+    assert row.task_name == names.INGEST_MESSAGE and "secret" not in row.details
+    roomy = IngestService(r, Settings(max_text_chars=9000), db, LexiconDetector(), **INGEST_TASKS)
+    assert roomy.messages([msg(3, "a" * 8500)]).outcomes[0]["status"] == "accepted"
+
+
+def test_worker_started_with_max_text_chars_enforces_it(
+    r, db, settings, start_worker, celery_app, monkeypatch
+):
+    monkeypatch.setenv("VIGIL_MAX_TEXT_CHARS", "100")
+    # A queue only this worker consumes: the shared worker has the default limit.
+    queue = f"ingest-limit-{uuid.uuid4().hex[:8]}"
+    start_worker(concurrency=1, queues=(queue,))
+    for message in (msg(1, "a" * 100), msg(2, "secret " + "a" * 94)):
+        celery_app.send_task(names.INGEST_MESSAGE, kwargs=message, queue=queue)
+    wait_for(
+        lambda: r.get(keys.message_marker(settings, "discord", "m1")) == "done",
+        timeout=30,
+        what="the 100-character message applied",
+    )
+    [row] = wait_for(lambda: dead_letter_rows(db), timeout=30, what="the long one dead-lettered")
+    assert (row.task_name, row.reason) == (names.INGEST_MESSAGE, "rejected")
+    assert json.loads(row.details) == ["text: String should have at most 100 characters"]
+    assert json.loads(row.payload)["message_id"] == "m2"
+    assert r.get(keys.message_marker(settings, "discord", "m2")) is None
