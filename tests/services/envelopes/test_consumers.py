@@ -6,28 +6,10 @@ import threading
 import uuid
 from pathlib import Path
 
-import pytest
-import redis
-
-from services.core.clients import redis_url
 from services.envelopes import consumers, streams
 from tests.services.envelopes.test_streams import example_envelope, malformed_entries
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture
-def redis_client(r: redis.Redis) -> redis.Redis:
-    """The suite's text client (conftest's ``r``)."""
-    return r
-
-
-@pytest.fixture
-def bytes_client(settings):
-    """A bytes client on the same database, to write what a text client cannot."""
-    client = redis.Redis.from_url(redis_url(settings))
-    yield client
-    client.close()
 
 
 def test_reclaim_only_takes_idle_entries(redis_client, settings):

@@ -5,28 +5,12 @@ import logging
 import threading
 
 import pytest
-import redis
 
 from models.envelopes import ENVELOPE_CLASSES, EXAMPLE_PAYLOADS, STREAM_TOPICS, make_envelope
-from services.core.clients import redis_url
 from services.envelopes import streams
 
 ALL_TOPICS = sorted(ENVELOPE_CLASSES)
 SECRET = "SECRET-" + "x" * 300
-
-
-@pytest.fixture
-def redis_client(r: redis.Redis) -> redis.Redis:
-    """The suite's text client (conftest's ``r``)."""
-    return r
-
-
-@pytest.fixture
-def bytes_client(settings):
-    """A bytes client on the same database, to write what a text client cannot."""
-    client = redis.Redis.from_url(redis_url(settings))
-    yield client
-    client.close()
 
 
 def example_envelope(topic: str, **kwargs):
