@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import click
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from services.core import health
@@ -35,3 +36,15 @@ def _refuse_wrong_credentials(**_: object) -> None:
         result = check(settings)
         if not result["ok"] and "authentication failed" in result["error"]:
             raise SystemExit(f"vigil worker not started: {result['error']}")
+
+
+def running_under_flower() -> bool:
+    """True when this process is ``celery ... flower`` (not worker, beat, inspect...)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.find_root().command.name != "celery":
+        return False
+    while ctx is not None:
+        if ctx.info_name == "flower" or ctx.invoked_subcommand == "flower":
+            return True
+        ctx = ctx.parent
+    return False

@@ -4,9 +4,10 @@
 but Celery users start it with ``celery -A tasks flower``, which by itself
 binds every interface and serves the dashboard to anyone. Celery imports the
 ``tasks`` package before Flower reads its options, so ``tasks/__init__.py``
-calls ``install_if_flower()``; ``flowerconfig.py`` at the repository root
-calls ``install_from_config()`` for ``celery flower`` run there without
-``-A tasks``.
+imports this module and calls ``install()`` when the process is Flower (only
+then: Flower's options pull in what a worker never needs); ``flowerconfig.py``
+at the repository root calls ``install_from_config()`` for ``celery flower``
+run there without ``-A tasks``.
 
 The guard is a tornado parse callback: Flower runs it once its options are
 resolved (``FLOWER_*`` environment, command line, ``flowerconfig.py``) and
@@ -22,9 +23,11 @@ import ipaddress
 import os
 from typing import NoReturn
 
-import click
 from pydantic import ValidationError
 from tornado.options import options
+
+# Defines Flower's options (address, basic_auth, ...) before the guard reads them.
+import flower.options  # noqa: F401  isort: skip
 
 from services.core.settings import Settings
 
@@ -34,24 +37,6 @@ _installed = False
 # the last parse is what it runs with.
 _parses_seen = 0
 _config_loaded = False
-
-
-def running_under_flower() -> bool:
-    """True when this process is ``celery ... flower`` (not worker, beat, inspect...)."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or ctx.find_root().command.name != "celery":
-        return False
-    while ctx is not None:
-        if ctx.info_name == "flower" or ctx.invoked_subcommand == "flower":
-            return True
-        ctx = ctx.parent
-    return False
-
-
-def install_if_flower() -> None:
-    """Install the guard when the ``tasks`` package is imported for ``celery flower``."""
-    if running_under_flower():
-        install()
 
 
 def install_from_config() -> None:
@@ -66,10 +51,6 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    # Here, not at the top: every worker imports ``tasks``, and Flower's option
-    # definitions pull in prometheus_client, which only Flower needs.
-    import flower.options  # noqa: F401 - defines address, basic_auth, ...
-
     options.add_parse_callback(_enforce)
     _installed = True
 
