@@ -13,6 +13,7 @@ finishes the work without counting or publishing anything twice.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 from redis.exceptions import ResponseError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import envelope_id
@@ -34,6 +36,8 @@ from services.core.settings import Settings
 from services.deadletters import store
 from services.envelopes import outbox
 from services.ingest.detector import Detector, DetectorFailed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -229,7 +233,12 @@ class IngestService:
 
     def _attribution(self, dets: list[DetectionIn]) -> dict[str, int]:
         """Observations go to PostgreSQL in one transaction, before the Redis
-        apply: both sides are idempotent, so a retry after either fails is safe."""
+        apply: both sides are idempotent, so a retry after either fails is safe.
+
+        The envelopes that transaction put in the outbox are relayed right after
+        it commits. A failed relay does not fail the ingest (its work is
+        committed): the rows stay pending and ``vigil.periodic.relay_outbox``
+        publishes them."""
         with_obs = [d for d in dets if d.observations]
         if not with_obs:
             return {}
@@ -241,7 +250,14 @@ class IngestService:
             if res.get("changed"):
                 changed[str(res.get("detection_id"))] += 1
         if changed:
-            outbox.relay(self.sessions, self.redis_client, self.settings)
+            try:
+                outbox.relay(self.sessions, self.redis_client, self.settings)
+            except (redis.RedisError, SQLAlchemyError) as exc:
+                # The error's type only: its text may quote what was being written.
+                log.warning(
+                    "outbox relay after ingest failed (%s); the periodic relay will publish",
+                    type(exc).__name__,
+                )
         return dict(changed)
 
     @staticmethod
