@@ -22,7 +22,7 @@ import redis
 from models.bond import Bond, BondEvent, RateLimit
 from models.envelopes import envelope_id
 from models.payloads import DetectionIn
-from services.core import keys, scripts
+from services.core import dedupe, keys, scripts
 from services.core.settings import Settings
 
 
@@ -105,8 +105,22 @@ def detection_args(
     marker: str,
     history: dict[str, Any] | None,
     now: float,
+    dedupe_entry: tuple[str, str] | None = None,
+    position: int = 0,
 ) -> scripts.Item:
-    """Keys and arguments of one detection for ``apply_detection.lua``."""
+    """Keys and arguments of one detection for ``apply_detection.lua``.
+
+    ``marker`` is the pre-upgrade marker key: the cause of the envelope ids (so
+    they stay what they were) and read in case it is still there.
+    ``dedupe_entry`` is the (hash, field) that records the detection applied,
+    by default its own id in the user's detection hash; a message passes its
+    message's entry. ``position`` is its index in the batch."""
+    if dedupe_entry is None:
+        dedupe_entry = (
+            keys.detection_dedupe(settings, det.platform, det.user_id),
+            keys.dedupe_field(det.detection_id),
+        )
+    dedupe_key, dedupe_field = dedupe_entry
     doc = {
         "user_id": det.user_id,
         "guild_id": det.guild_id,
@@ -117,7 +131,8 @@ def detection_args(
         "correlation_id": det.message_id or det.detection_id,
         "events_max": settings.events_max,
         "maxlen": settings.stream_maxlen,
-        "marker_ttl": settings.dedupe_ttl_days * 86_400,
+        "field": dedupe_field,
+        **dedupe.script_args(settings, now, position),
         "envelope_ids": {
             "phase": envelope_id(marker, "bond.phase_transition"),
             "risk": envelope_id(marker, "bond.risk_change"),
@@ -137,6 +152,7 @@ def detection_args(
     bond_keys = [
         keys.bond(settings, det.user_id),
         keys.events(settings, det.user_id),
+        dedupe_key,
         marker,
         keys.history(settings, det.guild_id, det.user_id),
         settings.stream_bond,

@@ -8,6 +8,7 @@ get here: no ``:`` or glob characters, so no id can name another user's key.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 from services.core.settings import Settings
@@ -32,11 +33,41 @@ def history_pattern(settings: Settings, user_id: str) -> str:
 
 
 def message_marker(settings: Settings, platform: str, message_id: str) -> str:
+    """The per-message marker key written before dedupe moved to per-user hashes.
+
+    Still the cause of a message's envelope ids (so they did not change), and
+    read by the scripts so a message redelivered across the upgrade is known."""
     return f"{settings.vigil_prefix}seen:msg:{platform}:{message_id}"
 
 
 def detection_marker(settings: Settings, detection_id: str) -> str:
+    """The per-detection marker key from before the upgrade; see ``message_marker``."""
     return f"{settings.vigil_prefix}seen:det:{detection_id}"
+
+
+def message_dedupe(settings: Settings, platform: str, user_id: str) -> str:
+    """Hash of the user's recently seen message ids: field ``dedupe_field(id)``,
+    value ``stamp_ms * 4 + state`` (services/ingest/dedupe.py reads it)."""
+    return f"{settings.vigil_prefix}dedupe:msg:{platform}:{user_id}"
+
+
+def detection_dedupe(settings: Settings, platform: str, user_id: str) -> str:
+    """Hash of the user's recently applied detection ids, laid out as ``message_dedupe``."""
+    return f"{settings.vigil_prefix}dedupe:det:{platform}:{user_id}"
+
+
+# Longer ids are hashed: a hash field over 64 bytes (hash-max-listpack-value)
+# would turn the user's whole hash from a listpack into a table.
+DEDUPE_FIELD_MAX = 40
+
+
+def dedupe_field(item_id: str) -> str:
+    """The field an id takes in a dedupe hash: the id itself (a numeric one is
+    stored by Redis as an integer), or ``#`` and 24 hex digits of its SHA-1 when
+    longer than ``DEDUPE_FIELD_MAX``; ``#`` cannot start a valid id."""
+    if len(item_id) <= DEDUPE_FIELD_MAX:
+        return item_id
+    return "#" + hashlib.sha1(item_id.encode()).hexdigest()[:24]  # noqa: S324  (not a secret)
 
 
 def day_start(now: float) -> int:

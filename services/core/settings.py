@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     attribution_hash_window_s: int = Field(default=86_400, ge=60)
     correlator_interval_s: float = Field(default=60.0, gt=0)
 
+    # Dedupe state: one hash per (platform, user), not one key per message. An id
+    # is recognised as seen for dedupe_window_s and while it is among the user's
+    # last dedupe_max_per_user ids; keep max * 1.25 within Redis's
+    # hash-max-listpack-entries (128 by default) so each hash stays a listpack.
+    dedupe_window_s: int = Field(default=7 * 86_400, ge=60)
+    dedupe_max_per_user: int = Field(default=100, ge=4, le=100_000)
+
     # Dead letters.
     dead_letter_retention_days: int = Field(default=30, ge=1)
 

@@ -57,6 +57,14 @@ def erase_user(
     removed["bond"] = int(redis_client.delete(keys.bond(settings, user_id)))
     removed["events"] = int(redis_client.llen(keys.events(settings, user_id)))
     redis_client.delete(keys.events(settings, user_id), *history_keys)
+    # Which of this user's message and detection ids were seen; pre-upgrade
+    # marker keys are named by id alone, cannot be found by user and expire.
+    dedupe_keys = (
+        keys.message_dedupe(settings, platform, user_id),
+        keys.detection_dedupe(settings, platform, user_id),
+    )
+    removed["dedupe_entries"] = sum(int(redis_client.hlen(k)) for k in dedupe_keys)
+    redis_client.delete(*dedupe_keys)
 
     with sessions() as session, session.begin():
         counts = repository.erase_actor(session, platform, user_id)

@@ -31,7 +31,7 @@ from models.history import StoredMessage
 from models.payloads import DetectionIn, MessageIn, reasons_of, text_limit
 from services.attribution import service as attribution
 from services.bonds import history, ledger
-from services.core import keys, scripts
+from services.core import dedupe, keys, scripts
 from services.core.settings import Settings
 from services.deadletters import store
 from services.envelopes import outbox
@@ -116,7 +116,7 @@ class IngestService:
         outcomes = batch.outcomes
 
         gates = scripts.run_batch(
-            self.redis_client, "ingest_gate", [self._gate_item(m, now) for _, m in valid]
+            self.redis_client, "ingest_gate", [self._gate_item(m, now, i) for i, m in valid]
         )
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None]] = []
         # Messages earlier in this batch are context for later ones of the same user.
@@ -166,8 +166,10 @@ class IngestService:
                 marker=keys.message_marker(self.settings, msg.platform, msg.message_id),
                 history=entry,
                 now=now,
+                dedupe_entry=self._dedupe_entry(msg),
+                position=i,
             )
-            for _, msg, det, entry in to_apply
+            for i, msg, det, entry in to_apply
         ]
         applied = scripts.run_batch(self.redis_client, "apply_detection", calls)
         for (i, msg, det, _), reply in zip(to_apply, applied, strict=True):
@@ -177,10 +179,20 @@ class IngestService:
         store.reject(self.sessions, self.message_task, batch.rejected)
         return batch
 
-    def _gate_item(self, msg: MessageIn, now: float) -> scripts.Item:
+    def _dedupe_entry(self, msg: MessageIn) -> tuple[str, str]:
+        """Where a message's dedupe state lives: its user's hash, its id's field."""
+        return (
+            keys.message_dedupe(self.settings, msg.platform, msg.user_id),
+            keys.dedupe_field(msg.message_id),
+        )
+
+    def _gate_item(self, msg: MessageIn, now: float, position: int) -> scripts.Item:
+        # The pre-upgrade marker key: read if still there, and the envelope ids' cause.
         marker = keys.message_marker(self.settings, msg.platform, msg.message_id)
+        dedupe_key, dedupe_field = self._dedupe_entry(msg)
         item_keys = [
             keys.bond(self.settings, msg.user_id),
+            dedupe_key,
             marker,
             keys.history(self.settings, msg.guild_id, msg.user_id),
             self.settings.stream_bond,
@@ -193,7 +205,8 @@ class IngestService:
             "day_start": keys.day_start(now),
             "default_cap": self.settings.default_daily_cap,
             "context_limit": self.context_limit,
-            "marker_ttl": self.settings.dedupe_ttl_days * 86_400,
+            "field": dedupe_field,
+            **dedupe.script_args(self.settings, now, position),
             "maxlen": self.settings.stream_maxlen,
             "now": now,
             "envelope_id": envelope_id(marker, "message.rate_limited"),
@@ -215,8 +228,9 @@ class IngestService:
                 marker=keys.detection_marker(self.settings, det.detection_id),
                 history=None,
                 now=now,
+                position=i,
             )
-            for _, det in valid
+            for i, det in valid
         ]
         applied = scripts.run_batch(self.redis_client, "apply_detection", calls)
         for (i, det), reply in zip(valid, applied, strict=True):

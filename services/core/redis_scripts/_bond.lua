@@ -67,3 +67,55 @@ local function publish(stream, maxlen, env)
   -- cjson encodes the empty meta table as {}, which is what the contract wants.
   return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', cjson.encode(env))
 end
+
+-- Dedupe state (keys.message_dedupe / detection_dedupe; read by services/ingest/dedupe.py):
+-- one hash per (platform, user), field = id, value = stamp_ms * 4 + state code, where
+-- stamp_ms is when the id was first seen. d = {now_ms, window_ms, max, slack}.
+-- An entry older than the window counts as absent; past max + slack entries the
+-- hash is pruned to its newest max live ones, so its size is bounded per user.
+local DEDUPE_STATE = {'counted', 'limited', 'done'}
+local DEDUPE_CODE = {counted = 1, limited = 2, done = 3}
+
+local function dedupe_live(raw, d)
+  local v = tonumber(raw)
+  if v == nil then return nil end
+  local code = v % 4
+  local stamp = (v - code) / 4
+  if d.now_ms - stamp >= d.window_ms then return nil end
+  return DEDUPE_STATE[code], stamp
+end
+
+-- The id's live state and first-seen stamp; else the state its pre-upgrade
+-- marker key holds (a redelivery across the upgrade), with no stamp.
+local function dedupe_get(key, legacy_key, field, d)
+  local state, stamp = dedupe_live(redis.call('HGET', key, field), d)
+  if state then return state, stamp end
+  local legacy = redis.call('GET', legacy_key)
+  if legacy == 'counted' or legacy == 'limited' or legacy == 'done' then return legacy, nil end
+  return nil, nil
+end
+
+local function dedupe_prune(key, d)
+  local flat = redis.call('HGETALL', key)
+  local live, drop = {}, {}
+  for i = 1, #flat, 2 do
+    if dedupe_live(flat[i + 1], d) then
+      live[#live + 1] = {flat[i], tonumber(flat[i + 1])}
+    else
+      drop[#drop + 1] = flat[i]
+    end
+  end
+  if #live > d.max then
+    table.sort(live, function(x, y) return x[2] < y[2] end)
+    for i = 1, #live - d.max do drop[#drop + 1] = live[i][1] end
+  end
+  for i = 1, #drop, 500 do
+    redis.call('HDEL', key, unpack(drop, i, math.min(i + 499, #drop)))
+  end
+end
+
+local function dedupe_set(key, field, state, stamp, d)
+  redis.call('HSET', key, field, string.format('%.0f', stamp * 4 + DEDUPE_CODE[state]))
+  redis.call('PEXPIRE', key, d.window_ms)
+  if redis.call('HLEN', key) > d.max + d.slack then dedupe_prune(key, d) end
+end

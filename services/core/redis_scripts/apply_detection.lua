@@ -1,11 +1,13 @@
 -- Round trip 2 of a batch: apply each detection to the bond, its events,
--- history and stream, all or nothing per detection, exactly once per marker.
--- KEYS: 5 per detection: bond, events, marker, history, bond_stream
+-- history and stream, all or nothing per detection, exactly once per dedupe entry.
+-- KEYS: 6 per detection: bond, events, dedupe hash, pre-upgrade marker, history,
+--   bond_stream
 -- ARGV[1]: JSON array, one object per detection (see services/bonds.py: detection_args)
 -- Returns one reply per detection: {'duplicate'} | {'applied', changed, stored} | {'error', reason}
 
-local function apply(bond_key, events_key, marker_key, history_key, stream, a)
-  if redis.call('GET', marker_key) == 'done' then
+local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, stream, a)
+  local seen, first_seen = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
+  if seen == 'done' then
     return {'duplicate'}
   end
 
@@ -74,15 +76,17 @@ local function apply(bond_key, events_key, marker_key, history_key, stream, a)
     stored = 1
   end
 
-  redis.call('SET', marker_key, 'done', 'EX', a.marker_ttl)
+  -- Keep the first-seen stamp the gate wrote: the user's ids stay in arrival order.
+  dedupe_set(dedupe_key, a.field, 'done', first_seen or a.stamp, a.dedupe)
   return {'applied', table.concat(changed, ','), tostring(stored)}
 end
 
 local docs = cjson.decode(ARGV[1])
 local out = {}
 for i, a in ipairs(docs) do
-  local k = (i - 1) * 5
-  local ok, res = pcall(apply, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a)
+  local k = (i - 1) * 6
+  local ok, res = pcall(apply, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
+                        KEYS[k + 6], a)
   if ok then out[i] = res else out[i] = {'error', tostring(res)} end
 end
 return out

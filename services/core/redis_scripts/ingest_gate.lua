@@ -1,6 +1,6 @@
 -- Round trip 1 of a batch of messages: for each, dedupe, atomic daily-cap
 -- check-and-count, and its history context.
--- KEYS: 4 per message: bond, marker, history, bond_stream
+-- KEYS: 5 per message: bond, dedupe hash, pre-upgrade marker, history, bond_stream
 -- ARGV[1]: JSON array, one object per message (see services/ingest/service.py: _gate_item)
 -- Returns one reply per message: {'duplicate', marker} | {'rate_limited', cap, count}
 --   | {'accepted', count_or_'redelivered', context} | {'error', reason}
@@ -11,8 +11,8 @@ local function context(history_key, limit)
   return redis.call('ZRANGE', history_key, -limit, -1)
 end
 
-local function gate(bond_key, marker_key, history_key, stream, a)
-  local marker = redis.call('GET', marker_key)
+local function gate(bond_key, dedupe_key, legacy_key, history_key, stream, a)
+  local marker = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
   if marker == 'done' or marker == 'limited' then
     return {'duplicate', marker}
   end
@@ -29,7 +29,7 @@ local function gate(bond_key, marker_key, history_key, stream, a)
 
   if cap > 0 and count >= cap then
     redis.call('SET', bond_key, encode_bond(bond))
-    redis.call('SET', marker_key, 'limited', 'EX', a.marker_ttl)
+    dedupe_set(dedupe_key, a.field, 'limited', a.stamp, a.dedupe)
     publish(stream, a.maxlen, {
       schema_version = '1', envelope_id = a.envelope_id, topic = 'message.rate_limited',
       published_at = a.published_at, correlation_id = a.message_id, meta = {},
@@ -42,15 +42,15 @@ local function gate(bond_key, marker_key, history_key, stream, a)
   bond.daily_msg_count = count + 1
   bond.last_updated = a.now
   redis.call('SET', bond_key, encode_bond(bond))
-  redis.call('SET', marker_key, 'counted', 'EX', a.marker_ttl)
+  dedupe_set(dedupe_key, a.field, 'counted', a.stamp, a.dedupe)
   return {'accepted', tostring(count + 1), context(history_key, a.context_limit)}
 end
 
 local docs = cjson.decode(ARGV[1])
 local out = {}
 for i, a in ipairs(docs) do
-  local k = (i - 1) * 4
-  local ok, res = pcall(gate, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], a)
+  local k = (i - 1) * 5
+  local ok, res = pcall(gate, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a)
   if ok then out[i] = res else out[i] = {'error', tostring(res)} end
 end
 return out

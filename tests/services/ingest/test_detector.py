@@ -18,7 +18,7 @@ from celery.signals import worker_process_shutdown
 
 from models.history import StoredMessage
 from models.payloads import MessageIn
-from services.core import keys
+from services.core import dedupe
 from services.core.errors import TransientError
 from services.core.settings import Settings
 from services.ingest import detector
@@ -224,9 +224,13 @@ def test_worker_reuses_one_detector_connection_per_process_and_closes_it_at_shut
             },
             queue=queue,
         )
-    markers = [keys.message_marker(settings, "discord", message_id) for message_id in ids]
     wait_for(
-        lambda: r.mget(markers) == ["done"] * len(ids), timeout=60, what="every message applied"
+        lambda: all(
+            dedupe.message_state(r, settings, "discord", f"conn-user-{i % 3}", message_id) == "done"
+            for i, message_id in enumerate(ids)
+        ),
+        timeout=60,
+        what="every message applied",
     )
     assert sorted(detector_server.message_ids) == sorted(ids)
     opened, _ = detector_server.counts()

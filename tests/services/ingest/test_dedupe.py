@@ -1,0 +1,246 @@
+"""Dedupe state of messages and detections: one bounded hash per (platform, user)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from models.envelopes import envelope_id
+from services.bonds import ledger
+from services.core import dedupe, keys
+from services.core.settings import Settings
+from services.ingest.detector import LexiconDetector
+from services.ingest.service import IngestService
+from tests.helpers import INGEST_TASKS
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+NOW = T0.timestamp()
+
+
+def msg(i: int, user: str = "u1", text: str = "I feel sad", **kw: Any) -> dict[str, Any]:
+    return {
+        "message_id": f"m{i}",
+        "user_id": user,
+        "guild_id": "g1",
+        "text": text,
+        "sent_at": (T0 + timedelta(seconds=i)).isoformat(),
+        **kw,
+    }
+
+
+def detection(i: int, user: str = "u1", phase: str = "concern") -> dict[str, Any]:
+    return {
+        "detection_id": f"d{i}",
+        "user_id": user,
+        "observed_at": T0.isoformat(),
+        "phase": phase,
+        "risk_level": "medium",
+    }
+
+
+def service(r, db, settings: Settings, detector: Any = None) -> IngestService:
+    return IngestService(r, settings, db, detector or LexiconDetector(), **INGEST_TASKS)
+
+
+def statuses(batch) -> list[str]:
+    return [o["status"] for o in batch.outcomes]
+
+
+def bond_stream(r, settings) -> list[dict[str, Any]]:
+    return [json.loads(f["data"]) for _, f in r.xrange(settings.stream_bond)]
+
+
+def count(r, settings, user: str = "u1") -> int:
+    return ledger.load(r, settings, user).daily_msg_count
+
+
+def test_duplicates_within_the_window_publish_nothing_and_envelope_ids_are_unchanged(
+    r, db, settings
+):
+    svc = service(r, db, settings)
+    assert statuses(svc.messages([msg(1), msg(2)], now=NOW)) == ["accepted"] * 2
+    published = bond_stream(r, settings)
+    later = NOW + settings.dedupe_window_s - 1
+    assert statuses(svc.messages([msg(1), msg(2)], now=later)) == ["duplicate"] * 2
+    assert bond_stream(r, settings) == published and count(r, settings) == 2
+    # Envelope ids still derive from the pre-upgrade marker key name.
+    marker = keys.message_marker(settings, "discord", "m1")
+    phase = next(e for e in published if e["topic"] == "bond.phase_transition")
+    assert phase["envelope_id"] == envelope_id(marker, "bond.phase_transition")
+    # No per-message keys: one hash for the user holds both ids.
+    assert r.keys("vigil:seen:*") == []
+    entry_key = keys.message_dedupe(settings, "discord", "u1")
+    assert dedupe.states(r, settings, entry_key, now=NOW) == {"m1": "done", "m2": "done"}
+
+
+def test_detection_duplicates_are_keyed_by_user(r, db, settings):
+    svc = service(r, db, settings)
+    assert statuses(svc.detections([detection(1), detection(1)], now=NOW)) == [
+        "accepted",
+        "duplicate",
+    ]
+    assert statuses(svc.detections([detection(1)], now=NOW + 60)) == ["duplicate"]
+    assert dedupe.detection_state(r, settings, "discord", "u1", "d1", now=NOW) == "done"
+    # The same detection id for another user is that user's own detection.
+    assert statuses(svc.detections([detection(1, user="u2")], now=NOW)) == ["accepted"]
+
+
+def test_rate_limited_stays_rate_limited_on_redelivery(r, db, settings):
+    svc = service(r, db, settings)
+    ledger.set_cap(r, settings, "u1", 1)
+    assert statuses(svc.messages([msg(1), msg(2)], now=NOW)) == ["accepted", "rate_limited"]
+    ledger.set_cap(r, settings, "u1", 0)  # even with room now, m2 stays what it was
+    assert statuses(svc.messages([msg(2)], now=NOW + 1)) == ["duplicate"]
+    assert dedupe.message_state(r, settings, "discord", "u1", "m2", now=NOW) == "limited"
+    limited = [e for e in bond_stream(r, settings) if e["topic"] == "message.rate_limited"]
+    assert len(limited) == 1
+
+
+def test_past_the_window_a_message_is_accepted_again(r, db, settings):
+    """Documented limit: an id is forgotten once it is dedupe_window_s old."""
+    svc = service(r, db, settings)
+    svc.messages([msg(1)], now=NOW)
+    again = NOW + settings.dedupe_window_s
+    assert statuses(svc.messages([msg(1)], now=again)) == ["accepted"]
+    assert count(r, settings) == 1  # counted again, in that later day's count
+    key = keys.message_dedupe(settings, "discord", "u1")
+    assert 0 < r.pttl(key) <= settings.dedupe_window_s * 1000  # idle users' hashes expire
+
+
+def test_past_the_cap_the_oldest_ids_are_accepted_again(r, db):
+    """Documented limit: only a user's last dedupe_max_per_user ids are kept for sure."""
+    small = Settings(dedupe_max_per_user=8)  # pruned past 8 + 2 back to the newest 8
+    svc = service(r, db, small)
+    svc.messages([msg(i) for i in range(11)], now=NOW)
+    key = keys.message_dedupe(small, "discord", "u1")
+    assert set(r.hkeys(key)) == {f"m{i}" for i in range(3, 11)}
+    assert statuses(svc.messages([msg(i) for i in range(3, 11)], now=NOW + 1)) == ["duplicate"] * 8
+    assert statuses(svc.messages([msg(0)], now=NOW + 2)) == ["accepted"]
+
+
+def test_pruning_keeps_arrival_order_across_batches(r, db):
+    small = Settings(dedupe_max_per_user=8)
+    svc = service(r, db, small)
+    for i in range(20):  # one message a call, 10 ms apart
+        svc.messages([msg(i)], now=NOW + i / 100)
+    key = keys.message_dedupe(small, "discord", "u1")
+    kept = set(r.hkeys(key))
+    assert len(kept) <= 10 and {f"m{i}" for i in range(12, 20)} <= kept
+
+
+class WorkerKilled(BaseException):
+    """Stands for the process dying: nothing after the gate runs."""
+
+
+class DiesAfterGate(LexiconDetector):
+    """A worker killed between the gate and the apply: the gate has counted."""
+
+    def detect(self, m, context):
+        raise WorkerKilled
+
+
+def test_redelivery_between_gate_and_apply_counts_once(r, db, settings):
+    with pytest.raises(WorkerKilled):
+        service(r, db, settings, DiesAfterGate()).messages([msg(1, text="I feel hopeless")])
+    assert dedupe.message_state(r, settings, "discord", "u1", "m1") == "counted"
+    assert count(r, settings) == 1 and bond_stream(r, settings) == []
+    svc = service(r, db, settings)
+    assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["accepted"]
+    assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["duplicate"]
+    assert count(r, settings) == 1
+    assert dedupe.message_state(r, settings, "discord", "u1", "m1") == "done"
+    topics = [e["topic"] for e in bond_stream(r, settings)]
+    assert topics.count("bond.phase_transition") == 1
+
+
+def test_markers_written_before_the_upgrade_are_still_read(r, db, settings):
+    r.set(keys.message_marker(settings, "discord", "old-done"), "done", ex=600)
+    r.set(keys.message_marker(settings, "discord", "old-limited"), "limited", ex=600)
+    r.set(keys.message_marker(settings, "discord", "old-counted"), "counted", ex=600)
+    r.set(keys.detection_marker(settings, "old-det"), "done", ex=600)
+    ids = ("old-done", "old-limited", "old-counted")
+    batch = [{**msg(i), "message_id": mid} for i, mid in enumerate(ids)]
+    svc = service(r, db, settings)
+    assert statuses(svc.messages(batch)) == ["duplicate", "duplicate", "accepted"]
+    assert count(r, settings) == 0  # 'counted' before the upgrade: not counted again
+    assert dedupe.message_state(r, settings, "discord", "u1", "old-counted") == "done"
+    old_detection = {**detection(0), "detection_id": "old-det"}
+    assert statuses(svc.detections([old_detection])) == ["duplicate"]
+
+
+def test_a_long_id_takes_a_short_field(r, db, settings):
+    long_id = "x" * 128
+    svc = service(r, db, settings)
+    assert statuses(svc.messages([{**msg(1), "message_id": long_id}])) == ["accepted"]
+    assert statuses(svc.messages([{**msg(1), "message_id": long_id}])) == ["duplicate"]
+    [field] = r.hkeys(keys.message_dedupe(settings, "discord", "u1"))
+    assert field == keys.dedupe_field(long_id) and len(field) == 25
+
+
+def test_one_users_dedupe_memory_is_bounded_whatever_the_message_count(r, db, settings):
+    svc = service(r, db, settings)
+    for start in range(0, 5_000, 500):
+        batch = [
+            {**msg(i, text="hello"), "message_id": str(1_187_654_321_000_000_000 + i)}
+            for i in range(start, start + 500)
+        ]
+        svc.messages(batch, now=NOW + start)
+    key = keys.message_dedupe(settings, "discord", "u1")
+    cap = settings.dedupe_max_per_user
+    assert settings.dedupe_max_per_user <= r.hlen(key) <= cap + cap // 4
+    listpack_limit = int(r.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"])
+    if listpack_limit >= cap + cap // 4:
+        assert r.object("encoding", key) == "listpack"
+        assert r.memory_usage(key) < 3_000  # about 20 bytes an entry
+    assert r.keys("vigil:seen:*") == []
+
+
+def _race(env: dict[str, str], batches: list[list[dict[str, Any]]], start: Any, now: float) -> None:
+    """One racing process: its own clients, the same message ids as the others."""
+    import os
+
+    os.environ.update(env)
+    from services.core.clients import get_redis, session_factory
+
+    settings = Settings()
+    svc = IngestService(
+        get_redis(settings), settings, session_factory(settings), LexiconDetector(), **INGEST_TASKS
+    )
+    start.wait()
+    for batch in batches:
+        svc.messages(batch, now=now)
+
+
+def test_processes_racing_the_same_message_ids_count_each_once(r, db, settings, test_env):
+    users = [f"race{u}" for u in range(4)]
+    texts = ["I feel sad", "hello", "I feel hopeless and worthless"]
+    messages = [
+        {**msg(i, user=users[i % 4], text=texts[i % 3]), "message_id": f"r{i}"} for i in range(200)
+    ]
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(4)
+    procs = []
+    for p in range(4):
+        ordered = messages if p % 2 == 0 else messages[::-1]
+        batches = [ordered[i : i + 10 + p] for i in range(0, len(ordered), 10 + p)]
+        procs.append(ctx.Process(target=_race, args=(test_env, batches, start, NOW)))
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    assert sum(count(r, settings, u) for u in users) == 200
+    for u in users:
+        states = dedupe.states(r, settings, keys.message_dedupe(settings, "discord", u), now=NOW)
+        assert list(states.values()) == ["done"] * 50
+    envelopes = bond_stream(r, settings)
+    ids = [e["envelope_id"] for e in envelopes]
+    assert len(ids) == len(set(ids))  # nothing published twice
+    for u in users:
+        events = ledger.get_events(r, settings, u, limit=500)
+        transitions = [e for e in envelopes if e["payload"]["user_id"] == u]
+        assert len(events) == len(transitions)
