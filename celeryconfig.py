@@ -7,8 +7,9 @@ from ``services.core.settings`` so workers, beat, the CLI and Flower agree.
 from __future__ import annotations
 
 from celery.schedules import crontab
-from kombu import Exchange, Queue
 
+from services.client import is_amqp, publish_transport_options
+from services.client import task_queues as _task_queues
 from services.core.clients import broker_url as _broker_url
 from services.core.clients import redis_url as _redis_url
 from services.core.settings import get_settings
@@ -36,31 +37,45 @@ result_accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-# Queues, routed by task-name prefix.
-task_queues = tuple(Queue(queue, Exchange(queue), routing_key=queue) for queue in names.QUEUES)
+# Queues, routed by task-name prefix. On RabbitMQ they are quorum queues on
+# topic exchanges (services/client.py says why); Celery then turns off global
+# QoS (quorum queues refuse it) and sends retry countdowns through RabbitMQ's
+# native delayed delivery instead of holding them in the worker.
+task_queues = _task_queues(broker_url)
+worker_detect_quorum_queues = True
 task_default_queue = names.QUEUE_INGEST
 task_routes = {f"vigil.{queue}.*": {"queue": queue, "routing_key": queue} for queue in names.QUEUES}
 
 # Delivery: every state-changing task is idempotent, so ack after the work and
-# redeliver when a worker dies mid-task.
+# redeliver when a worker dies mid-task. Messages are persistent (written to
+# disk by RabbitMQ; Redis keeps them as its persistence settings say).
 task_acks_late = True
 task_reject_on_worker_lost = True
+task_default_delivery_mode = "persistent"
 worker_prefetch_multiplier = 4
-# One visibility timeout for broker and result transport (settings explain the
-# bound it sets on time limits and retry countdowns).
-broker_transport_options: dict = {
-    "visibility_timeout": _settings.visibility_timeout,
-    # kombu sweeps for expired unacked messages every interval x throttle seconds.
-    "unacked_restore_interval": _settings.unacked_restore_interval,
-    "unacked_restore_throttle": 1,
-}
+if is_amqp(broker_url):
+    # Publisher confirms: a send (a retry, a replay, beat) returns once RabbitMQ has it.
+    broker_transport_options: dict = publish_transport_options(broker_url)
+else:
+    # Redis: one visibility timeout for broker and result transport; settings
+    # explain the bound it sets on time limits and retry countdowns, and check it.
+    broker_transport_options = {
+        "visibility_timeout": _settings.visibility_timeout,
+        # kombu sweeps for expired unacked messages every interval x throttle seconds.
+        "unacked_restore_interval": _settings.unacked_restore_interval,
+        "unacked_restore_throttle": _settings.unacked_restore_throttle,
+        # A worker killed during a sweep leaves the sweep lock held this long.
+        "unacked_mutex_expire": _settings.unacked_mutex_expire,
+    }
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}
 broker_connection_retry_on_startup = True
 
 task_ignore_result = True
 task_store_errors_even_if_ignored = False
-task_time_limit = 300
-task_soft_time_limit = 240
+# Every task's limits unless it sets lower ones; each fits under the visibility
+# timeout with the longest retry countdown (checked by the settings).
+task_time_limit = _settings.task_time_limit
+task_soft_time_limit = _settings.task_soft_time_limit
 
 # Flower shows tasks only with events; argsrepr/kwargsrepr are redacted by the
 # task request class, so events never carry message text.

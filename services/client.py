@@ -3,6 +3,11 @@
 Sends by task name only, so a frontend needs nothing of vigil but this module
 and Celery; batches go out through one producer connection. Frontends in other
 languages publish the same JSON kwargs (see README, "Task contract").
+
+The queue declarations live here too (``task_queues``), because a sender
+declares the queue it publishes to and must declare it exactly as the workers
+do: on RabbitMQ a quorum queue redeclared as classic fails with
+PRECONDITION_FAILED. ``celeryconfig`` takes them from here.
 """
 
 from __future__ import annotations
@@ -11,10 +16,14 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from itertools import islice
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from tasks import names
+
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 MESSAGE_TASK = names.INGEST_MESSAGE
 BATCH_TASK = names.INGEST_MESSAGES
@@ -31,6 +40,39 @@ def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield chunk
 
 
+def is_amqp(broker_url: str) -> bool:
+    """True for a RabbitMQ (AMQP 0-9-1) broker URL."""
+    return urlsplit(broker_url).scheme in AMQP_SCHEMES
+
+
+def task_queues(broker_url: str) -> tuple[Queue, ...]:
+    """vigil's queues as workers and senders declare them on this broker.
+
+    On RabbitMQ: durable quorum queues (replicated, and what RabbitMQ 4 keeps
+    for durable work) bound to topic exchanges, which Celery's native delayed
+    delivery needs for retry countdowns on quorum queues (it refuses direct
+    exchanges). On Redis: plain queues on direct exchanges, as before.
+    """
+    if is_amqp(broker_url):
+        return tuple(
+            Queue(
+                queue,
+                Exchange(queue, type="topic", durable=True),
+                routing_key=queue,
+                durable=True,
+                queue_arguments={"x-queue-type": "quorum"},
+            )
+            for queue in names.QUEUES
+        )
+    return tuple(Queue(queue, Exchange(queue), routing_key=queue) for queue in names.QUEUES)
+
+
+def publish_transport_options(broker_url: str) -> dict[str, Any]:
+    """Transport options for publishing: on RabbitMQ, wait for the broker's
+    publisher confirm, so a send returns only once the broker has the message."""
+    return {"confirm_publish": True} if is_amqp(broker_url) else {}
+
+
 def sender_app(
     broker_url: str,
     result_url: str | None = None,
@@ -38,7 +80,8 @@ def sender_app(
     name: str = "vigil-client",
     cls: type[Celery] = Celery,
 ) -> Celery:
-    """A Celery app that only sends vigil tasks by name: JSON both ways."""
+    """A Celery app that only sends vigil tasks by name: JSON both ways, persistent
+    messages, vigil's queue declarations and, on RabbitMQ, publisher confirms."""
     app = cls(name, set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
@@ -47,6 +90,10 @@ def sender_app(
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
+        task_queues=task_queues(broker_url),
+        task_default_queue=names.QUEUE_INGEST,
+        task_default_delivery_mode="persistent",
+        broker_transport_options=publish_transport_options(broker_url),
         broker_connection_retry_on_startup=True,
     )
     return app

@@ -91,7 +91,7 @@ def clear_history(args: ClearHistoryIn, settings: Settings) -> dict[str, Any]:
     return {"status": "ok", "user_id": args.user_id, "guild_id": args.guild_id, "removed": removed}
 
 
-@admin_task(names.ADMIN_ERASE_USER, EraseUserIn, time_limit=600)
+@admin_task(names.ADMIN_ERASE_USER, EraseUserIn)
 def erase_user(args: EraseUserIn, settings: Settings) -> dict[str, Any]:
     return erasure_service.erase_user(
         get_redis(settings),
@@ -103,7 +103,7 @@ def erase_user(args: EraseUserIn, settings: Settings) -> dict[str, Any]:
     )
 
 
-@admin_task(names.ADMIN_REPLAY_DEAD_LETTERS, ReplayIn, time_limit=300)
+@admin_task(names.ADMIN_REPLAY_DEAD_LETTERS, ReplayIn)
 def replay_dead_letters(args: ReplayIn, settings: Settings) -> dict[str, Any]:
     """Send dead-lettered payloads again, under their original task names.
 

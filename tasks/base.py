@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import redis
@@ -14,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from services.core.clients import session_factory
 from services.core.errors import TransientError
+from services.core.settings import get_settings
 from services.deadletters import store
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError,
     TransientError,
 )
+
+_settings = get_settings()
 
 _ID_KEYS = ("message_id", "detection_id", "platform", "guild_id", "user_id", "severity")
 
@@ -78,9 +82,12 @@ class VigilTask(Task):
     typing = False
     autoretry_for = TRANSIENT_ERRORS
     retry_backoff = 2
-    retry_backoff_max = 300
+    # On a Redis broker a retry waits out its countdown unacked in a worker, so
+    # the cap (with the time limit) must fit under the visibility timeout;
+    # more, shorter retries keep about the same outage covered.
+    retry_backoff_max = _settings.retry_backoff_max
     retry_jitter = True
-    max_retries = 8
+    max_retries = _settings.retry_max_retries
     acks_late = True
     reject_on_worker_lost = True
 
@@ -114,8 +121,31 @@ def _safe_exc(exc: BaseException) -> str:
     return str(exc)[:300]
 
 
+class TimeLimitWarning(RuntimeWarning):
+    """A task's own time limit does not fit under the visibility timeout."""
+
+
+def time_limit_problem(task_name: str, time_limit: float | None) -> str | None:
+    """Why a task's own hard limit is too long, or None when it fits.
+
+    It must leave room for the longest retry countdown under the visibility
+    timeout, as ``VIGIL_TASK_TIME_LIMIT`` must (settings)."""
+    if time_limit is None:
+        return None
+    settings = get_settings()
+    if time_limit + settings.retry_backoff_max <= settings.visibility_timeout:
+        return None
+    return (
+        f"task {task_name}: time_limit={time_limit} s + VIGIL_RETRY_BACKOFF_MAX "
+        f"({settings.retry_backoff_max} s) exceed VIGIL_VISIBILITY_TIMEOUT "
+        f"({settings.visibility_timeout} s); on a Redis broker it would be delivered "
+        "a second time while it still runs"
+    )
+
+
 class VigilCelery(Celery):
-    """Celery app that refuses a task without an explicit, stable name."""
+    """Celery app that refuses a task without an explicit, stable name, and warns
+    about a task time limit a Redis broker's visibility timeout cannot cover."""
 
     def task(self, *args: Any, **opts: Any):  # type: ignore[override]
         if (args and callable(args[0])) or "name" not in opts:
@@ -124,5 +154,8 @@ class VigilCelery(Celery):
             return super().task(*args, **opts)  # Celery's own built-ins
         if not str(opts["name"]).startswith("vigil."):
             raise TypeError(f"task name {opts['name']!r} must start with 'vigil.'")
+        problem = time_limit_problem(opts["name"], opts.get("time_limit"))
+        if problem:
+            warnings.warn(problem, TimeLimitWarning, stacklevel=2)
         opts.setdefault("base", VigilTask)
         return super().task(*args, **opts)

@@ -223,15 +223,28 @@ def add_note(
 
 
 def reset_daily_caps(
-    redis_client: redis.Redis, settings: Settings, now: float | None = None, batch: int = 500
+    redis_client: redis.Redis,
+    settings: Settings,
+    now: float | None = None,
+    batch: int = 500,
+    cursor: int = 0,
+    budget_s: float | None = None,
 ) -> dict[str, Any]:
     """Reset every bond's daily count at UTC midnight, in bounded batches.
 
     The count also rolls over lazily at ingest, so this job only tidies what
-    operators see; running it twice resets nothing the second time."""
+    operators see; running it twice resets nothing the second time.
+
+    With ``budget_s`` it stops at the first SCAN page that ends past that many
+    seconds and answers the ``cursor`` to resume from (0 once the keyspace is
+    done), so a caller can spread a million bonds over tasks that each fit
+    their time limit. Resuming from a cursor is safe after any interruption:
+    SCAN returns every key present throughout at least once, and a bond already
+    reset for this day is left alone."""
     day = keys.day_start(now or time.time())
     events_prefix = keys.events(settings, "")
-    cursor, scanned, reset = 0, 0, 0
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    scanned, reset = 0, 0
     while True:
         cursor, found = redis_client.scan(
             cursor=cursor, match=f"{settings.bond_prefix}*", count=batch
@@ -240,6 +253,6 @@ def reset_daily_caps(
         scanned += len(bond_keys)
         if bond_keys:
             reset += int(scripts.run(redis_client, "reset_caps", bond_keys, [day]))
-        if cursor == 0:
+        if cursor == 0 or (deadline is not None and time.monotonic() >= deadline):
             break
-    return {"status": "ok", "scanned": scanned, "reset": reset, "day_start": day}
+    return {"status": "ok", "scanned": scanned, "reset": reset, "day_start": day, "cursor": cursor}

@@ -100,12 +100,47 @@ class Settings(BaseSettings):
     embedded_redis_port: int = 6391
     embedded_postgres_port: int = 5441
 
-    # Delivery. With a Redis broker a message a worker took but did not ack
-    # comes back after the visibility timeout; kombu looks for such messages
-    # every restore interval. No task time limit or retry countdown may exceed
-    # the visibility timeout, or a running task is delivered twice.
-    visibility_timeout: int = Field(default=3600, ge=1)
-    unacked_restore_interval: int = Field(default=100, ge=1)
+    # Delivery. With a Redis broker a message a worker took but did not ack is
+    # redelivered once it has been unacked for visibility_timeout seconds. The
+    # clock starts at delivery: time in the worker's prefetch buffer, and a
+    # retry's countdown (an ETA task is held unacked until it runs), count too.
+    # So a task's time limit plus the longest retry countdown must fit under it,
+    # or a task still running (or waiting to retry) is delivered a second time.
+    # kombu sweeps for expired messages every unacked_restore_interval x
+    # unacked_restore_throttle seconds under a lock that a killed worker may
+    # leave held for unacked_mutex_expire seconds. RabbitMQ ignores all of this:
+    # the broker itself redelivers when the consumer's connection drops.
+    visibility_timeout: int = Field(default=100, ge=1)
+    unacked_restore_interval: int = Field(default=5, ge=1)
+    unacked_restore_throttle: int = Field(default=1, ge=1)
+    unacked_mutex_expire: int = Field(default=15, ge=1)
+    # Every task's hard limit (the pool child is killed) and soft limit
+    # (SoftTimeLimitExceeded is raised in the task), unless a task sets lower ones.
+    task_time_limit: int = Field(default=60, ge=1)
+    task_soft_time_limit: int = Field(default=50, ge=1)
+    # Retries of transient errors: exponential backoff capped at this countdown.
+    retry_backoff_max: int = Field(default=30, ge=1)
+    retry_max_retries: int = Field(default=14, ge=0)
+
+    # Buffered single-message ingest (tasks/batching.py). A worker holds
+    # vigil.ingest.message / vigil.ingest.detection requests and runs the
+    # pipeline once per buffer: when it holds ingest_flush_every requests, or
+    # ingest_flush_interval_s after the first one arrived. Bigger buffers cost
+    # less per message; the interval is the most a lone message waits.
+    ingest_flush_every: int = Field(default=100, ge=1, le=500)
+    ingest_flush_interval_s: float = Field(default=0.05, gt=0, le=5)
+    # Messages a worker reserves per pool process (Celery's prefetch
+    # multiplier). Unset: 2 x ingest_flush_every, so a full buffer waits while
+    # every process works on one. Reserved messages are unacked, so their wait
+    # counts toward the visibility timeout.
+    ingest_prefetch_multiplier: int | None = Field(default=None, ge=1, le=10_000)
+
+    # Metrics exporter (`vigil metrics serve`, started by `vigil up`). Loopback by
+    # default; bound anywhere else it needs metrics_token (or
+    # VIGIL_METRICS_TOKEN_FILE), sent as a bearer token or a basic-auth password.
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = Field(default=9808, ge=0, le=65_535)
+    metrics_token: str | None = Field(default=None, repr=False, min_length=16)
 
     # Flower.
     flower_address: str = "127.0.0.1"
@@ -151,6 +186,34 @@ class Settings(BaseSettings):
             value = "postgresql+psycopg" + value[len(scheme) :]
         return value
 
+    @model_validator(mode="after")
+    def _check_delivery(self) -> Settings:
+        """Refuse limits under which a running or retrying task is delivered twice."""
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError(
+                f"VIGIL_TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit} s) must be below "
+                f"VIGIL_TASK_TIME_LIMIT ({self.task_time_limit} s)"
+            )
+        for name, seconds in (
+            ("task_time_limit", self.task_time_limit),
+            ("retry_backoff_max", self.retry_backoff_max),
+            ("unacked_mutex_expire", self.unacked_mutex_expire),
+        ):
+            if seconds >= self.visibility_timeout:
+                raise ValueError(
+                    f"VIGIL_{name.upper()} ({seconds} s) must be below VIGIL_VISIBILITY_TIMEOUT "
+                    f"({self.visibility_timeout} s): lower it or raise the visibility timeout"
+                )
+        if self.task_time_limit + self.retry_backoff_max > self.visibility_timeout:
+            raise ValueError(
+                f"VIGIL_TASK_TIME_LIMIT ({self.task_time_limit} s) + VIGIL_RETRY_BACKOFF_MAX "
+                f"({self.retry_backoff_max} s) exceed VIGIL_VISIBILITY_TIMEOUT "
+                f"({self.visibility_timeout} s): a retried task is held unacked through its "
+                "countdown and then runs, so it would be delivered twice; lower either or "
+                "raise the visibility timeout"
+            )
+        return self
+
     @field_validator("bond_prefix", "history_prefix", "vigil_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -161,6 +224,19 @@ class Settings(BaseSettings):
     @property
     def history_ttl_s(self) -> int:
         return self.history_ttl_days * 86_400
+
+    @property
+    def unacked_restore_period_s(self) -> int:
+        """How often kombu actually sweeps for expired unacked messages."""
+        return self.unacked_restore_interval * self.unacked_restore_throttle
+
+    @property
+    def redelivery_bound_s(self) -> int:
+        """Worst case, on a Redis broker, from a worker's death to the redelivery of
+        what it held: expiry (or a stale sweep lock) plus one sweep period."""
+        return max(self.visibility_timeout, self.unacked_mutex_expire) + (
+            self.unacked_restore_period_s
+        )
 
     @property
     def min_severity_rank(self) -> int:

@@ -175,3 +175,35 @@ def test_reset_daily_caps_runs_twice_safely(r, settings):
     assert ledger.reset_daily_caps(r, settings, now=day2)["reset"] == 0
     assert ledger.load(r, settings, "a").daily_msg_count == 0
     assert ledger.load(r, settings, "a").legacy_field == "kept"
+
+
+def test_reset_daily_caps_in_chunks_resumes_from_the_cursor(r, settings):
+    """A zero budget stops after each SCAN page; resuming from the answered cursor
+    covers every bond once, and a chunk run again resets nothing twice."""
+    day1 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC).timestamp()
+    day2 = datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC).timestamp()
+    for i in range(300):
+        r.set(
+            f"abl:chunk{i}",
+            json.dumps(
+                {
+                    **SEED_BOND,
+                    "user_id": f"chunk{i}",
+                    "daily_msg_count": 3,
+                    "daily_msg_reset_at": keys.day_start(day1),
+                }
+            ),
+        )
+    cursor, chunks, reset = 0, 0, 0
+    while True:
+        result = ledger.reset_daily_caps(r, settings, now=day2, batch=50, cursor=cursor, budget_s=0)
+        again = ledger.reset_daily_caps(r, settings, now=day2, batch=50, cursor=cursor, budget_s=0)
+        assert again["reset"] == 0  # a redelivered chunk changes nothing
+        reset += result["reset"]
+        chunks += 1
+        cursor = result["cursor"]
+        if cursor == 0:
+            break
+    assert chunks > 1
+    assert reset == 300
+    assert all(ledger.load(r, settings, f"chunk{i}").daily_msg_count == 0 for i in range(300))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,68 @@ def test_worker_refuses_to_start_on_invalid_settings():
     )
     assert proc.returncode != 0
     assert "redis_url" in (proc.stdout + proc.stderr).lower()
+
+
+def test_shipped_delivery_settings_hold_the_bounds(monkeypatch):
+    """Defaults (no env): a killed worker's tasks come back within 120 s on a
+    Redis broker, and nothing running or waiting to retry outlives the
+    visibility timeout (which would deliver it twice)."""
+    for name in list(os.environ):
+        if name.startswith("VIGIL_"):
+            monkeypatch.delenv(name)
+    s = Settings()
+    assert s.redelivery_bound_s <= 120
+    assert s.unacked_restore_period_s <= 10
+    assert s.unacked_mutex_expire < s.visibility_timeout
+    assert s.task_soft_time_limit < s.task_time_limit
+    assert s.task_time_limit + s.retry_backoff_max <= s.visibility_timeout
+
+
+def test_celeryconfig_uses_the_delivery_settings():
+    """What the worker is configured with is what the settings checked."""
+    import celeryconfig
+
+    s = Settings()
+    if celeryconfig.broker_url.startswith(("amqp", "pyamqp")):
+        pytest.skip("the Redis options apply to a Redis broker only")
+    options = celeryconfig.broker_transport_options
+    assert options["visibility_timeout"] == s.visibility_timeout
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] == (
+        s.unacked_restore_period_s
+    )
+    assert options["unacked_mutex_expire"] == s.unacked_mutex_expire
+    assert celeryconfig.task_time_limit == s.task_time_limit
+    assert celeryconfig.task_default_delivery_mode == "persistent"
+
+
+def test_every_task_time_limit_fits_under_the_visibility_timeout():
+    from tasks.app import app
+    from tasks.base import VigilTask
+
+    s = Settings()
+    for name, task in app.tasks.items():
+        if not name.startswith("vigil."):
+            continue
+        limit = task.time_limit or s.task_time_limit
+        assert limit + s.retry_backoff_max <= s.visibility_timeout, name
+        if isinstance(task, VigilTask):
+            assert task.retry_backoff_max <= s.retry_backoff_max, name
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"VIGIL_VISIBILITY_TIMEOUT": "50"}, "VIGIL_TASK_TIME_LIMIT"),
+        ({"VIGIL_RETRY_BACKOFF_MAX": "120"}, "VIGIL_RETRY_BACKOFF_MAX"),
+        ({"VIGIL_TASK_TIME_LIMIT": "80"}, "VIGIL_RETRY_BACKOFF_MAX"),
+        ({"VIGIL_UNACKED_MUTEX_EXPIRE": "600"}, "VIGIL_UNACKED_MUTEX_EXPIRE"),
+        ({"VIGIL_TASK_SOFT_TIME_LIMIT": "60"}, "VIGIL_TASK_SOFT_TIME_LIMIT"),
+    ],
+)
+def test_delivery_limits_over_the_visibility_timeout_name_the_setting(monkeypatch, env, named):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as err:
+        Settings()
+    assert named in str(err.value)
+    assert "VIGIL_VISIBILITY_TIMEOUT" in str(err.value) or "SOFT" in named

@@ -1,0 +1,113 @@
+"""services.client: queue declarations per broker, persistent messages, confirms.
+
+The RabbitMQ test publishes through a vhost of its own (quorum queues cannot be
+redeclared over classic queues of the same name in a shared vhost).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+from kombu import Connection
+
+from services.client import VigilClient, is_amqp, sender_app, task_queues
+from tasks import names
+
+AMQP_URL = os.environ.get(
+    "VIGIL_TEST_CLIENT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/vigil-client-test"
+)
+
+
+def test_amqp_queues_are_quorum_queues_on_topic_exchanges():
+    queues = {queue.name: queue for queue in task_queues("amqp://guest@rabbit:5672//")}
+    assert set(queues) == set(names.QUEUES)
+    for queue in queues.values():
+        assert queue.queue_arguments == {"x-queue-type": "quorum"}
+        assert queue.durable and queue.exchange.durable
+        # Celery's native delayed delivery (retry countdowns on quorum queues)
+        # refuses direct exchanges.
+        assert queue.exchange.type == "topic"
+
+
+def test_redis_queues_stay_plain():
+    for queue in task_queues("redis://127.0.0.1:6379/1"):
+        assert not queue.queue_arguments
+        assert queue.exchange.type == "direct"
+
+
+@pytest.mark.parametrize(
+    ("url", "amqp"),
+    [
+        ("amqp://guest@h//", True),
+        ("pyamqp://h", True),
+        ("amqps://h", True),
+        ("redis://h", False),
+        ("redis+socket:///tmp/r.sock", False),
+    ],
+)
+def test_is_amqp(url, amqp):
+    assert is_amqp(url) is amqp
+
+
+def test_sender_app_confirms_and_persists_on_rabbitmq():
+    app = sender_app("amqp://guest@rabbit:5672//")
+    assert app.conf.broker_transport_options == {"confirm_publish": True}
+    assert app.conf.task_default_delivery_mode == "persistent"
+    assert app.conf.task_queues == task_queues("amqp://guest@rabbit:5672//")
+    redis_app = sender_app("redis://127.0.0.1:6379/1")
+    assert "confirm_publish" not in redis_app.conf.broker_transport_options
+
+
+def _rabbitmq_vhost() -> str:
+    parts = urlsplit(AMQP_URL)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 5672), 1).close()
+    except OSError:
+        pytest.skip(f"no RabbitMQ at {parts.hostname}:{parts.port}")
+    vhost = parts.path.lstrip("/")
+    if shutil.which("rabbitmqctl"):
+        for argv in (
+            ["rabbitmqctl", "add_vhost", vhost],
+            ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        ):
+            subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    return vhost
+
+
+def test_client_publishes_persistent_messages_to_quorum_queues_with_confirms():
+    _rabbitmq_vhost()
+    client = VigilClient(AMQP_URL)
+    message_id = uuid.uuid4().hex
+    try:
+        with Connection(AMQP_URL) as conn:
+            for queue in task_queues(AMQP_URL):
+                queue(conn.default_channel).declare()
+                queue(conn.default_channel).purge()
+        client.message(message_id=message_id, user_id="u1", text="hello", sent_at=None)
+        with client.app.connection_for_write() as conn:
+            # The producer's channel is in confirm mode: publish waited for the broker.
+            assert conn.transport_options.get("confirm_publish") is True
+        with Connection(AMQP_URL) as conn:
+            queue = task_queues(AMQP_URL)[0](conn.default_channel)
+            assert queue.name == names.QUEUE_INGEST
+            message = queue.get(no_ack=True)
+            assert message is not None
+            assert message.headers["task"] == names.INGEST_MESSAGE
+            assert message.properties["delivery_mode"] == 2
+            assert message.payload[1]["message_id"] == message_id
+            # Declaring again with the client's arguments is accepted: same queue type.
+            declared = conn.default_channel.queue_declare(
+                queue=names.QUEUE_INGEST,
+                durable=True,
+                auto_delete=False,
+                arguments={"x-queue-type": "quorum"},
+            )
+            assert declared.queue == names.QUEUE_INGEST
+    finally:
+        client.app.close()
