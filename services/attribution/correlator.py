@@ -22,6 +22,7 @@ from services.attribution import repository as repo
 from services.core.clients import get_redis
 from services.core.settings import Settings
 from services.envelopes import outbox
+from services.metrics import counters
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,9 @@ def run(
 
     with session_factory() as session, session.begin():
         result = correlate(session, settings)
+    client = redis_client if redis_client is not None else get_redis(settings)
+    counters.counter(client, settings, counters.CORRELATOR_RUNS).add()
     if result["fired"]:
-        client = redis_client if redis_client is not None else get_redis(settings)
         try:
             relayed = outbox.relay(session_factory, client, settings)
         except (redis.RedisError, SQLAlchemyError) as exc:

@@ -24,6 +24,7 @@ from models.envelopes import envelope_id
 from models.payloads import DetectionIn
 from services.core import dedupe, keys, scripts
 from services.core.settings import Settings
+from services.metrics import counters
 
 
 def iso(ts: float) -> str:
@@ -105,6 +106,7 @@ def detection_args(
     marker: str,
     history: dict[str, Any] | None,
     now: float,
+    counted_as: str = counters.DETECTIONS,
     dedupe_entry: tuple[str, str] | None = None,
     position: int = 0,
 ) -> scripts.Item:
@@ -114,7 +116,10 @@ def detection_args(
     they stay what they were) and read in case it is still there.
     ``dedupe_entry`` is the (hash, field) that records the detection applied,
     by default its own id in the user's detection hash; a message passes its
-    message's entry. ``position`` is its index in the batch."""
+    message's entry. ``position`` is its index in the batch.
+
+    ``counted_as``: the counter family its outcome adds to (a message's
+    detection counts as a message)."""
     if dedupe_entry is None:
         dedupe_entry = (
             keys.detection_dedupe(settings, det.platform, det.user_id),
@@ -148,6 +153,7 @@ def detection_args(
             "ulm_vector": dict(det.ulm_vector),
         },
         "history": history,
+        "counted_as": counted_as,
     }
     bond_keys = [
         keys.bond(settings, det.user_id),
@@ -177,7 +183,12 @@ def _admin(
     raw = scripts.run(
         redis_client,
         "bond_admin",
-        [keys.bond(settings, user_id), keys.events(settings, user_id), settings.stream_bond],
+        [
+            keys.bond(settings, user_id),
+            keys.events(settings, user_id),
+            settings.stream_bond,
+            keys.metrics(settings),
+        ],
         [json.dumps(doc)],
     )
     return Bond.model_validate_json(raw)
@@ -255,4 +266,5 @@ def reset_daily_caps(
             reset += int(scripts.run(redis_client, "reset_caps", bond_keys, [day]))
         if cursor == 0 or (deadline is not None and time.monotonic() >= deadline):
             break
+    counters.counter(redis_client, settings, counters.CAP_RESETS).add(reset)
     return {"status": "ok", "scanned": scanned, "reset": reset, "day_start": day, "cursor": cursor}

@@ -70,6 +70,11 @@ def dedupe_field(item_id: str) -> str:
     return "#" + hashlib.sha1(item_id.encode()).hexdigest()[:24]  # noqa: S324  (not a secret)
 
 
+def metrics(settings: Settings) -> str:
+    """The one hash of pipeline counters (field -> count), shared by every worker."""
+    return f"{settings.vigil_prefix}metrics"
+
+
 def day_start(now: float) -> int:
     """Epoch seconds of the UTC midnight that starts the day containing ``now``."""
     d = datetime.fromtimestamp(now, UTC)

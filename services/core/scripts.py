@@ -81,17 +81,29 @@ def run_many(redis_client: redis.Redis, name: str, calls: Sequence[Call]) -> lis
     return results
 
 
-def run_batch(redis_client: redis.Redis, name: str, items: Sequence[Item]) -> list[Any]:
+def run_batch(
+    redis_client: redis.Redis,
+    name: str,
+    items: Sequence[Item],
+    *,
+    metrics_key: str | None = None,
+) -> list[Any]:
     """Run a batch script (``ingest_gate``, ``apply_detection``) over many items.
 
     The script takes every item's keys in order and one JSON array of the items'
     arguments, so packing and dispatch are paid per call, not per item. A reply
-    ``['error', reason]`` comes back as a ``ResponseError`` in that item's slot."""
+    ``['error', reason]`` comes back as a ``ResponseError`` in that item's slot.
+    With ``metrics_key`` (the counters hash) each call also gets that key last
+    and ARGV[2] ``'metrics'``, and the script counts outcomes in it."""
     calls: list[Call] = []
     for start in range(0, len(items), BATCH_CHUNK):
         chunk = items[start : start + BATCH_CHUNK]
         keys = [k for item_keys, _ in chunk for k in item_keys]
-        calls.append((keys, [json.dumps([doc for _, doc in chunk])]))
+        args = [json.dumps([doc for _, doc in chunk])]
+        if metrics_key is not None:
+            keys.append(metrics_key)
+            args.append("metrics")
+        calls.append((keys, args))
     out: list[Any] = []
     for reply in run_many(redis_client, name, calls):
         for item in reply:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.payloads import ID_PATTERN
 from models.tables import DeadLetter
+from services.metrics.counters import Counter
 
 MAX_PAYLOAD_CHARS = 256 * 1024
 
@@ -72,14 +73,25 @@ def add(
     return row.id
 
 
-def reject(sessions: sessionmaker[Session], task_name: str, rejected: Sequence[Rejected]) -> None:
+def reject(
+    sessions: sessionmaker[Session],
+    task_name: str,
+    rejected: Sequence[Rejected],
+    *,
+    counter: Counter | None = None,
+) -> None:
     """The one path for payloads that can never succeed: each is kept with its
-    reasons under ``task_name``, the task that takes that payload on replay."""
+    reasons under ``task_name``, the task that takes that payload on replay.
+
+    ``counter`` (a pipeline counter) is incremented once for the whole batch,
+    after the rows are committed."""
     if not rejected:
         return
     with sessions() as session, session.begin():
         for payload, reasons in rejected:
             add(session, task_name=task_name, reason="rejected", details=reasons, payload=payload)
+    if counter is not None:
+        counter.add(len(rejected))
 
 
 def summary(row: DeadLetter) -> dict[str, Any]:

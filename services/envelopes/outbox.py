@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import Envelope
 from models.tables import Outbox
-from services.core import scripts
+from services.core import keys, scripts
 from services.core.settings import Settings
 from services.envelopes.streams import stream_key_of_topic
 
@@ -72,7 +72,7 @@ def enqueue(
 
 def _claim(session: Session, limit: int, envelope_ids: list[str] | None) -> list[Any]:
     query = (
-        select(Outbox.id, Outbox.envelope_id, Outbox.stream, Outbox.body)
+        select(Outbox.id, Outbox.envelope_id, Outbox.stream, Outbox.topic, Outbox.body)
         .where(Outbox.published_at.is_(None))
         .order_by(Outbox.id)
         .limit(limit)
@@ -86,8 +86,8 @@ def _claim(session: Session, limit: int, envelope_ids: list[str] | None) -> list
 def _publish(redis_client: redis.Redis, settings: Settings, rows: list[Any]) -> list[Any]:
     calls = [
         (
-            (sent_marker_key(settings, str(row.envelope_id)), row.stream),
-            (SENT_MARKER_TTL_S, settings.stream_maxlen, row.body),
+            (sent_marker_key(settings, str(row.envelope_id)), row.stream, keys.metrics(settings)),
+            (SENT_MARKER_TTL_S, settings.stream_maxlen, row.body, row.topic),
         )
         for row in rows
     ]

@@ -36,6 +36,7 @@ from services.core.settings import Settings
 from services.deadletters import store
 from services.envelopes import outbox
 from services.ingest.detector import Detector, DetectorFailed
+from services.metrics import counters
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,10 @@ class IngestService:
         outcomes = batch.outcomes
 
         gates = scripts.run_batch(
-            self.redis_client, "ingest_gate", [self._gate_item(m, now, i) for i, m in valid]
+            self.redis_client,
+            "ingest_gate",
+            [self._gate_item(m, now, i) for i, m in valid],
+            metrics_key=keys.metrics(self.settings),
         )
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None]] = []
         # Messages earlier in this batch are context for later ones of the same user.
@@ -166,17 +170,25 @@ class IngestService:
                 marker=keys.message_marker(self.settings, msg.platform, msg.message_id),
                 history=entry,
                 now=now,
+                counted_as=counters.MESSAGES,
                 dedupe_entry=self._dedupe_entry(msg),
                 position=i,
             )
             for i, msg, det, entry in to_apply
         ]
-        applied = scripts.run_batch(self.redis_client, "apply_detection", calls)
+        applied = scripts.run_batch(
+            self.redis_client, "apply_detection", calls, metrics_key=keys.metrics(self.settings)
+        )
         for (i, msg, det, _), reply in zip(to_apply, applied, strict=True):
             outcomes[i] = self._applied(reply, msg.message_id, det)
             if outcomes[i]["status"] == "rejected":
                 self._reject(batch, i, msg, outcomes[i]["reasons"])
-        store.reject(self.sessions, self.message_task, batch.rejected)
+        store.reject(
+            self.sessions,
+            self.message_task,
+            batch.rejected,
+            counter=self._rejected_counter(counters.MESSAGES),
+        )
         return batch
 
     def _dedupe_entry(self, msg: MessageIn) -> tuple[str, str]:
@@ -232,7 +244,9 @@ class IngestService:
             )
             for i, det in valid
         ]
-        applied = scripts.run_batch(self.redis_client, "apply_detection", calls)
+        applied = scripts.run_batch(
+            self.redis_client, "apply_detection", calls, metrics_key=keys.metrics(self.settings)
+        )
         for (i, det), reply in zip(valid, applied, strict=True):
             outcomes[i] = self._applied(reply, det.detection_id, det, key="detection_id")
             changes = attribution.get(det.detection_id)
@@ -240,10 +254,20 @@ class IngestService:
                 outcomes[i]["attribution_changes"] = changes
             if outcomes[i]["status"] == "rejected":
                 self._reject(batch, i, det, outcomes[i]["reasons"])
-        store.reject(self.sessions, self.detection_task, batch.rejected)
+        store.reject(
+            self.sessions,
+            self.detection_task,
+            batch.rejected,
+            counter=self._rejected_counter(counters.DETECTIONS),
+        )
         return batch
 
     # -- shared -----------------------------------------------------------------
+
+    def _rejected_counter(self, family: str) -> counters.Counter:
+        return counters.counter(
+            self.redis_client, self.settings, counters.outcome(family, "rejected")
+        )
 
     def _attribution(self, dets: list[DetectionIn]) -> dict[str, int]:
         """Observations go to PostgreSQL in one transaction, before the Redis

@@ -1,6 +1,13 @@
 -- Shared helpers, prepended to every bond script by services/scripts.py.
 -- Bonds are stored as the seed ledger wrote them: one JSON object at abl:{user_id}.
 
+-- Pipeline counters (services/metrics): a script that is given the metrics hash
+-- (last in KEYS) sets metrics_key; without it count_metric does nothing.
+local metrics_key = nil
+local function count_metric(field, n)
+  if metrics_key then redis.call('HINCRBY', metrics_key, field, n or 1) end
+end
+
 local function load_bond(key, user_id, default_cap)
   local raw = redis.call('GET', key)
   if raw then
@@ -65,7 +72,9 @@ local function publish(stream, maxlen, env)
   end
   if env.correlation_id == nil then env.correlation_id = cjson.null end
   -- cjson encodes the empty meta table as {}, which is what the contract wants.
-  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', cjson.encode(env))
+  local entry_id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', cjson.encode(env))
+  count_metric('envelopes:' .. env.topic)
+  return entry_id
 end
 
 -- Dedupe state (keys.message_dedupe / detection_dedupe; read by services/ingest/dedupe.py):

@@ -1,13 +1,15 @@
 -- Round trip 2 of a batch: apply each detection to the bond, its events,
 -- history and stream, all or nothing per detection, exactly once per dedupe entry.
 -- KEYS: 6 per detection: bond, events, dedupe hash, pre-upgrade marker, history,
---   bond_stream
+--   bond_stream; then the metrics hash when ARGV[2] is 'metrics'
+--   (services/core/scripts.py: run_batch)
 -- ARGV[1]: JSON array, one object per detection (see services/bonds.py: detection_args)
 -- Returns one reply per detection: {'duplicate'} | {'applied', changed, stored} | {'error', reason}
 
 local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, stream, a)
   local seen, first_seen = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
   if seen == 'done' then
+    count_metric((a.counted_as or 'detections') .. ':duplicate')
     return {'duplicate'}
   end
 
@@ -37,6 +39,7 @@ local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, 
     bond.phase = d.phase
     bond.phase_entered_at = now
     changed[#changed + 1] = 'phase'
+    count_metric('phase:' .. d.phase)
   end
 
   if d.risk_level ~= bond.risk_level then
@@ -52,6 +55,7 @@ local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, 
     })
     bond.risk_level = d.risk_level
     changed[#changed + 1] = 'risk'
+    count_metric('risk:' .. d.risk_level)
   end
 
   bond.archetype = d.archetype
@@ -74,14 +78,17 @@ local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, 
     redis.call('ZREMRANGEBYRANK', history_key, 0, -(h.max + 1))
     redis.call('EXPIRE', history_key, h.ttl)
     stored = 1
+    count_metric('history_stored')
   end
 
   -- Keep the first-seen stamp the gate wrote: the user's ids stay in arrival order.
   dedupe_set(dedupe_key, a.field, 'done', first_seen or a.stamp, a.dedupe)
+  count_metric((a.counted_as or 'detections') .. ':accepted')
   return {'applied', table.concat(changed, ','), tostring(stored)}
 end
 
 local docs = cjson.decode(ARGV[1])
+if ARGV[2] == 'metrics' then metrics_key = KEYS[#KEYS] end
 local out = {}
 for i, a in ipairs(docs) do
   local k = (i - 1) * 6

@@ -1,7 +1,8 @@
 -- Admin changes to one bond (set cap, add note), with the event and the envelope.
--- KEYS: bond, events, bond_stream
+-- KEYS: bond, events, bond_stream, optionally the metrics hash
 -- ARGV: one JSON document (see services/bonds.py)
 local bond_key, events_key, stream = KEYS[1], KEYS[2], KEYS[3]
+metrics_key = KEYS[4]
 local a = cjson.decode(ARGV[1])
 local bond = load_bond(bond_key, a.user_id, a.default_cap)
 if bond.err then return bond end

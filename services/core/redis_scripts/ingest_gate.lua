@@ -1,6 +1,7 @@
 -- Round trip 1 of a batch of messages: for each, dedupe, atomic daily-cap
 -- check-and-count, and its history context.
--- KEYS: 5 per message: bond, dedupe hash, pre-upgrade marker, history, bond_stream
+-- KEYS: 5 per message: bond, dedupe hash, pre-upgrade marker, history, bond_stream;
+--   then the metrics hash when ARGV[2] is 'metrics' (services/core/scripts.py: run_batch)
 -- ARGV[1]: JSON array, one object per message (see services/ingest/service.py: _gate_item)
 -- Returns one reply per message: {'duplicate', marker} | {'rate_limited', cap, count}
 --   | {'accepted', count_or_'redelivered', context} | {'error', reason}
@@ -14,6 +15,7 @@ end
 local function gate(bond_key, dedupe_key, legacy_key, history_key, stream, a)
   local marker = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
   if marker == 'done' or marker == 'limited' then
+    count_metric('messages:duplicate')
     return {'duplicate', marker}
   end
   if marker == 'counted' then
@@ -36,6 +38,7 @@ local function gate(bond_key, dedupe_key, legacy_key, history_key, stream, a)
       payload = {user_id = a.user_id, guild_id = a.guild_id, platform = a.platform,
                  message_id = a.message_id, cap = cap, count = count},
     })
+    count_metric('messages:rate_limited')
     return {'rate_limited', tostring(cap), tostring(count)}
   end
 
@@ -47,6 +50,7 @@ local function gate(bond_key, dedupe_key, legacy_key, history_key, stream, a)
 end
 
 local docs = cjson.decode(ARGV[1])
+if ARGV[2] == 'metrics' then metrics_key = KEYS[#KEYS] end
 local out = {}
 for i, a in ipairs(docs) do
   local k = (i - 1) * 5

@@ -1,0 +1,203 @@
+"""One read of everything the exporter and ``vigil top`` show.
+
+Redis is read in one pipelined round trip (the counters hash, and per stream
+its length, its quarantine's length and its consumer groups); PostgreSQL in
+one session (``queries.store_gauges``); the broker's queue depths through
+``BrokerQueues``. Nothing scans keys, so the cost does not grow with the
+number of users. A store that cannot be read is reported as down, and the
+rest is still read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from kombu import Connection
+from kombu.transport import redis as kombu_redis
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.envelopes import STREAM_TOPICS
+from services.core import keys
+from services.core.settings import Settings
+from services.envelopes.consumers import quarantine_key
+from services.envelopes.streams import stream_key
+from services.metrics import queries
+
+log = logging.getLogger(__name__)
+
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    pending: int
+    lag: int | None  # None when Redis cannot tell (entries trimmed or deleted)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    length: int
+    quarantined: int
+    groups: list[GroupInfo]
+
+
+@dataclass
+class Snapshot:
+    """What one scrape saw; ``up`` says which stores answered."""
+
+    taken_at: float
+    counters: dict[str, int] = field(default_factory=dict)
+    streams: dict[str, StreamInfo] = field(default_factory=dict)
+    queue_depths: dict[str, int] = field(default_factory=dict)
+    gauges: queries.StoreGauges | None = None
+    up: dict[str, bool] = field(default_factory=dict)
+
+
+class BrokerQueues:
+    """Depth of the broker's queues: LLEN of each priority list on Redis, a
+    passive declare on RabbitMQ (one connection, reused across scrapes)."""
+
+    def __init__(self, broker_url: str, queues: Sequence[str]) -> None:
+        self.broker_url = broker_url
+        self.queues = tuple(queues)
+        self.amqp = urlsplit(broker_url).scheme in AMQP_SCHEMES
+        self._lock = threading.Lock()
+        self._redis: redis.Redis | None = None
+        self._amqp: Connection | None = None
+
+    def depths(self) -> dict[str, int]:
+        with self._lock:
+            return self._amqp_depths() if self.amqp else self._redis_depths()
+
+    def _redis_depths(self) -> dict[str, int]:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(
+                self.broker_url, socket_timeout=5, socket_connect_timeout=5
+            )
+        # kombu keeps priority p > 0 of queue q in the list q + sep + p.
+        sep = kombu_redis.Channel.sep
+        names = {
+            queue: [queue if p == 0 else f"{queue}{sep}{p}" for p in kombu_redis.PRIORITY_STEPS]
+            for queue in self.queues
+        }
+        pipe = self._redis.pipeline(transaction=False)
+        for lists in names.values():
+            for name in lists:
+                pipe.llen(name)
+        lengths = iter(pipe.execute())
+        return {queue: sum(next(lengths) for _ in lists) for queue, lists in names.items()}
+
+    def _amqp_depths(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for attempt in range(2):
+            try:
+                if self._amqp is None:
+                    self._amqp = Connection(self.broker_url, connect_timeout=5)
+                channel = self._amqp.default_channel
+                for queue in self.queues:
+                    try:
+                        out[queue] = int(channel.queue_declare(queue, passive=True).message_count)
+                    except self._amqp.channel_errors:
+                        # Not declared yet (no worker ever started): nothing queued.
+                        out[queue] = 0
+                        channel = self._amqp.default_channel
+                return out
+            except self._connection_errors():
+                self.close()
+                if attempt == 1:
+                    raise
+        return out
+
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        conn = self._amqp or Connection(self.broker_url)
+        return (*conn.connection_errors, OSError)
+
+    def close(self) -> None:
+        if self._amqp is not None:
+            self._amqp.release()
+            self._amqp = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+
+def _read_redis(redis_client: redis.Redis, settings: Settings, snap: Snapshot) -> None:
+    names = list(STREAM_TOPICS)
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.hgetall(keys.metrics(settings))
+    for name in names:
+        key = stream_key(settings, name)
+        pipe.xlen(key)
+        pipe.xlen(quarantine_key(key))
+        pipe.xinfo_groups(key)
+    replies = pipe.execute(raise_on_error=False)
+    if isinstance(replies[0], Exception):
+        raise replies[0]
+    snap.counters = {_text(k): int(v) for k, v in replies[0].items()}
+    for i, name in enumerate(names):
+        length, quarantined, groups = replies[1 + 3 * i : 4 + 3 * i]
+        snap.streams[name] = StreamInfo(
+            length=_int(length),
+            quarantined=_int(quarantined),
+            # XINFO GROUPS on a stream that does not exist yet is an error: no groups.
+            groups=[] if isinstance(groups, Exception) else [_group(g) for g in groups],
+        )
+
+
+def _group(info: dict[str, Any]) -> GroupInfo:
+    lag = info.get("lag")
+    return GroupInfo(
+        name=_text(info["name"]),
+        pending=int(info.get("pending") or 0),
+        lag=None if lag is None else int(lag),
+    )
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, Exception):
+        raise value
+    return int(value or 0)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read(
+    redis_client: redis.Redis,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    broker: BrokerQueues | None = None,
+) -> Snapshot:
+    snap = Snapshot(taken_at=time.time())
+    try:
+        _read_redis(redis_client, settings, snap)
+        snap.up["redis"] = True
+    except redis.RedisError as exc:
+        log.warning("metrics: Redis unreadable (%s)", type(exc).__name__)
+        snap.up["redis"] = False
+    try:
+        with sessions() as session:
+            snap.gauges = queries.store_gauges(session)
+        snap.up["postgres"] = True
+    except SQLAlchemyError as exc:
+        log.warning("metrics: PostgreSQL unreadable (%s)", type(exc).__name__)
+        snap.up["postgres"] = False
+    if broker is not None:
+        try:
+            snap.queue_depths = broker.depths()
+            snap.up["broker"] = True
+        except Exception as exc:  # any transport's error: the scrape goes on
+            log.warning("metrics: broker unreadable (%s)", type(exc).__name__)
+            broker.close()
+            snap.up["broker"] = False
+    return snap
