@@ -3,7 +3,12 @@ starts, kills and restarts itself, and worker/beat processes in their own
 process groups so a ``kill -9`` takes the pool children with the parent.
 
 Nothing here touches the machine's shared Redis or PostgreSQL: other test runs
-may be using them while these servers are being killed.
+may be using them while these servers are being killed. On RabbitMQ the tests
+use a vhost of their own (``vigil-faults``), since a shared vhost may hold
+queues named ``ingest``/``admin``/``periodic`` declared differently.
+
+Workers run with the shipped delivery settings (visibility timeout, restore
+sweep, time limits): nothing here shortens them.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +29,7 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
+from services.client import sender_app, task_queues
 from stack import processes
 from stack.embedded import EmbeddedPostgres, spare_port
 from tests.helpers import wait_for
@@ -32,8 +39,6 @@ __all__ = ["wait_for"]  # the fault tests import it from here
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 STATE_DB, BROKER_DB, REFERENCE_DB = 0, 1, 2
-# Short enough that a message held by a killed worker comes back within seconds.
-VISIBILITY_TIMEOUT_S = 8
 
 
 class RedisServer(processes.RedisServer):
@@ -70,8 +75,6 @@ class Stack:
             "VIGIL_DATABASE_URL": self.database_url,
             "VIGIL_EMBEDDED": "never",
             "VIGIL_DATA_DIR": str(self.data_dir),
-            "VIGIL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
-            "VIGIL_UNACKED_RESTORE_INTERVAL": "1",
             **extra,
         }
 
@@ -140,16 +143,9 @@ def fresh(stack: Stack) -> Stack:
 
 
 def make_app(broker_url: str, backend_url: str | None = None) -> Celery:
-    """What a frontend has: a Celery client that knows task names and JSON."""
-    app = Celery(f"faults-{uuid.uuid4().hex[:6]}", broker=broker_url, backend=backend_url)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        broker_connection_retry_on_startup=True,
-    )
-    return app
+    """What a Python frontend has: ``services.client``'s sender app (queues as the
+    workers declare them, persistent messages, publisher confirms on RabbitMQ)."""
+    return sender_app(broker_url, backend_url, name=f"faults-{uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture
@@ -224,7 +220,8 @@ def broker_drained(stack: Stack) -> bool:
 
 # -- the two brokers vigil supports ------------------------------------------------
 
-AMQP_URL = os.environ.get("VIGIL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+AMQP_VHOST = "vigil-faults"
+AMQP_URL = os.environ.get("VIGIL_TEST_AMQP_URL", f"amqp://guest:guest@127.0.0.1:5672/{AMQP_VHOST}")
 
 
 def _amqp_answers() -> bool:
@@ -234,6 +231,18 @@ def _amqp_answers() -> bool:
             return True
     except OSError:
         return False
+
+
+def _ensure_vhost() -> None:
+    """Create the tests' vhost (and guest's rights on it) when rabbitmqctl can."""
+    vhost = urlsplit(AMQP_URL).path.lstrip("/") or "/"
+    if vhost == "/" or shutil.which("rabbitmqctl") is None:
+        return
+    for argv in (
+        ["rabbitmqctl", "add_vhost", vhost],
+        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+    ):
+        subprocess.run(argv, capture_output=True, timeout=60, check=False)
 
 
 def _amqp_drained() -> bool:
@@ -256,10 +265,10 @@ def broker(request, fresh):
         }
     if not _amqp_answers():
         pytest.skip(f"no RabbitMQ at {AMQP_URL}")
-    from celeryconfig import task_queues
-
+    _ensure_vhost()
     with Connection(AMQP_URL) as conn:
-        for queue in task_queues:  # declared as the worker declares them, then emptied
+        # Declared as the worker declares them (quorum queues), then emptied.
+        for queue in task_queues(AMQP_URL):
             bound = queue(conn.default_channel)
             bound.declare()
             bound.purge()

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from services.core import dedupe
 from tasks.names import INGEST_MESSAGE, INGEST_MESSAGES, QUEUE_INGEST
 from tests.helpers import INGEST_TASKS
 
@@ -133,8 +134,9 @@ def snapshot(state_redis: redis.Redis, settings) -> dict[str, Any]:
             bonds[key] = bond
         elif key.startswith(settings.history_prefix):
             history[key] = state_redis.zrange(key, 0, -1, withscores=True)
-        elif key.startswith(f"{settings.vigil_prefix}seen:"):
-            markers[key] = state_redis.get(key)
+        elif key.startswith(f"{settings.vigil_prefix}dedupe:"):
+            # Dedupe states (counted/limited/done), without their first-seen stamps.
+            markers[key] = dedupe.states(state_redis, settings, key)
     stream: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for _id, fields in state_redis.xrange(settings.stream_bond):
         envelope = json.loads(fields["data"])
@@ -154,13 +156,13 @@ def _no_clock_event(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def count_markers(state_redis: redis.Redis, settings) -> dict[str, int]:
+def count_markers(state_redis: redis.Redis, settings, kind: str = "msg") -> dict[str, int]:
+    """How many message (or detection, ``kind="det"``) ids are in each dedupe state."""
     counts: dict[str, int] = defaultdict(int)
-    match = f"{settings.vigil_prefix}seen:msg:*"
-    marker_keys = list(state_redis.scan_iter(match=match, count=5000))
-    if marker_keys:
-        for value in state_redis.mget(marker_keys):
-            counts[str(value)] += 1
+    match = f"{settings.vigil_prefix}dedupe:{kind}:*"
+    for key in state_redis.scan_iter(match=match, count=5000):
+        for state in dedupe.states(state_redis, settings, key).values():
+            counts[state] += 1
     return dict(counts)
 
 

@@ -56,17 +56,7 @@ def _only(snap: dict, prefix: str) -> dict:
     return out
 
 
-def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, request):
-    if broker["kind"] == "redis":
-        # Restarting the Redis that is also the broker hits kombu's Redis transport:
-        # after the connection drops it can use a detached channel (AttributeError),
-        # and the worker exits instead of reconnecting. Not vigil's code; run it,
-        # but do not let it decide. With RabbitMQ only the state Redis restarts.
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="kombu Redis transport may exit the worker on broker restart", strict=False
-            )
-        )
+def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker):
     app = make_app(broker["url"], fresh.state_url)
     env = fresh.env(VIGIL_BROKER_URL=broker["url"])
     batches, singles = burst(BATCHES, PER_BATCH, SINGLES, tag="m")
@@ -117,9 +107,7 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, requ
         timeout=240,
         what="every message applied",
     )
-    det_markers = lambda: sum(  # noqa: E731
-        1 for k in r.scan_iter(match="vigil:seen:det:*", count=1000) if r.get(k) == "done"
-    )
+    det_markers = lambda: count_markers(r, settings, kind="det").get("done", 0)  # noqa: E731
     wait_for(lambda: det_markers() == DETECTIONS, timeout=240, what="every detection applied")
     wait_for(broker["drained"], timeout=120, what="broker drained")
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Queue
 
+from services.core import dedupe
+
 from .conftest import BROKER_DB, STATE_DB, RedisServer, broker_drained, make_app, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,11 +87,13 @@ def test_pickle_message_is_refused_without_executing(fresh, app, procs, tmp_path
     # Still alive and working: a JSON message right after is processed.
     app.send_task("vigil.ingest.message", kwargs=_message("after-pickle"), queue="ingest")
     r = fresh.redis.client(STATE_DB)
-    wait_for(lambda: r.get("vigil:seen:msg:discord:after-pickle") == "done", what="next message")
+    settings = fresh.settings()
+    state = lambda mid: dedupe.message_state(r, settings, "discord", "u1", mid)  # noqa: E731
+    wait_for(lambda: state("after-pickle") == "done", what="next message")
     wait_for(lambda: broker_drained(fresh), timeout=30, what="the pickle message gone")
     assert worker.alive
     assert not trap.exists(), "the pickle body was deserialised"
-    assert r.get("vigil:seen:msg:discord:pickled") is None
+    assert state("pickled") is None
     log = worker.log()
     assert "CANARY-5e1f0c" not in log
     assert pickle.dumps(CANARY)[2:20].decode(errors="ignore") not in log
@@ -203,7 +207,7 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
             "vigil.ingest.message", kwargs=_message("pw-file"), queue="ingest", ignore_result=False
         )
         assert res.get(timeout=60)["status"] == "accepted"
-        assert r.get("vigil:seen:msg:discord:pw-file") == "done"
+        assert dedupe.message_state(r, fresh.settings(), "discord", "u1", "pw-file") == "done"
         w1.stop()
 
         # Password inside the URLs.
