@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import admin, attribution, bond, deadletters, demo, history, ops, streams
+from cli import admin, attribution, bond, deadletters, demo, history, metrics, ops, streams, top
 from cli.common import VigilGroup
 
 app = typer.Typer(
@@ -34,6 +34,8 @@ app.command("migrate")(ops.migrate)
 app.command("up")(ops.up)
 app.command("flower")(ops.flower)
 app.command("demo")(demo.demo)
+app.add_typer(metrics.app, name="metrics")
+app.command("top")(top.top)
 
 if __name__ == "__main__":
     app()

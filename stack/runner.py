@@ -3,7 +3,8 @@
 ``run_stack`` is what ``vigil up`` calls. It resolves Redis and PostgreSQL
 (configured, local, or embedded), migrates the database, starts the Celery
 worker, beat and Flower as child processes with their logs under
-``<data_dir>/logs/``, waits until the worker answers a ping, and on the way
+``<data_dir>/logs/``, and the metrics exporter (``vigil metrics serve``),
+waits until the worker answers a ping, and on the way
 out (Ctrl-C, SIGTERM, a child dying, or ``then`` returning) stops them in
 reverse order, then the embedded servers it started.
 
@@ -37,6 +38,7 @@ from celery import Celery
 from services.client import sender_app
 from services.core import clients
 from services.core.settings import Settings, get_settings
+from services.metrics.exporter import ExporterAuthError, check_bind
 from stack.discovery import (
     Found,
     ServiceUnavailable,
@@ -179,6 +181,7 @@ class Stack:
     flower_url: str | None
     children: dict[str, Process] = field(default_factory=dict)
     failure: str | None = None
+    metrics_url: str | None = None
 
     def client(self) -> Celery:
         """A Celery client on the stack's broker, for sending tasks and pings."""
@@ -298,6 +301,7 @@ def run_stack(
     flower: bool = True,
     flower_local_only: bool = False,
     beat: bool = True,
+    metrics: bool = True,
     concurrency: int = 2,
     ready_timeout: float = READY_TIMEOUT_S,
     out: IO[str] | None = None,
@@ -314,6 +318,11 @@ def run_stack(
         # Decided before anything starts: a refusal must not leave servers behind.
         auth = flower_auth(settings, data_dir, generate=not flower_local_only, out=out)
         flower_command(settings, basic_auth=auth, local_only=flower_local_only)
+    if metrics:
+        try:
+            check_bind(settings.metrics_address, settings.metrics_token)
+        except ExporterAuthError as err:
+            raise StackError(str(err)) from None
 
     with _signals_raise() as signals:
         try:
@@ -337,6 +346,8 @@ def run_stack(
         worker_name = f"vigil-{uuid.uuid4().hex[:6]}"
         flower_url = f"http://{settings.flower_address}:{settings.flower_port}" if flower else None
         stack = Stack(settings, found, env, log_dir, worker_name, flower_url)
+        if metrics:
+            stack.metrics_url = f"http://{settings.metrics_address}:{settings.metrics_port}/metrics"
         stop_watch = threading.Event()
         try:
             db_url = clients.database_url(settings)
@@ -384,6 +395,15 @@ def _start_children(
     if flower:
         argv, extra = flower_command(stack.settings, basic_auth=auth, local_only=local_only)
         stack.start("flower", argv, extra)
+    if stack.metrics_url:
+        settings = stack.settings
+        extra = {
+            "VIGIL_METRICS_ADDRESS": settings.metrics_address,
+            "VIGIL_METRICS_PORT": str(settings.metrics_port),
+        }
+        if settings.metrics_token:
+            extra["VIGIL_METRICS_TOKEN"] = settings.metrics_token
+        stack.start("metrics", [sys.executable, "-m", "cli.main", "metrics", "serve"], extra)
 
 
 def _wait_ready(stack: Stack, timeout: float) -> None:
@@ -398,6 +418,8 @@ def _wait_ready(stack: Stack, timeout: float) -> None:
         raise StackError(str(err)) from None
     finally:
         client.close()
+    if stack.metrics_url:
+        _wait_metrics(stack, deadline)
     if stack.flower_url:
         while True:
             stack.check_children()
@@ -409,12 +431,29 @@ def _wait_ready(stack: Stack, timeout: float) -> None:
             time.sleep(0.2)
 
 
+def _wait_metrics(stack: Stack, deadline: float) -> None:
+    token = stack.settings.metrics_token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    while True:
+        stack.check_children()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(stack.metrics_url, headers=headers, timeout=5).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"the metrics exporter did not come up; see {stack.log_path('metrics')}"
+            )
+        time.sleep(0.2)
+
+
 def _announce(stack: Stack, out: IO[str]) -> None:
     lines = ["vigil is running"]
     if stack.found.started:
         lines.append("  embedded: " + ", ".join(service.url for service in stack.found.started))
     if stack.flower_url:
         lines.append(f"  Flower:   {stack.flower_url}")
+    if stack.metrics_url:
+        lines.append(f"  metrics:  {stack.metrics_url}")
     lines.append(f"  logs:     {stack.log_dir}")
     lines.append("  Ctrl-C to stop")
     print("\n".join(lines), file=out, flush=True)
@@ -429,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-flower", action="store_true")
     parser.add_argument("--no-beat", action="store_true")
+    parser.add_argument("--no-metrics", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "httpx"):
@@ -438,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             flower=not args.no_flower,
             flower_local_only=args.flower_local_only,
             beat=not args.no_beat,
+            metrics=not args.no_metrics,
         )
     except StackError as err:
         print(f"vigil: {err}", file=sys.stderr)

@@ -155,6 +155,7 @@ def _stack_settings(service_urls, tmp_path: Path, **kwargs) -> Settings:
         data_dir=tmp_path / "data",
         embedded="never",
         flower_port=spare_port(),
+        metrics_port=spare_port(),
         **kwargs,
     )
 
@@ -165,6 +166,7 @@ def test_run_stack_starts_and_stops_everything(service_urls, migrated, tmp_path:
 
     def then(stack: Stack) -> str:
         seen["children"] = dict(stack.children)
+        seen["metrics"] = httpx.get(stack.metrics_url, timeout=10).text
         client = stack.client()
         replies = client.control.ping(timeout=2.0)
         client.close()
@@ -204,10 +206,11 @@ def test_run_stack_starts_and_stops_everything(service_urls, migrated, tmp_path:
     assert run_stack(settings, then=then, out=sys.stderr) == "done"
 
     children = seen["children"]
-    assert set(children) == {"worker", "beat", "flower"}
+    assert set(children) == {"worker", "beat", "flower", "metrics"}
     assert all(child.proc.poll() is not None for child in children.values())
     assert any(name.startswith("vigil-") for name in seen["ping"])
     assert seen["anonymous"] == 401
+    assert 'vigil_store_up{store="redis"} 1.0' in seen["metrics"]
     assert any(name.startswith("vigil-") for name in seen["workers"])
     logs = tmp_path / "data" / "logs"
     assert {p.name for p in logs.iterdir()} >= {"worker.log", "beat.log", "flower.log"}
