@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from models.tables import DeadLetter
 from services.bonds import ledger
-from services.core import keys
+from services.core import dedupe
 from services.deadletters import store
 from tasks import names
 from tests.helpers import wait_for
@@ -74,7 +74,7 @@ def test_replay_marks_and_answers_only_the_rows_it_sent(r, db, settings, worker,
     marked = {row.id: row.replay_count for row in dead_letters(db) if row.replayed_at}
     assert marked == {sendable: 1}
     wait_for(
-        lambda: ledger.load(r, settings, "replayed-cap").daily_msg_cap == 7,
+        lambda: getattr(ledger.load(r, settings, "replayed-cap"), "daily_msg_cap", None) == 7,
         timeout=30,
         what="the replayed set_cap applied",
     )
@@ -115,8 +115,14 @@ def test_batch_items_rejected_by_the_detector_replay_through_the_single_message_
     detector_server.answer = (200, VALID_DETECTION)
     ids = [row.id for row in rows]
     assert replay(celery_app, ids) == {"status": "ok", "replayed": ids, "skipped": []}
-    markers = [keys.message_marker(settings, "discord", m["message_id"]) for m in batch]
-    wait_for(lambda: r.mget(markers) == ["done"] * len(batch), timeout=60, what="replays applied")
+    wait_for(
+        lambda: all(
+            dedupe.message_state(r, settings, "discord", m["user_id"], m["message_id"]) == "done"
+            for m in batch
+        ),
+        timeout=60,
+        what="replays applied",
+    )
     for message in batch:
         bond = ledger.load(r, settings, message["user_id"])
         assert (bond.phase, bond.risk_level) == ("watch", "low")  # the HTTP detector's answer
