@@ -55,7 +55,7 @@ def test_replay_by_id_and_all(vigil, r, db, settings, worker):
             for i in range(2)
         ]
     replayed = json.loads(vigil("deadletters", "replay", str(ids[0])).stdout)
-    assert replayed == {"status": "ok", "replayed": [ids[0]]}
+    assert replayed == {"status": "ok", "replayed": [ids[0]], "skipped": []}
     assert [row["id"] for row in vigil.json("deadletters", "list", "--pending")] == [ids[1]]
     assert str(ids[1]) in vigil("deadletters", "replay", "--all").stdout
     assert vigil.json("deadletters", "list", "--pending") == []
