@@ -8,8 +8,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.ingest.detector import LexiconDetector
+from services.ingest.service import IngestService
 from services.metrics import collector, exporter
 from tasks.names import QUEUES
+from tests.helpers import INGEST_TASKS
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -42,3 +45,9 @@ def scrape(exporter_url) -> Callable[[], Samples]:
         return parse(response.text)
 
     return scrape_once
+
+
+@pytest.fixture
+def ingest_service(r, db, settings):
+    """The real pipeline, in process."""
+    return IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
