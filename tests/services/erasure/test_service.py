@@ -1,0 +1,33 @@
+"""Erasing a user on real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from services.core import keys
+from services.erasure.service import erase_user
+from services.ingest.detector import LexiconDetector
+from services.ingest.service import IngestService
+from tests.helpers import INGEST_TASKS
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def test_erasure_removes_the_users_dedupe_state(r, db, settings):
+    svc = IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
+    for user in ("gone", "kept"):
+        svc.messages(
+            [
+                {"message_id": f"{user}-m{i}", "user_id": user, "text": "I feel sad",
+                 "sent_at": T0.isoformat()}
+                for i in range(3)
+            ]
+        )  # fmt: skip
+        svc.detections([{"detection_id": f"{user}-d1", "user_id": user, "observed_at": T0}])
+    out = erase_user(r, settings, db, user_id="gone", platform="discord", request_id="req-1")
+    assert out["removed"]["dedupe_entries"] == 4
+    assert not r.exists(keys.message_dedupe(settings, "discord", "gone"))
+    assert not r.exists(keys.detection_dedupe(settings, "discord", "gone"))
+    assert [k for k in r.keys("*") if "gone" in k] == []  # nothing of the user is left
+    assert r.hlen(keys.message_dedupe(settings, "discord", "kept")) == 3
+    assert r.hlen(keys.detection_dedupe(settings, "discord", "kept")) == 1
