@@ -18,7 +18,6 @@ from __future__ import annotations
 import _thread
 import argparse
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -37,6 +36,7 @@ from celery import Celery
 
 from services.client import sender_app
 from services.core import clients
+from services.core.network import is_loopback
 from services.core.settings import Settings, get_settings
 from services.metrics.exporter import ExporterAuthError, check_bind
 from stack.discovery import (
@@ -74,15 +74,6 @@ class StackError(RuntimeError):
 
 class FlowerAuthError(StackError):
     """Flower would have been reachable without a login."""
-
-
-def is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_basic_auth(value: str, source: str) -> str:

@@ -19,7 +19,6 @@ unix socket was given, takes the login from ``VIGIL_FLOWER_BASIC_AUTH`` (or
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import NoReturn
 
@@ -29,6 +28,7 @@ from tornado.options import options
 # Defines Flower's options (address, basic_auth, ...) before the guard reads them.
 import flower.options  # noqa: F401  isort: skip
 
+from services.core.network import is_loopback
 from services.core.settings import Settings
 
 _installed = False
@@ -53,16 +53,6 @@ def install() -> None:
         return
     options.add_parse_callback(_enforce)
     _installed = True
-
-
-def is_loopback(address: str) -> bool:
-    """Loopback addresses; any other host name could resolve anywhere."""
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _refuse(reason: str) -> NoReturn:
