@@ -52,7 +52,12 @@ task_routes = {f"vigil.{queue}.*": {"queue": queue, "routing_key": queue} for qu
 task_acks_late = True
 task_reject_on_worker_lost = True
 task_default_delivery_mode = "persistent"
-worker_prefetch_multiplier = 4
+# Prefetch: buffered ingest tasks (tasks/batching.py) need a full buffer
+# reserved while every pool process runs one, so by default 2 x flush_every
+# messages per process (never 0, which means unlimited).
+worker_prefetch_multiplier = (
+    _settings.ingest_prefetch_multiplier or 2 * _settings.ingest_flush_every
+)
 if is_amqp(broker_url):
     # Publisher confirms: a send (a retry, a replay, beat) returns once RabbitMQ has it.
     broker_transport_options: dict = publish_transport_options(broker_url)

@@ -3,11 +3,17 @@
 Kwargs are the JSON contract in README.md. Each task answers with a small JSON
 dict (``accepted``, ``duplicate``, ``rate_limited``, ``rejected`` with reasons);
 nothing in it, in logs or in Flower carries message text.
+
+``vigil.ingest.message`` and ``vigil.ingest.detection`` are buffered
+(tasks/batching.py): the worker runs the pipeline once per buffer of requests,
+each request keeping its own result, dead letter and late ack.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from celery_batches import SimpleRequest
 
 from services.core.clients import get_redis, session_factory
 from services.core.settings import get_settings
@@ -16,6 +22,19 @@ from services.ingest import detector
 from services.ingest.service import IngestService
 from tasks import names
 from tasks.app import app
+from tasks.batching import BufferedTask
+
+_settings = get_settings()
+# Per buffered task: flush at this many requests, or this long after the first.
+_BUFFER = {
+    "base": BufferedTask,
+    "bind": True,
+    "flush_every": _settings.ingest_flush_every,
+    "flush_interval": _settings.ingest_flush_interval_s,
+    # Hard limit per buffer, below the visibility timeout.
+    "time_limit": 60,
+    "soft_time_limit": 50,
+}
 
 
 def _service() -> IngestService:
@@ -30,10 +49,18 @@ def _service() -> IngestService:
     )
 
 
-@app.task(name=names.INGEST_MESSAGE, time_limit=60, soft_time_limit=50)
-def message(**payload: Any) -> dict[str, Any]:
-    """One chat message; the same pipeline as the batch form."""
-    return _service().messages([payload]).outcomes[0]
+def _message_pipeline(payloads: list[Any]) -> list[dict[str, Any]]:
+    return _service().messages(payloads).outcomes
+
+
+def _detection_pipeline(payloads: list[Any]) -> list[dict[str, Any]]:
+    return _service().detections(payloads).outcomes
+
+
+@app.task(name=names.INGEST_MESSAGE, **_BUFFER)
+def message(self: BufferedTask, requests: list[SimpleRequest]) -> None:
+    """One chat message per request; a buffer of them runs the batch pipeline once."""
+    self.handle(requests, _message_pipeline)
 
 
 @app.task(name=names.INGEST_MESSAGES, time_limit=300, soft_time_limit=240)
@@ -57,7 +84,7 @@ def messages(messages: Any = None, **extra: Any) -> dict[str, Any]:
     return _service().messages(messages).summary()
 
 
-@app.task(name=names.INGEST_DETECTION, time_limit=60, soft_time_limit=50)
-def detection(**payload: Any) -> dict[str, Any]:
-    """A detection result from an external detector service."""
-    return _service().detections([payload]).outcomes[0]
+@app.task(name=names.INGEST_DETECTION, **_BUFFER)
+def detection(self: BufferedTask, requests: list[SimpleRequest]) -> None:
+    """A detection result per request from an external detector service, buffered."""
+    self.handle(requests, _detection_pipeline)

@@ -1,0 +1,314 @@
+"""Buffered tasks: many single-item requests, one pipeline run per buffer.
+
+Frontends send one ``vigil.ingest.message`` (or ``.detection``) per item. The
+worker's parent holds those requests (celery-batches) and hands a buffer of
+them to one pool job, so Celery's per-task cost in the pool and the pipeline's
+round trips are paid per buffer instead of per message. Each request still
+behaves as its own task:
+
+- its outcome is stored as its result when the sender asked for one;
+- a rejected item is dead-lettered under its own task name with its own payload;
+- it is acked (late) only after its buffer's state and results are written;
+- a buffer that fails as a whole (a store down, the soft time limit) is
+  re-published request by request with the same task id and ``retries + 1``,
+  after a backoff, and the originals are acked: every step is idempotent per
+  item, so nothing counts twice; past ``max_retries`` each is dead-lettered;
+- a pool child that dies or hits the hard time limit mid-buffer gets the same
+  treatment from the parent, so no request is stranded until a restore.
+
+Stock ``celery_batches.Batches.flush`` acks every request when the body raises
+and strands them when the child dies; :meth:`BufferedTask.flush` replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from celery import states
+from celery.events import EventDispatcher
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.request import Request
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from services.core.clients import session_factory
+from services.deadletters import store
+from tasks.base import TRANSIENT_ERRORS, VigilTask, redact_kwargs
+
+logger = logging.getLogger(__name__)
+
+# The pipeline a buffered task runs: payloads in, one outcome per payload out.
+Pipeline = Callable[[list[Any]], Sequence[dict[str, Any]]]
+
+# A buffer that fails as a whole for one of these is retried, not dead-lettered.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SoftTimeLimitExceeded)
+
+
+def retries_of(request: SimpleRequest | Request) -> int:
+    """How often this request was re-published (absent on a raw protocol-2 message)."""
+    try:
+        return int((request.request_dict or {}).get("retries") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+class BufferedTask(Batches):
+    """A celery-batches task with per-request results, retries, dead letters and
+    events. The task body calls :meth:`handle` with its pipeline."""
+
+    Request = "tasks.base:RedactedRequest"
+    acks_late = True
+    reject_on_worker_lost = True
+    # The same retry budget as every other vigil task.
+    max_retries = VigilTask.max_retries
+    # A countdown is held unacked in the worker: well under the visibility timeout.
+    retry_backoff_max = min(VigilTask.retry_backoff_max, 30)
+
+    _event_dispatcher: EventDispatcher | None = None
+
+    # -- parent process ---------------------------------------------------------
+
+    def flush(self, requests: Sequence[Request]) -> Any:
+        """Hand one buffer to the pool; ack on return, re-publish if the child dies."""
+        requests = list(requests)
+        simple = ([SimpleRequest.from_request(request) for request in requests],)
+
+        def on_return(_result: Any) -> None:
+            for request in requests:
+                request.acknowledge()
+
+        def on_error(exc_info: ExceptionInfo) -> None:
+            # WorkerLostError (child killed) or TimeLimitExceeded (hard limit).
+            exc = getattr(exc_info, "exception", None) or RuntimeError("pool job lost")
+            logger.warning(
+                "%s: buffer of %d lost in the pool (%s); re-publishing each request",
+                self.name,
+                len(requests),
+                type(exc).__name__,
+            )
+            for request in requests:
+                if self._retry_or_dead_letter(request, exc, countdown=0.0):
+                    request.acknowledge()
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, simple, 0, None),
+            callback=on_return,
+            error_callback=on_error,
+            timeout=self.time_limit,
+            soft_timeout=self.soft_time_limit,
+        )
+
+    # -- pool child -------------------------------------------------------------
+
+    def handle(self, requests: Sequence[SimpleRequest], pipeline: Pipeline) -> None:
+        """Run ``pipeline`` once over the buffer and settle every request.
+
+        Never raises: whatever happens, each request ends with a result, a
+        dead letter or a re-published copy before the buffer is acked."""
+        started = time.monotonic()
+        requests = list(requests)
+        payloads = [self._payload_of(request) for request in requests]
+        try:
+            outcomes = list(pipeline(payloads))
+        except RETRYABLE_ERRORS as exc:
+            self._retry_all(requests, exc)
+            return
+        except Exception as exc:
+            if len(requests) > 1:
+                # Something in one item broke the whole run: isolate it.
+                logger.warning(
+                    "%s: buffer of %d failed (%s); running its requests one by one",
+                    self.name,
+                    len(requests),
+                    type(exc).__name__,
+                )
+                for request in requests:
+                    self.handle([request], pipeline)
+                return
+            self._fail(requests[0], exc)
+            return
+        by_id = {
+            request.id: _own(outcome) for request, outcome in zip(requests, outcomes, strict=True)
+        }
+        self._store_results(requests, by_id)
+        self._send_events(requests, time.monotonic() - started)
+
+    def _payload_of(self, request: SimpleRequest) -> Any:
+        """What the pipeline validates: the kwargs. Positional arguments are not
+        part of the contract; the pipeline rejects the marker in their place."""
+        if request.args:
+            return {"__positional_args__": len(request.args), **_as_dict(request.kwargs)}
+        return request.kwargs
+
+    def wants_result(self, request: SimpleRequest | Request) -> bool:
+        """The sender's ``ignore_result`` header, else the task's default."""
+        flag = (request.request_dict or {}).get("ignore_result")
+        return not (self.ignore_result if flag is None else flag)
+
+    def _store_results(
+        self, requests: Sequence[SimpleRequest], outcomes: dict[str, dict[str, Any]]
+    ) -> None:
+        """Every wanted result in one pipeline (Redis result backend)."""
+        wanted = [request for request in requests if self.wants_result(request)]
+        if not wanted:
+            return
+        backend = self.app.backend
+        with backend.client.pipeline(transaction=False) as pipe:
+            for request in wanted:
+                meta = backend._get_result_meta(
+                    result=outcomes[request.id],
+                    state=states.SUCCESS,
+                    traceback=None,
+                    request=request,
+                )
+                meta["task_id"] = request.id
+                key, value = backend.get_key_for_task(request.id), backend.encode(meta)
+                pipe.setex(key, backend.expires, value)
+                pipe.publish(key, value)
+            pipe.execute()
+
+    def _store_failure(self, request: SimpleRequest, exc: BaseException) -> None:
+        if not self.wants_result(request):
+            return
+        # The error's type only: its message may quote the payload.
+        self.app.backend.store_result(
+            request.id, RuntimeError(type(exc).__name__), states.FAILURE, request=request
+        )
+
+    def _retry_all(self, requests: Sequence[SimpleRequest], exc: BaseException) -> None:
+        logger.warning(
+            "%s: buffer of %d failed (%s); retrying each request",
+            self.name,
+            len(requests),
+            type(exc).__name__,
+        )
+        for request in requests:
+            retries = retries_of(request)
+            countdown = min(self.retry_backoff_max, 2.0**retries) * random.uniform(0.5, 1.0)
+            if not self._retry_or_dead_letter(request, exc, countdown):
+                # The broker is down too: raising would ack the buffer (lost);
+                # exiting the child leaves every request to on_error's re-publish,
+                # or unacked for the visibility timeout to redeliver.
+                raise SystemExit(f"{self.name}: cannot re-publish a failed buffer")
+
+    def _retry_or_dead_letter(
+        self, request: SimpleRequest | Request, exc: BaseException, countdown: float
+    ) -> bool:
+        """Re-publish with ``retries + 1`` (same task id), or dead-letter past
+        ``max_retries``. False when neither could be done (leave it unacked)."""
+        retries = retries_of(request)
+        if retries >= self.max_retries:
+            return self._dead_letter(request, "retries_exhausted", exc)
+        kwargs = _as_dict(request.kwargs)
+        try:
+            self.apply_async(
+                args=list(request.args or ()),
+                kwargs=kwargs,
+                task_id=request.id,
+                countdown=countdown or None,
+                retries=retries + 1,
+                ignore_result=not self.wants_result(request),
+                argsrepr="()",
+                kwargsrepr=redact_kwargs(kwargs),
+                add_to_parent=False,
+            )
+        except Exception as publish_exc:
+            logger.error(
+                "%s[%s]: could not re-publish (%s)",
+                self.name,
+                request.id,
+                type(publish_exc).__name__,
+            )
+            return False
+        return True
+
+    def _fail(self, request: SimpleRequest, exc: BaseException) -> None:
+        """One request that fails on its own for a reason retrying will not fix."""
+        logger.error("%s[%s] failed: %s", self.name, request.id, type(exc).__name__)
+        self._dead_letter(request, "error", exc)
+        try:
+            self._store_failure(request, exc)
+        except Exception as store_exc:
+            logger.error(
+                "%s[%s]: result not stored (%s)", self.name, request.id, type(store_exc).__name__
+            )
+
+    def _dead_letter(
+        self, request: SimpleRequest | Request, reason: str, exc: BaseException
+    ) -> bool:
+        try:
+            with session_factory()() as session, session.begin():
+                store.add(
+                    session,
+                    task_name=self.name,
+                    reason=reason,
+                    details=[f"{type(exc).__name__}: {str(exc)[:300]}"],
+                    payload=request.kwargs,
+                )
+        except (OperationalError, DBAPIError):
+            logger.error(
+                "dead-letter store unavailable; %s[%s] payload not kept", self.name, request.id
+            )
+            return False
+        return True
+
+    def _send_events(self, requests: Sequence[SimpleRequest], runtime: float) -> None:
+        """One ``task-succeeded`` per request, published together: Flower shows
+        each message as its own task, with ids only (never text)."""
+        if not self.app.conf.worker_send_task_events or not requests:
+            return
+        try:
+            dispatcher = self._dispatcher(requests[0].hostname)
+            for request in requests:
+                dispatcher.send(
+                    "task-succeeded",
+                    uuid=request.id,
+                    name=self.name,
+                    args="()",
+                    kwargs=_safe_repr(request.kwargs),
+                    retries=retries_of(request),
+                    runtime=runtime,
+                    result="<buffered>",
+                    buffered=len(requests),
+                )
+            dispatcher.flush()
+        except Exception as exc:  # events are best effort; the work is done
+            logger.warning("%s: task events not sent (%s)", self.name, type(exc).__name__)
+            self._event_dispatcher = None
+
+    def _dispatcher(self, hostname: str | None) -> EventDispatcher:
+        dispatcher = self._event_dispatcher
+        if dispatcher is None:
+            dispatcher = self.app.events.Dispatcher(
+                self.app.connection_for_write(),
+                hostname=hostname,
+                buffer_group=["task"],
+                buffer_limit=10**9,
+            )
+            self._event_dispatcher = dispatcher
+        return dispatcher
+
+
+def _own(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A request's own answer: positions refer to its own single item."""
+    if "index" in outcome:
+        return {**outcome, "index": 0}
+    return outcome
+
+
+def _as_dict(kwargs: Any) -> dict[str, Any]:
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _safe_repr(kwargs: Any) -> str:
+    try:
+        return redact_kwargs(kwargs)
+    except Exception:  # a hostile body must not stop the events
+        return "<redacted>"

@@ -1,0 +1,235 @@
+"""Buffered ``vigil.ingest.message`` / ``.detection`` (tasks/batching.py) on real
+workers, with a private broker and state ``redis-server`` per test so a test
+can stop the store or stall it while a buffer runs."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Exchange
+from sqlalchemy import select
+
+from models.tables import DeadLetter
+from services.bonds import ledger
+from services.core.settings import Settings
+from stack.processes import RedisServer, WorkerProcess
+from tasks import names
+from tests.conftest import start_test_worker
+from tests.helpers import wait_for
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+@dataclass
+class Private:
+    broker: RedisServer
+    state: RedisServer
+    env: dict[str, str]
+    settings: Settings
+    app: Celery
+    log_path: Path
+    worker: WorkerProcess | None = None
+
+    @property
+    def r(self) -> redis.Redis:
+        return self.state.client()
+
+    def start_worker(self) -> WorkerProcess:
+        self.worker = start_test_worker(self.env, self.log_path, self.app)
+        return self.worker
+
+    def send(self, kwargs: dict, task: str = names.INGEST_MESSAGE, **options):
+        return self.app.send_task(task, kwargs=kwargs, queue=names.QUEUE_INGEST, **options)
+
+
+@pytest.fixture
+def private(tmp_path, test_env, db) -> Iterator[Private]:
+    broker = RedisServer(tmp_path / "broker").start()
+    state = RedisServer(tmp_path / "state").start()
+    env = {**test_env, "VIGIL_REDIS_URL": state.url(0), "VIGIL_BROKER_URL": broker.url(0)}
+    settings = Settings(
+        redis_url=state.url(0),
+        broker_url=broker.url(0),
+        database_url=test_env["VIGIL_DATABASE_URL"],
+        embedded="never",
+    )
+    app = Celery(f"frontend-{uuid.uuid4().hex[:6]}", broker=broker.url(0), backend=state.url(0))
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    setup = Private(broker, state, env, settings, app, tmp_path / "worker.log")
+    try:
+        yield setup
+    finally:
+        if setup.worker is not None:
+            setup.worker.stop()
+        gc.collect()  # AsyncResults unsubscribe on collection: while the state Redis is up
+        app.close()
+        broker.kill()
+        state.kill()
+
+
+def message(message_id: str, user_id: str = "u1", text: str = "I feel so alone") -> dict:
+    return {
+        "message_id": message_id,
+        "user_id": user_id,
+        "guild_id": "g1",
+        "text": text,
+        "sent_at": T0.isoformat(),
+    }
+
+
+def no_backend_sender(private: Private) -> Celery:
+    """A frontend that does not wait on results: sending never touches the state Redis."""
+    sender = Celery(f"frontend-{uuid.uuid4().hex[:6]}", broker=private.broker.url(0))
+    sender.conf.update(task_serializer="json")
+    return sender
+
+
+def send_without_backend(sender: Celery, kwargs: dict) -> str:
+    """Asks for a result (ignore_result false) without subscribing to it."""
+    return sender.send_task(names.INGEST_MESSAGE, kwargs=kwargs, queue=names.QUEUE_INGEST).id
+
+
+def dead_letters(db) -> list[DeadLetter]:
+    with db() as session:
+        return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)))
+
+
+def test_each_request_keeps_its_own_result_and_dead_letter(private, db):
+    """Good and hostile messages in one buffer: each gets its own answer, each
+    hostile one its own dead letter under vigil.ingest.message; a resend is a duplicate."""
+    private.start_worker()
+    good = [message(f"good-{i}", user_id=f"u{i % 3}") for i in range(12)]
+    hostile = [
+        {**message("bad-extra"), "extra": "field"},
+        {**message("bad-id"), "user_id": "a:b"},
+        {**message("bad-text"), "text": "x" * 9000},
+        {**message("bad-time"), "sent_at": "2026-11-22T10:00:00"},
+        {"message_id": "bad-empty"},
+    ]
+    pending = [(payload, private.send(payload)) for payload in good + hostile]
+    answers = {payload["message_id"]: result.get(timeout=60) for payload, result in pending}
+
+    for payload in good:
+        assert answers[payload["message_id"]]["status"] == "accepted"
+        assert answers[payload["message_id"]]["message_id"] == payload["message_id"]
+    for payload in hostile:
+        answer = answers[payload["message_id"]]
+        assert answer["status"] == "rejected" and answer["index"] == 0 and answer["reasons"]
+    assert "alone" not in json.dumps(answers)
+
+    letters = dead_letters(db)
+    assert sorted(row.task_name for row in letters) == [names.INGEST_MESSAGE] * len(hostile)
+    assert sorted(json.loads(row.payload)["message_id"] for row in letters) == sorted(
+        payload["message_id"] for payload in hostile
+    )
+    counts = {f"u{i}": ledger.load(private.r, private.settings, f"u{i}").daily_msg_count
+              for i in range(3)}  # fmt: skip
+    assert counts == {"u0": 4, "u1": 4, "u2": 4}
+
+    again = [private.send(payload) for payload in good]
+    assert {result.get(timeout=60)["status"] for result in again} == {"duplicate"}
+    assert counts == {f"u{i}": ledger.load(private.r, private.settings, f"u{i}").daily_msg_count
+                      for i in range(3)}  # fmt: skip
+
+
+def test_detection_requests_are_buffered_with_their_own_results(private, db):
+    private.start_worker()
+    detection = {
+        "detection_id": "det-1",
+        "platform": "discord",
+        "user_id": "d1",
+        "guild_id": "g1",
+        "observed_at": T0.isoformat(),
+        "severity": "medium",
+        "crisis_score": 0.4,
+        "phase": "concern",
+        "risk_level": "medium",
+        "confidence": 0.7,
+    }
+    good = private.send(detection, task=names.INGEST_DETECTION)
+    bad = private.send({**detection, "detection_id": "det-2", "severity": "?"},
+                       task=names.INGEST_DETECTION)  # fmt: skip
+    assert good.get(timeout=60)["status"] == "accepted"
+    assert bad.get(timeout=60)["status"] == "rejected"
+    assert [row.task_name for row in dead_letters(db)] == [names.INGEST_DETECTION]
+    assert ledger.load(private.r, private.settings, "d1").phase == "concern"
+
+
+def test_results_only_when_the_sender_asked(private, db):
+    """A raw protocol-2 message has no ignore_result header: the task default (no
+    result) applies. A Python sender's ignore_result=True is honoured too."""
+    private.start_worker()
+    raw_id = str(uuid.uuid4())
+    with Connection(private.broker.url(0)) as conn:
+        conn.Producer().publish(
+            [[], message("raw-1"), {"callbacks": None, "errbacks": None, "chain": None,
+                                    "chord": None}],
+            exchange=Exchange(names.QUEUE_INGEST),
+            routing_key=names.QUEUE_INGEST,
+            serializer="json",
+            headers={"task": names.INGEST_MESSAGE, "id": raw_id, "lang": "js"},
+            declare=[],
+        )  # fmt: skip
+    ignored = private.send(message("py-ignored"), ignore_result=True)
+    wanted = private.send(message("py-wanted"))
+    assert wanted.get(timeout=60)["status"] == "accepted"
+    wait_for(lambda: ledger.load(private.r, private.settings, "u1").daily_msg_count == 3,
+             what="all three applied")  # fmt: skip
+    assert not private.r.exists(f"celery-task-meta-{raw_id}")
+    assert not private.r.exists(f"celery-task-meta-{ignored.id}")
+
+
+def test_buffer_with_store_down_is_retried_and_counted_once(private, db):
+    private.start_worker()
+    private.state.stop()
+    sender = no_backend_sender(private)
+    sent = [send_without_backend(sender, message(f"down-{i}")) for i in range(10)]
+    sender.close()
+    wait_for(lambda: "retrying each request" in private.worker.log(), timeout=60,
+             what="the failed buffer retried")  # fmt: skip
+    private.state.start()
+    answers = [private.app.AsyncResult(task_id).get(timeout=120) for task_id in sent]
+    assert {answer["status"] for answer in answers} == {"accepted"}
+    assert ledger.load(private.r, private.settings, "u1").daily_msg_count == 10
+    assert dead_letters(db) == []
+
+
+def pool_children(worker: WorkerProcess) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{worker.pid}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return children
+
+
+def test_pool_child_killed_mid_buffer_loses_nothing(private, db):
+    """The state Redis stalls (CLIENT PAUSE) while a buffer waits on it; its pool
+    child is killed; the parent re-publishes every request and each is counted once."""
+    private.start_worker()
+    sender = no_backend_sender(private)
+    private.r.execute_command("CLIENT", "PAUSE", 4000, "ALL")
+    sent = [send_without_backend(sender, message(f"kill-{i}", user_id="victim")) for i in range(20)]
+    time.sleep(1.5)  # the buffer is flushed after 50 ms and blocks on the stalled store
+    for pid in pool_children(private.worker):
+        os.kill(pid, signal.SIGKILL)
+    sender.close()
+    answers = [private.app.AsyncResult(task_id).get(timeout=120) for task_id in sent]
+    assert "lost in the pool" in private.worker.log()
+    assert {answer["status"] for answer in answers} <= {"accepted", "duplicate"}
+    assert ledger.load(private.r, private.settings, "victim").daily_msg_count == 20
+    entries = [json.loads(fields["data"]) for _, fields in
+               private.r.xrange(private.settings.stream_bond)]  # fmt: skip
+    ids = [entry["envelope_id"] for entry in entries]
+    assert len(ids) == len(set(ids))
+    assert dead_letters(db) == []
