@@ -74,6 +74,18 @@ class BufferedTask(Batches):
 
     # -- parent process ---------------------------------------------------------
 
+    def Strategy(self, task: Batches, app: Any, consumer: Any) -> Any:
+        """Celery clears the hub's timers when it reconnects to the broker, then
+        builds the strategies again: drop the dead flush timer so buffering
+        goes on (clokep/celery-batches#107), and re-arm it for what is held."""
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        strategy = super().Strategy(task, app, consumer)
+        if not self._buffer.empty() or not self._pending.empty():
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+        return strategy
+
     def flush(self, requests: Sequence[Request]) -> Any:
         """Hand one buffer to the pool; ack on return, re-publish if the child dies."""
         requests = list(requests)
