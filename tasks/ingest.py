@@ -63,7 +63,7 @@ def message(self: BufferedTask, requests: list[SimpleRequest]) -> None:
     self.handle(requests, _message_pipeline)
 
 
-@app.task(name=names.INGEST_MESSAGES, time_limit=300, soft_time_limit=240)
+@app.task(name=names.INGEST_MESSAGES, time_limit=60, soft_time_limit=50)
 def messages(messages: Any = None, **extra: Any) -> dict[str, Any]:
     """A bounded list of messages: the fast path for busy frontends."""
     settings = get_settings()
