@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,7 @@ from tests.helpers import wait_for
 from tests.services.ingest.test_detector import VALID_DETECTION, DetectorServer
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+BRPOP_TIMEOUT_S = 1  # kombu's Redis transport default
 
 
 def dead_letters(db) -> list[DeadLetter]:
@@ -42,7 +44,14 @@ def shared_worker_paused(celery_app, worker):
     """Take the shared worker (built-in detector) off the vigil queues for one
     test, so every task, replayed ones included, reaches the worker the test starts."""
     for queue in names.QUEUES:
-        celery_app.control.cancel_consumer(queue, destination=[worker.node], reply=True)
+        replies = celery_app.control.cancel_consumer(
+            queue, destination=[worker.node], reply=True, timeout=10
+        )
+        assert replies, f"the shared worker did not stop consuming {queue}"
+    # On a Redis broker the worker may still hold a BRPOP issued before the
+    # cancel, which would take the next message; it expires after kombu's
+    # brpop_timeout (1 s) and is not reissued for cancelled queues.
+    time.sleep(2 * BRPOP_TIMEOUT_S)
     yield
     for queue in names.QUEUES:
         celery_app.control.add_consumer(queue, destination=[worker.node], reply=True)
