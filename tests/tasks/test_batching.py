@@ -71,12 +71,14 @@ def private(tmp_path, test_env, db) -> Iterator[Private]:
     try:
         yield setup
     finally:
-        if setup.worker is not None:
-            setup.worker.stop()
-        gc.collect()  # AsyncResults unsubscribe on collection: while the state Redis is up
-        app.close()
-        broker.kill()
-        state.kill()
+        try:
+            if setup.worker is not None:
+                setup.worker.stop()
+            gc.collect()  # AsyncResults unsubscribe on collection: while the state Redis is up
+            app.close()
+        finally:
+            broker.stop()
+            state.stop()
 
 
 def message(message_id: str, user_id: str = "u1", text: str = "I feel so alone") -> dict:
