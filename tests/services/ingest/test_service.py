@@ -323,12 +323,6 @@ def test_outbox_relay_failure_does_not_fail_the_detection(r, db, settings, svc, 
     assert "ResponseError" in warning.getMessage()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="outbox_publish.lua sets the sent marker before its XADD; a failed XADD "
-    "leaves the marker, so later relays count the row as already sent and the "
-    "envelope never reaches the stream",
-)
 def test_envelope_whose_xadd_failed_is_published_once_the_stream_is_fixed(r, db, settings, svc):
     svc.detections([observed(0), observed(1)])
     r.set(settings.stream_attribution, "not a stream")
