@@ -61,7 +61,7 @@ def seed_style(**payload: Any) -> dict[str, Any]:
     return _seed().message(payload)
 
 
-@app.task(name=BENCH_SEED_STYLE_BATCH, time_limit=300, soft_time_limit=240)
+@app.task(name=BENCH_SEED_STYLE_BATCH, time_limit=60, soft_time_limit=50)
 def seed_style_batch(messages: list[Any]) -> dict[str, Any]:
     outcomes = _seed().messages(messages)
     return {"status": "ok", "accepted": sum(o["status"] == "accepted" for o in outcomes)}

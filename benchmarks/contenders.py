@@ -21,7 +21,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from benchmarks.harness import Bench
-from benchmarks.names import BENCH_NOOP, BENCH_SEED_STYLE, BENCH_SEED_STYLE_BATCH
+from benchmarks.names import (
+    BENCH_BARE_NOOP,
+    BENCH_NOOP,
+    BENCH_SEED_STYLE,
+    BENCH_SEED_STYLE_BATCH,
+)
 from tasks.names import INGEST_MESSAGE, INGEST_MESSAGES
 
 MESSAGES_PER_USER = 10
@@ -69,23 +74,30 @@ class Contender:
     batch: int  # 0: one message per task
     n: int
     effects: bool = True
+    bare: bool = False  # runs on the bare Celery worker (benchmarks/bare_app.py)
     runs_msgs_per_s: list[float] = field(default_factory=list)
     msgs_per_s: float = 0.0
     round_trips_per_msg: float | None = None
     server_commands_per_msg: float | None = None
     memory_bytes_per_user: float | None = None
+    memory_bytes_per_msg: float | None = None
     cpu_us_per_msg: dict[str, float] = field(default_factory=dict)
     users: int = 0
     verified: str = ""
     latency: dict[str, Any] = field(default_factory=dict)
+    latency_1ps: dict[str, Any] = field(default_factory=dict)
 
 
 def contenders_for(sizes: Sizes) -> list[Contender]:
     batch = sizes.batch_size
     return [
-        Contender("ceiling", "Celery no-op (ceiling)", BENCH_NOOP, 0, sizes.noop, False),
+        Contender("bare_noop", "bare Celery no-op: Celery defaults plus late ack, no events",
+                  BENCH_BARE_NOOP, 0, sizes.noop, False, bare=True),
+        Contender("ceiling", "Celery no-op, vigil's config (ceiling)", BENCH_NOOP, 0, sizes.noop,
+                  False),
         Contender("seed_single", "seed-style, 1 msg/task", BENCH_SEED_STYLE, 0, sizes.seed_single),
-        Contender("vigil_single", "vigil, 1 msg/task", INGEST_MESSAGE, 0, sizes.single),
+        Contender("vigil_single", "vigil.ingest.message, buffered", INGEST_MESSAGE, 0,
+                  sizes.single),
         Contender("seed_batch", f"seed-style, {batch} msgs/task", BENCH_SEED_STYLE_BATCH, batch,
                   sizes.seed_batch),
         Contender("vigil_batch", f"vigil, {batch} msgs/task", INGEST_MESSAGES, batch,
@@ -171,8 +183,9 @@ def throughput(bench: Bench, contender: Contender, sizes: Sizes) -> None:
                 contender.memory_bytes_per_user = round(
                     (memory_after - memory_before) / contender.users
                 )
+                contender.memory_bytes_per_msg = round((memory_after - memory_before) / count)
         if contender.effects:
-            verified.append(bench.verify([message["message_id"] for message in messages]))
+            verified.append(bench.verify(messages))
     contender.msgs_per_s = statistics.median(contender.runs_msgs_per_s)
     contender.cpu_us_per_msg = {
         part: round(statistics.median(run[part] for run in cpu_runs), 1) for part in cpu_runs[0]
@@ -182,14 +195,20 @@ def throughput(bench: Bench, contender: Contender, sizes: Sizes) -> None:
     contender.verified = f"{sum(verified)}/{total}" if contender.effects else "n/a (no effects)"
 
 
-def latency(bench: Bench, contender: Contender, sizes: Sizes) -> None:
-    """Paced producer at half the measured rate; a stream reader notes when
-    each message's envelope becomes visible."""
-    rate = max(1.0, contender.msgs_per_s / 2)
+def latency(
+    bench: Bench, contender: Contender, sizes: Sizes, fixed_rate: float | None = None
+) -> None:
+    """Paced producer at half the measured rate (or ``fixed_rate``); a stream
+    reader notes when each message's envelope becomes visible."""
+    rate = fixed_rate or max(1.0, contender.msgs_per_s / 2)
     count = max(contender.batch or 1, int(rate * sizes.latency_s))
+    if fixed_rate:
+        count = max(count, 10)
     if contender.batch:
         count -= count % contender.batch
-    messages = make_messages(f"lat{contender.key}-x", count, per_user=1)
+    # Fresh users per run: a user's first distress message always publishes.
+    prefix = "idle" if fixed_rate else "lat"
+    messages = make_messages(f"{prefix}{contender.key}-x", count, per_user=1)
     if contender.key == "ceiling":
         chunks = [{**message, "publish": message["message_id"]} for message in messages]
     else:
@@ -242,7 +261,7 @@ def latency(bench: Bench, contender: Contender, sizes: Sizes) -> None:
     bench.wait_drained()
     bench.consume(False)
     waits = sorted((seen[mid] - sent[mid]) * 1000 for mid in sent if mid in seen)
-    contender.latency = {
+    measured = {
         "target_rate": round(rate, 1),
         "offered_rate": round(offered, 1),
         "messages": count,
@@ -251,3 +270,7 @@ def latency(bench: Bench, contender: Contender, sizes: Sizes) -> None:
         "p99_ms": round(percentile(waits, 99), 1) if waits else None,
         "max_ms": round(waits[-1], 1) if waits else None,
     }
+    if fixed_rate:
+        contender.latency_1ps = measured
+    else:
+        contender.latency = measured

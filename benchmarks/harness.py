@@ -41,11 +41,29 @@ def private_redis(workdir: Path, name: str) -> RedisServer:
 
 
 def bench_worker(
-    env: dict[str, str], log_path: Path, pool: str = "prefork", concurrency: int = 2
+    env: dict[str, str],
+    log_path: Path,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    bare: bool = False,
 ) -> WorkerProcess:
     """``celery worker`` with the production app and settings, plus the benchmark
     tasks (``-I``). It starts on an idle queue; the bench switches the ``ingest``
     queue on and off with remote control, so a run drains a pre-filled queue."""
+    if bare:
+        # Celery's defaults plus late acks, no events, stock kombu transport.
+        return WorkerProcess(
+            log_path=log_path,
+            env={**os.environ, **env},
+            app="benchmarks.bare_app",
+            pool=pool,
+            concurrency=concurrency,
+            queues=[IDLE_QUEUE],
+            node_name=f"bare{uuid.uuid4().hex[:6]}@localhost",
+            loglevel="WARNING",
+            events=False,
+            label="bare bench worker",
+        ).start()
     return WorkerProcess(
         log_path=log_path,
         env={**os.environ, **env},
@@ -154,6 +172,7 @@ class Bench:
         self.broker_client = self.broker.client()
         self.state_client = self.state.client()
         self.worker: WorkerProcess | None = None
+        self.bare = False
         self._declare_queue()
 
     def _declare_queue(self) -> None:
@@ -161,11 +180,14 @@ class Bench:
             queue = Queue(QUEUE_INGEST, Exchange(QUEUE_INGEST), routing_key=QUEUE_INGEST)
             queue(conn.default_channel).declare()
 
-    def start_worker(self, extra_env: dict[str, str] | None = None, tag: str = "worker") -> None:
+    def start_worker(
+        self, extra_env: dict[str, str] | None = None, tag: str = "worker", bare: bool = False
+    ) -> None:
         self.stop_worker()
         env = {**self.env, **(extra_env or {})}
-        self.worker = bench_worker(env, self.workdir / f"{tag}.log")
+        self.worker = bench_worker(env, self.workdir / f"{tag}.log", bare=bare)
         self.worker.wait_ready(self.app)
+        self.bare = bare
 
     def stop_worker(self) -> None:
         if self.worker is not None:
@@ -251,17 +273,25 @@ class Bench:
     def round_trips(self) -> int:
         return read_counts(self.count_dir)
 
-    def verify(self, message_ids: list[str], timeout: float = 30) -> int:
-        """How many messages left their 'done' marker (waiting a little if needed)."""
-        from services.core import keys
+    def verify(self, messages: list[dict[str, Any]], timeout: float = 30) -> int:
+        """How many messages were applied (waiting a little if needed): vigil's
+        per-user dedupe hash says ``done``, or the seed-style marker key does."""
+        from services.core import dedupe, keys
 
-        markers = [keys.message_marker(self.settings, "bench", mid) for mid in message_ids]
         deadline = time.monotonic() + timeout
         while True:
-            done = 0
-            for start in range(0, len(markers), 1000):
-                values = self.state_client.mget(markers[start : start + 1000])
-                done += sum(value == "done" for value in values)
-            if done == len(markers) or time.monotonic() > deadline:
+            pipe = self.state_client.pipeline(transaction=False)
+            for message in messages:
+                pipe.get(keys.message_marker(self.settings, "bench", message["message_id"]))
+                pipe.hget(
+                    keys.message_dedupe(self.settings, "bench", message["user_id"]),
+                    keys.dedupe_field(message["message_id"]),
+                )
+            replies = pipe.execute()
+            done = sum(
+                legacy == "done" or dedupe.decode(packed, self.settings) == "done"
+                for legacy, packed in zip(replies[::2], replies[1::2], strict=True)
+            )
+            if done == len(messages) or time.monotonic() > deadline:
                 return done
             time.sleep(0.2)

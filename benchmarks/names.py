@@ -7,6 +7,8 @@ started with ``-I benchmarks.bench_tasks``.
 from __future__ import annotations
 
 BENCH_NOOP = "vigil.bench.noop"
+# Registered on a bare Celery app (benchmarks/bare_app.py), not on vigil's.
+BENCH_BARE_NOOP = "vigil.bench.bare_noop"
 BENCH_SEED_STYLE = "vigil.bench.seed_style"
 BENCH_SEED_STYLE_BATCH = "vigil.bench.seed_style_batch"
 

@@ -59,8 +59,9 @@ METHOD = {
     "included)",
 }
 WORKER = (
-    "prefork -c 2, production celeryconfig (prefetch 4, acks late, task events), "
-    "private broker and state redis-server"
+    "prefork -c 2, production celeryconfig (buffered ingest, prefetch 2 x flush_every, "
+    "acks late, task events), private broker and state redis-server; the bare no-op "
+    "runs on a Celery app with its defaults plus late acks, no events, stock kombu"
 )
 
 
@@ -80,10 +81,17 @@ def run(
             bench.start_worker()
             contenders = contenders_for(sizes)
             for contender in contenders:
+                if contender.bare != bench.bare:
+                    bench.start_worker(bare=contender.bare, tag=contender.key)
                 print(f"[bench] {contender.label}: throughput", flush=True)
                 throughput(bench, contender, sizes)
+                if contender.bare:
+                    continue  # the bare no-op publishes nothing to wait for
                 print(f"[bench] {contender.label}: latency at half load", flush=True)
                 latency(bench, contender, sizes)
+                if contender.key == "vigil_single":
+                    print(f"[bench] {contender.label}: latency at 1 msg/s", flush=True)
+                    latency(bench, contender, sizes, fixed_rate=1.0)
                 print(
                     f"[bench]   {contender.msgs_per_s:.0f} msg/s, {contender.latency}", flush=True
                 )
