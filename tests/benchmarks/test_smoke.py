@@ -64,4 +64,6 @@ def test_harness_smoke(service_urls, tmp_path):
     corr = result["correlator"]
     assert corr["rows"] == result["sizes"]["correlator_rows"]
     assert any("ix_attribution_state_multi_actor" in line for line in corr["plan_summary"])
-    assert {t["target"] for t in result["targets"]} >= {"vigil single (buffered) vs bare Celery no-op"}
+    assert {t["target"] for t in result["targets"]} >= {
+        "vigil single (buffered) vs bare Celery no-op"
+    }
