@@ -100,8 +100,22 @@ def sender_app(
 
 
 class VigilClient:
-    def __init__(self, broker_url: str | None = None, app: Celery | None = None) -> None:
+    """Sends messages and detections by task name.
+
+    Ingest answers are not kept unless ``keep_results``: Celery stores a result
+    for every task whose sender does not say ``ignore_result``, and a frontend
+    that never reads them would fill the result backend with one key per message.
+    """
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        app: Celery | None = None,
+        *,
+        keep_results: bool = False,
+    ) -> None:
         self.app = app or sender_app(broker_url or "redis://127.0.0.1:6379/0")
+        self.keep_results = keep_results
 
     def _send(self, name: str, kwargs: dict[str, Any], producer=None):
         shown = {k: kwargs[k] for k in ("message_id", "detection_id", "user_id") if k in kwargs}
@@ -112,6 +126,7 @@ class VigilClient:
             argsrepr="()",
             kwargsrepr=repr(shown) if name != BATCH_TASK else f"<{len(kwargs['messages'])} msgs>",
             producer=producer,
+            ignore_result=not self.keep_results,
         )
 
     def message(self, **fields: Any):

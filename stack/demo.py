@@ -338,7 +338,7 @@ def run(
     app = app or make_app(settings)
     if not app.control.ping(timeout=2.0):
         raise NoWorker("no vigil worker answers on this broker; start one with `vigil up`")
-    client = VigilClient(app=app)
+    client = VigilClient(app=app, keep_results=True)
     r = clients.get_redis(settings)
     deadline = time.monotonic() + timeout_s
     marks = _stream_marks(r, settings)

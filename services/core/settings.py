@@ -119,8 +119,11 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(default=60, ge=1)
     task_soft_time_limit: int = Field(default=50, ge=1)
     # Retries of transient errors: exponential backoff capped at this countdown.
+    # Countdowns are jittered (uniform between 0 and the cap, so retries after an
+    # outage do not arrive together), which halves the expected wait: 40 retries
+    # ride out about ten minutes of a store being away.
     retry_backoff_max: int = Field(default=30, ge=1)
-    retry_max_retries: int = Field(default=14, ge=0)
+    retry_max_retries: int = Field(default=40, ge=0)
 
     # Buffered single-message ingest (tasks/batching.py). A worker holds
     # vigil.ingest.message / vigil.ingest.detection requests and runs the
