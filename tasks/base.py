@@ -11,7 +11,7 @@ from celery import Celery, Task
 from celery.exceptions import MaxRetriesExceededError, Reject
 from celery.worker import request as _request
 from celery.worker.consumer import consumer as _consumer
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from services.core.clients import session_factory
 from services.core.errors import TransientError
@@ -101,24 +101,7 @@ class VigilTask(Task):
             if isinstance(exc, (*TRANSIENT_ERRORS, MaxRetriesExceededError))
             else "error"
         )
-        try:
-            with session_factory()() as session, session.begin():
-                store.add(
-                    session,
-                    task_name=self.name,
-                    reason=reason,
-                    details=[f"{type(exc).__name__}: {_safe_exc(exc)}"],
-                    payload=kwargs,
-                )
-        except (OperationalError, DBAPIError):
-            logger.error(
-                "dead-letter store unavailable; task %s[%s] payload not kept", self.name, task_id
-            )
-
-
-def _safe_exc(exc: BaseException) -> str:
-    # Exception messages from our own code carry no text; foreign ones are cut short.
-    return str(exc)[:300]
+        store.keep_failed(session_factory(), self.name, task_id, reason, exc, kwargs)
 
 
 class TimeLimitWarning(RuntimeWarning):

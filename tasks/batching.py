@@ -35,7 +35,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from services.core.clients import session_factory
 from services.deadletters import store
@@ -255,21 +254,9 @@ class BufferedTask(Batches):
     def _dead_letter(
         self, request: SimpleRequest | Request, reason: str, exc: BaseException
     ) -> bool:
-        try:
-            with session_factory()() as session, session.begin():
-                store.add(
-                    session,
-                    task_name=self.name,
-                    reason=reason,
-                    details=[f"{type(exc).__name__}: {str(exc)[:300]}"],
-                    payload=request.kwargs,
-                )
-        except (OperationalError, DBAPIError):
-            logger.error(
-                "dead-letter store unavailable; %s[%s] payload not kept", self.name, request.id
-            )
-            return False
-        return True
+        return store.keep_failed(
+            session_factory(), self.name, request.id, reason, exc, request.kwargs
+        )
 
     def _send_events(self, requests: Sequence[SimpleRequest], runtime: float) -> None:
         """One ``task-succeeded`` per request, published together: Flower shows

@@ -8,17 +8,21 @@ older than the retention period are purged.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.payloads import ID_PATTERN
 from models.tables import DeadLetter
 from services.metrics.counters import Counter
+
+logger = logging.getLogger(__name__)
 
 MAX_PAYLOAD_CHARS = 256 * 1024
 
@@ -92,6 +96,32 @@ def reject(
             add(session, task_name=task_name, reason="rejected", details=reasons, payload=payload)
     if counter is not None:
         counter.add(len(rejected))
+
+
+def keep_failed(
+    sessions: sessionmaker[Session],
+    task_name: str,
+    task_id: str | None,
+    reason: str,
+    exc: BaseException,
+    payload: Any,
+) -> bool:
+    """The one path for a task that failed for good: its payload is kept with the
+    error's type and a short message (our own exceptions carry no text; foreign
+    ones are cut short). False when the store itself is away: that is logged."""
+    try:
+        with sessions() as session, session.begin():
+            add(
+                session,
+                task_name=task_name,
+                reason=reason,
+                details=[f"{type(exc).__name__}: {str(exc)[:300]}"],
+                payload=payload,
+            )
+    except (OperationalError, DBAPIError):
+        logger.error("dead-letter store unavailable; %s[%s] payload not kept", task_name, task_id)
+        return False
+    return True
 
 
 def summary(row: DeadLetter) -> dict[str, Any]:

@@ -85,14 +85,13 @@ def _users_without_state(batches, singles, r, settings) -> frozenset[str]:
 
 def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, request):
     if broker["kind"] == "redis":
-        # After the broker reconnect the buffered ingest tasks (celery-batches)
-        # never flush again: Celery clears the hub timer on a connection loss and
-        # celery-batches does not re-arm its flush timer (clokep/celery-batches#107),
-        # so a buffer below flush_every is stranded. Until tasks/batching.py
-        # re-arms it on every consumer start (docs/faults.md).
+        # After a broker reconnect Celery clears the hub timer; tasks/batching.py
+        # re-arms the buffered tasks' flush timer (clokep/celery-batches#107).
+        # With that, 2 of 3 runs here passed; the cause of the third failure is
+        # not found yet (docs/faults.md), so the case stays a non-strict xfail.
         request.applymarker(
             pytest.mark.xfail(
-                reason="celery-batches flush timer not re-armed after a broker reconnect",
+                reason="Redis broker restart: intermittent, cause not found yet (docs/faults.md)",
                 strict=False,
             )
         )
