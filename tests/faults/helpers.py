@@ -70,7 +70,8 @@ def burst(
 def send_burst(
     app: Celery, batches: list[list[dict[str, Any]]], singles: list[dict[str, Any]]
 ) -> None:
-    """Batches interleaved with singles, over one producer connection."""
+    """Batches interleaved with singles, over one producer connection, sent as
+    VigilClient sends them: no answer kept (``ignore_result``)."""
     singles_per_batch = max(1, len(singles) // max(1, len(batches)))
     remaining = iter(singles)
     with app.producer_or_acquire() as producer:
@@ -80,15 +81,26 @@ def send_burst(
                 kwargs={"messages": batch},
                 queue=QUEUE_INGEST,
                 producer=producer,
+                ignore_result=True,
             )
             for _ in range(singles_per_batch):
                 message = next(remaining, None)
                 if message is not None:
                     app.send_task(
-                        INGEST_MESSAGE, kwargs=message, queue=QUEUE_INGEST, producer=producer
+                        INGEST_MESSAGE,
+                        kwargs=message,
+                        queue=QUEUE_INGEST,
+                        producer=producer,
+                        ignore_result=True,
                     )
         for message in remaining:
-            app.send_task(INGEST_MESSAGE, kwargs=message, queue=QUEUE_INGEST, producer=producer)
+            app.send_task(
+                INGEST_MESSAGE,
+                kwargs=message,
+                queue=QUEUE_INGEST,
+                producer=producer,
+                ignore_result=True,
+            )
 
 
 def run_reference(stack, batches, singles) -> dict[str, Any]:

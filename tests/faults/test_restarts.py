@@ -21,7 +21,9 @@ from .helpers import T0, burst, count_markers, diff, run_reference, send_burst, 
 
 pytestmark = pytest.mark.faults
 
-BATCHES, PER_BATCH, SINGLES, DETECTIONS = 40, 100, 300, 300
+# Enough that the restart lands mid-burst: the batch path applies about 5,000
+# messages a second here, so the whole burst takes a few seconds.
+BATCHES, PER_BATCH, SINGLES, DETECTIONS = 100, 100, 300, 300
 RECONNECT_S = 60
 # Messages a broker restart may lose, per broker. Redis: kombu's BRPOP pops a task
 # before it is recorded as unacked, so the one pop the server serves as it shuts
@@ -114,8 +116,9 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, requ
 
     send_burst(app, batches, singles)
     wait_for(
-        lambda: count_markers(r, settings).get("done", 0) >= total // 6,
-        what="a sixth of the burst applied",
+        lambda: count_markers(r, settings).get("done", 0) >= 1,
+        timeout=60,
+        what="the burst under way",
     )
 
     # Redis: stop (the append-only file is flushed) and start on the same port.
@@ -134,7 +137,13 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, requ
     fresh.pg.stop()
     with app.producer_or_acquire() as producer:
         for d in dets:
-            app.send_task("vigil.ingest.detection", kwargs=d, queue="ingest", producer=producer)
+            app.send_task(
+                "vigil.ingest.detection",
+                kwargs=d,
+                queue="ingest",
+                producer=producer,
+                ignore_result=True,
+            )
     wait_for(
         lambda: _retries(worker.log()) > 0, timeout=60, what="a retry while PostgreSQL is down"
     )
