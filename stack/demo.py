@@ -259,6 +259,15 @@ def plan(
     )
 
 
+def _release(app: Celery, results: list[Any]) -> None:
+    """Unsubscribe from every answer now, while Redis is up. An AsyncResult does
+    it when collected, which may be at exit, after the stack stopped Redis, where
+    Celery's result consumer would retry reconnecting for each one."""
+    for result in results:
+        app.backend.remove_pending_result(result)
+        result.backend = None
+
+
 class _OutcomeCelery(Celery):
     """Ingest tasks keep no result by default; the demo asks for them per send
     (``ignore_result=False`` in the message), so it can report each outcome."""
@@ -394,6 +403,7 @@ def run(
     except ResultTimeout:
         unfinished += 1
     progress("correlating", 1, 1)
+    _release(app, [*cap_results, *(res for _, _, res in pending), res])
 
     with clients.session_factory(settings)() as session:
         ours = set(p.users)
