@@ -99,27 +99,41 @@ def check_rate_limit(
     )
 
 
+def detection_shared(
+    settings: Settings, now: float, counted_as: str = counters.DETECTIONS
+) -> dict[str, Any]:
+    """What every item of one ``apply_detection.lua`` call shares (ARGV[3]).
+
+    ``counted_as``: the counter family the outcomes add to (a message's
+    detection counts as a message)."""
+    return {
+        "default_cap": settings.default_daily_cap,
+        "day_start": keys.day_start(now),
+        "now": now,
+        "published_at": iso(now),
+        "events_max": settings.events_max,
+        "maxlen": settings.stream_maxlen,
+        "counted_as": counted_as,
+        **dedupe.script_args(settings, now),
+    }
+
+
 def detection_args(
     settings: Settings,
     det: DetectionIn,
     *,
     marker: str,
     history: dict[str, Any] | None,
-    now: float,
-    counted_as: str = counters.DETECTIONS,
+    stamp: int,
     dedupe_entry: tuple[str, str] | None = None,
-    position: int = 0,
 ) -> scripts.Item:
-    """Keys and arguments of one detection for ``apply_detection.lua``.
+    """Keys and own arguments of one detection for ``apply_detection.lua``.
 
     ``marker`` is the pre-upgrade marker key: the cause of the envelope ids (so
     they stay what they were) and read in case it is still there.
     ``dedupe_entry`` is the (hash, field) that records the detection applied,
     by default its own id in the user's detection hash; a message passes its
-    message's entry. ``position`` is its index in the batch.
-
-    ``counted_as``: the counter family its outcome adds to (a message's
-    detection counts as a message)."""
+    message's entry. ``stamp`` is its first-seen stamp (``dedupe.stamp``)."""
     if dedupe_entry is None:
         dedupe_entry = (
             keys.detection_dedupe(settings, det.platform, det.user_id),
@@ -129,19 +143,9 @@ def detection_args(
     doc = {
         "user_id": det.user_id,
         "guild_id": det.guild_id,
-        "default_cap": settings.default_daily_cap,
-        "day_start": keys.day_start(now),
-        "now": now,
-        "published_at": iso(now),
         "correlation_id": det.message_id or det.detection_id,
-        "events_max": settings.events_max,
-        "maxlen": settings.stream_maxlen,
         "field": dedupe_field,
-        **dedupe.script_args(settings, now, position),
-        "envelope_ids": {
-            "phase": envelope_id(marker, "bond.phase_transition"),
-            "risk": envelope_id(marker, "bond.risk_change"),
-        },
+        "stamp": stamp,
         "detection": {
             "phase": det.phase,
             "risk_level": det.risk_level,
@@ -153,7 +157,6 @@ def detection_args(
             "ulm_vector": dict(det.ulm_vector),
         },
         "history": history,
-        "counted_as": counted_as,
     }
     bond_keys = [
         keys.bond(settings, det.user_id),

@@ -23,21 +23,22 @@ from services.core.settings import Settings
 STATES = {1: "counted", 2: "limited", 3: "done"}
 
 
-def script_args(settings: Settings, now: float, position: int) -> dict[str, Any]:
-    """The ``field``-less part of an item's dedupe arguments.
-
-    ``position`` (the item's index in its batch) is added to the stamp in
-    milliseconds so a batch's ids keep their order when a hash is pruned."""
-    now_ms = int(now * 1000)
+def script_args(settings: Settings, now: float) -> dict[str, Any]:
+    """The dedupe arguments every item of a batch shares (``d`` in _bond.lua)."""
     return {
-        "stamp": now_ms + position,
         "dedupe": {
-            "now_ms": now_ms,
+            "now_ms": int(now * 1000),
             "window_ms": settings.dedupe_window_s * 1000,
             "max": settings.dedupe_max_per_user,
             "slack": max(1, settings.dedupe_max_per_user // 4),
         },
     }
+
+
+def stamp(now: float, position: int) -> int:
+    """An item's first-seen stamp in milliseconds: ``position`` (its index in
+    its batch) is added so a batch's ids keep their order when a hash is pruned."""
+    return int(now * 1000) + position
 
 
 def decode(raw: str | bytes | None, settings: Settings, now: float | None = None) -> str | None:

@@ -18,6 +18,8 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from models.envelopes import ENVELOPE_ID_NAMESPACE
+
 _DIR = Path(__file__).parent / "redis_scripts"
 _HELPERS = "_bond.lua"
 
@@ -86,23 +88,30 @@ def run_batch(
     name: str,
     items: Sequence[Item],
     *,
+    shared: dict[str, Any],
     metrics_key: str | None = None,
 ) -> list[Any]:
     """Run a batch script (``ingest_gate``, ``apply_detection``) over many items.
 
-    The script takes every item's keys in order and one JSON array of the items'
-    arguments, so packing and dispatch are paid per call, not per item. A reply
-    ``['error', reason]`` comes back as a ``ResponseError`` in that item's slot.
-    With ``metrics_key`` (the counters hash) each call also gets that key last
-    and ARGV[2] ``'metrics'``, and the script counts outcomes in it."""
+    The script takes every item's keys in order, one JSON array of the items'
+    own arguments and one JSON doc of what they all share (``shared``: the time,
+    settings, the envelope id namespace), so packing, decoding and dispatch are
+    paid per call, not per item. A reply ``['error', reason]`` comes back as a
+    ``ResponseError`` in that item's slot. With ``metrics_key`` (the counters
+    hash) each call also gets that key last and ARGV[2] ``'metrics'``, and the
+    script counts outcomes in it."""
     calls: list[Call] = []
+    shared_json = json.dumps({**shared, "envelope_ns": ENVELOPE_ID_NAMESPACE.hex})
     for start in range(0, len(items), BATCH_CHUNK):
         chunk = items[start : start + BATCH_CHUNK]
         keys = [k for item_keys, _ in chunk for k in item_keys]
-        args = [json.dumps([doc for _, doc in chunk])]
         if metrics_key is not None:
             keys.append(metrics_key)
-            args.append("metrics")
+        args = [
+            json.dumps([doc for _, doc in chunk]),
+            "metrics" if metrics_key is not None else "",
+            shared_json,
+        ]
         calls.append((keys, args))
     out: list[Any] = []
     for reply in run_many(redis_client, name, calls):

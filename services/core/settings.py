@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     # every process works on one. Reserved messages are unacked, so their wait
     # counts toward the visibility timeout.
     ingest_prefetch_multiplier: int | None = Field(default=None, ge=1, le=10_000)
+    # Flower's view of buffered ingest: one task-succeeded event per request
+    # (each message is its own task, found by its id) or one per buffer (a
+    # synthetic task naming how many requests it ran). benchmarks/ measures both.
+    ingest_task_events: Literal["per_request", "per_buffer"] = "per_request"
 
     # Metrics exporter (`vigil metrics serve`, started by `vigil up`). Loopback by
     # default; bound anywhere else it needs metrics_token (or

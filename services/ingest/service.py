@@ -26,7 +26,6 @@ from redis.exceptions import ResponseError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.envelopes import envelope_id
 from models.history import StoredMessage
 from models.payloads import DetectionIn, MessageIn, reasons_of, text_limit
 from services.attribution import service as attribution
@@ -120,6 +119,7 @@ class IngestService:
             self.redis_client,
             "ingest_gate",
             [self._gate_item(m, now, i) for i, m in valid],
+            shared=self._gate_shared(now),
             metrics_key=keys.metrics(self.settings),
         )
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None]] = []
@@ -169,15 +169,17 @@ class IngestService:
                 det,
                 marker=keys.message_marker(self.settings, msg.platform, msg.message_id),
                 history=entry,
-                now=now,
-                counted_as=counters.MESSAGES,
+                stamp=dedupe.stamp(now, i),
                 dedupe_entry=self._dedupe_entry(msg),
-                position=i,
             )
             for i, msg, det, entry in to_apply
         ]
         applied = scripts.run_batch(
-            self.redis_client, "apply_detection", calls, metrics_key=keys.metrics(self.settings)
+            self.redis_client,
+            "apply_detection",
+            calls,
+            shared=ledger.detection_shared(self.settings, now, counters.MESSAGES),
+            metrics_key=keys.metrics(self.settings),
         )
         for (i, msg, det, _), reply in zip(to_apply, applied, strict=True):
             outcomes[i] = self._applied(reply, msg.message_id, det)
@@ -214,17 +216,22 @@ class IngestService:
             "guild_id": msg.guild_id,
             "platform": msg.platform,
             "message_id": msg.message_id,
+            "field": dedupe_field,
+            "stamp": dedupe.stamp(now, position),
+        }
+        return item_keys, doc
+
+    def _gate_shared(self, now: float) -> dict[str, Any]:
+        """What every message of one ``ingest_gate.lua`` call shares (ARGV[3])."""
+        return {
             "day_start": keys.day_start(now),
             "default_cap": self.settings.default_daily_cap,
             "context_limit": self.context_limit,
-            "field": dedupe_field,
-            **dedupe.script_args(self.settings, now, position),
             "maxlen": self.settings.stream_maxlen,
             "now": now,
-            "envelope_id": envelope_id(marker, "message.rate_limited"),
             "published_at": ledger.iso(now),
+            **dedupe.script_args(self.settings, now),
         }
-        return item_keys, doc
 
     # -- detections -------------------------------------------------------------
 
@@ -239,13 +246,16 @@ class IngestService:
                 det,
                 marker=keys.detection_marker(self.settings, det.detection_id),
                 history=None,
-                now=now,
-                position=i,
+                stamp=dedupe.stamp(now, i),
             )
             for i, det in valid
         ]
         applied = scripts.run_batch(
-            self.redis_client, "apply_detection", calls, metrics_key=keys.metrics(self.settings)
+            self.redis_client,
+            "apply_detection",
+            calls,
+            shared=ledger.detection_shared(self.settings, now),
+            metrics_key=keys.metrics(self.settings),
         )
         for (i, det), reply in zip(valid, applied, strict=True):
             outcomes[i] = self._applied(reply, det.detection_id, det, key="detection_id")

@@ -2,10 +2,19 @@
 -- Bonds are stored as the seed ledger wrote them: one JSON object at abl:{user_id}.
 
 -- Pipeline counters (services/metrics): a script that is given the metrics hash
--- (last in KEYS) sets metrics_key; without it count_metric does nothing.
+-- (last in KEYS) sets metrics_key; without it count_metric does nothing. Counts
+-- add up in metric_counts and flush_metrics writes them once per script call,
+-- so a batch costs one HINCRBY per counter, not per item.
 local metrics_key = nil
+local metric_counts = {}
 local function count_metric(field, n)
-  if metrics_key then redis.call('HINCRBY', metrics_key, field, n or 1) end
+  if metrics_key then metric_counts[field] = (metric_counts[field] or 0) + (n or 1) end
+end
+
+local function flush_metrics()
+  if not metrics_key then return end
+  for field, n in pairs(metric_counts) do redis.call('HINCRBY', metrics_key, field, n) end
+  metric_counts = {}
 end
 
 local function load_bond(key, user_id, default_cap)
@@ -27,22 +36,17 @@ local function load_bond(key, user_id, default_cap)
   }, false
 end
 
--- cjson cannot tell an empty array from an empty object; the seed wrote notes as
--- a list and peak_nodes as an object, so encode those two by name.
+-- cjson cannot tell an empty array from an empty object and writes both as {};
+-- the seed wrote notes as a list (peak_nodes as an object), so empty notes are
+-- spliced in as [].
 local function encode_bond(bond)
-  local parts = {}
-  for k, v in pairs(bond) do
-    local enc
-    if k == 'notes' and type(v) == 'table' and next(v) == nil then
-      enc = '[]'
-    elseif k == 'peak_nodes' and type(v) == 'table' and next(v) == nil then
-      enc = '{}'
-    else
-      enc = cjson.encode(v)
-    end
-    parts[#parts + 1] = cjson.encode(tostring(k)) .. ':' .. enc
-  end
-  return '{' .. table.concat(parts, ',') .. '}'
+  local notes = bond.notes
+  if type(notes) ~= 'table' or next(notes) ~= nil then return cjson.encode(bond) end
+  bond.notes = nil
+  local body = cjson.encode(bond)
+  bond.notes = notes
+  if body == '{}' then return '{"notes":[]}' end
+  return body:sub(1, -2) .. ',"notes":[]}'
 end
 
 local function num(v, default)
@@ -123,8 +127,44 @@ local function dedupe_prune(key, d)
   end
 end
 
-local function dedupe_set(key, field, state, stamp, d)
-  redis.call('HSET', key, field, string.format('%.0f', stamp * 4 + DEDUPE_CODE[state]))
+-- first_seen: the stamp of the live entry being moved on (counted -> done). It
+-- is kept, and the key's expiry and size already cover that entry, so only a
+-- new entry pays for PEXPIRE and the size check.
+local function dedupe_set(key, field, state, stamp, d, first_seen)
+  redis.call('HSET', key, field, string.format('%.0f', (first_seen or stamp) * 4 + DEDUPE_CODE[state]))
+  if first_seen then return end
   redis.call('PEXPIRE', key, d.window_ms)
   if redis.call('HLEN', key) > d.max + d.slack then dedupe_prune(key, d) end
+end
+
+-- Envelope ids: uuid5(namespace, cause .. '\31' .. topic), the same as
+-- models.envelopes.envelope_id, computed only for envelopes that are published.
+-- envelope_ns holds the namespace's 16 bytes (set by run_batch).
+local envelope_ns = nil
+local function envelope_id(cause, topic)
+  local h = redis.sha1hex(envelope_ns .. cause .. '\31' .. topic)
+  local variant = string.format('%x', tonumber(h:sub(17, 17), 16) % 4 + 8)
+  return h:sub(1, 8) .. '-' .. h:sub(9, 12) .. '-5' .. h:sub(14, 16) .. '-' .. variant
+    .. h:sub(18, 20) .. '-' .. h:sub(21, 32)
+end
+
+-- The batch scripts (ingest_gate, apply_detection): KEYS holds `stride` keys per
+-- item, then the metrics hash when ARGV[2] is 'metrics'; ARGV[1] is a JSON array
+-- of per-item docs and ARGV[3] one JSON doc of what every item shares (each
+-- item reads it as its defaults). fn(a, keys...) runs per item; an item that
+-- raises answers {'error', reason} and the others still run.
+local function run_batch(fn, stride)
+  if ARGV[2] == 'metrics' then metrics_key = KEYS[#KEYS] end
+  local shared = cjson.decode(ARGV[3])
+  envelope_ns = (shared.envelope_ns or ''):gsub('..', function(c) return string.char(tonumber(c, 16)) end)
+  local defaults = {__index = shared}
+  local out = {}
+  for i, a in ipairs(cjson.decode(ARGV[1])) do
+    setmetatable(a, defaults)
+    local k = (i - 1) * stride
+    local ok, res = pcall(fn, a, unpack(KEYS, k + 1, k + stride))
+    if ok then out[i] = res else out[i] = {'error', tostring(res)} end
+  end
+  flush_metrics()
+  return out
 end

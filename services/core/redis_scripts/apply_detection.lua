@@ -1,12 +1,13 @@
 -- Round trip 2 of a batch: apply each detection to the bond, its events,
 -- history and stream, all or nothing per detection, exactly once per dedupe entry.
--- KEYS: 6 per detection: bond, events, dedupe hash, pre-upgrade marker, history,
---   bond_stream; then the metrics hash when ARGV[2] is 'metrics'
---   (services/core/scripts.py: run_batch)
--- ARGV[1]: JSON array, one object per detection (see services/bonds.py: detection_args)
+-- KEYS: 6 per detection: bond, events, dedupe hash, pre-upgrade marker (the
+--   envelope ids' cause), history, bond_stream; then the metrics hash
+--   (run_batch in _bond.lua and services/core/scripts.py)
+-- ARGV[1]: JSON array, one object per detection; ARGV[3]: what they share
+--   (services/bonds/ledger.py: detection_args, detection_shared)
 -- Returns one reply per detection: {'duplicate'} | {'applied', changed, stored} | {'error', reason}
 
-local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, stream, a)
+local function apply(a, bond_key, events_key, dedupe_key, legacy_key, history_key, stream)
   local seen, first_seen = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
   if seen == 'done' then
     count_metric((a.counted_as or 'detections') .. ':duplicate')
@@ -30,7 +31,8 @@ local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, 
               primary_signal = d.primary_signal},
     })
     publish(stream, a.maxlen, {
-      schema_version = '1', envelope_id = a.envelope_ids.phase, topic = 'bond.phase_transition',
+      schema_version = '1', topic = 'bond.phase_transition',
+      envelope_id = envelope_id(legacy_key, 'bond.phase_transition'),
       published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
       payload = {user_id = a.user_id, guild_id = guild, from_phase = old, to_phase = d.phase,
                  confidence = d.confidence, primary_signal = d.primary_signal},
@@ -49,7 +51,8 @@ local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, 
       data = {from = old, to = d.risk_level},
     })
     publish(stream, a.maxlen, {
-      schema_version = '1', envelope_id = a.envelope_ids.risk, topic = 'bond.risk_change',
+      schema_version = '1', topic = 'bond.risk_change',
+      envelope_id = envelope_id(legacy_key, 'bond.risk_change'),
       published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
       payload = {user_id = a.user_id, guild_id = guild, from_risk = old, to_risk = d.risk_level},
     })
@@ -82,18 +85,9 @@ local function apply(bond_key, events_key, dedupe_key, legacy_key, history_key, 
   end
 
   -- Keep the first-seen stamp the gate wrote: the user's ids stay in arrival order.
-  dedupe_set(dedupe_key, a.field, 'done', first_seen or a.stamp, a.dedupe)
+  dedupe_set(dedupe_key, a.field, 'done', a.stamp, a.dedupe, first_seen)
   count_metric((a.counted_as or 'detections') .. ':accepted')
   return {'applied', table.concat(changed, ','), tostring(stored)}
 end
 
-local docs = cjson.decode(ARGV[1])
-if ARGV[2] == 'metrics' then metrics_key = KEYS[#KEYS] end
-local out = {}
-for i, a in ipairs(docs) do
-  local k = (i - 1) * 6
-  local ok, res = pcall(apply, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
-                        KEYS[k + 6], a)
-  if ok then out[i] = res else out[i] = {'error', tostring(res)} end
-end
-return out
+return run_batch(apply, 6)

@@ -34,4 +34,5 @@ publish(stream, a.maxlen, {
   published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
   payload = {user_id = a.user_id, action = a.action, detail = detail},
 })
+flush_metrics()
 return encode_bond(bond)

@@ -1,8 +1,9 @@
 -- Round trip 1 of a batch of messages: for each, dedupe, atomic daily-cap
 -- check-and-count, and its history context.
 -- KEYS: 5 per message: bond, dedupe hash, pre-upgrade marker, history, bond_stream;
---   then the metrics hash when ARGV[2] is 'metrics' (services/core/scripts.py: run_batch)
--- ARGV[1]: JSON array, one object per message (see services/ingest/service.py: _gate_item)
+--   then the metrics hash (run_batch in _bond.lua and services/core/scripts.py)
+-- ARGV[1]: JSON array, one object per message; ARGV[3]: what they share
+--   (services/ingest/service.py: _gate_item, _gate_shared)
 -- Returns one reply per message: {'duplicate', marker} | {'rate_limited', cap, count}
 --   | {'accepted', count_or_'redelivered', context} | {'error', reason}
 
@@ -12,7 +13,7 @@ local function context(history_key, limit)
   return redis.call('ZRANGE', history_key, -limit, -1)
 end
 
-local function gate(bond_key, dedupe_key, legacy_key, history_key, stream, a)
+local function gate(a, bond_key, dedupe_key, legacy_key, history_key, stream)
   local marker = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
   if marker == 'done' or marker == 'limited' then
     count_metric('messages:duplicate')
@@ -33,7 +34,8 @@ local function gate(bond_key, dedupe_key, legacy_key, history_key, stream, a)
     redis.call('SET', bond_key, encode_bond(bond))
     dedupe_set(dedupe_key, a.field, 'limited', a.stamp, a.dedupe)
     publish(stream, a.maxlen, {
-      schema_version = '1', envelope_id = a.envelope_id, topic = 'message.rate_limited',
+      schema_version = '1', envelope_id = envelope_id(legacy_key, 'message.rate_limited'),
+      topic = 'message.rate_limited',
       published_at = a.published_at, correlation_id = a.message_id, meta = {},
       payload = {user_id = a.user_id, guild_id = a.guild_id, platform = a.platform,
                  message_id = a.message_id, cap = cap, count = count},
@@ -49,12 +51,4 @@ local function gate(bond_key, dedupe_key, legacy_key, history_key, stream, a)
   return {'accepted', tostring(count + 1), context(history_key, a.context_limit)}
 end
 
-local docs = cjson.decode(ARGV[1])
-if ARGV[2] == 'metrics' then metrics_key = KEYS[#KEYS] end
-local out = {}
-for i, a in ipairs(docs) do
-  local k = (i - 1) * 5
-  local ok, res = pcall(gate, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a)
-  if ok then out[i] = res else out[i] = {'error', tostring(res)} end
-end
-return out
+return run_batch(gate, 5)

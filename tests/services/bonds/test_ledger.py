@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from models.payloads import DetectionIn
 from services.bonds import ledger
-from services.core import keys, scripts
+from services.core import dedupe, keys, scripts
 
 SEED_BOND = {
     "user_id": "42",
@@ -35,14 +35,17 @@ def _det(**kw) -> DetectionIn:
 
 
 def _apply(r, settings, det: DetectionIn, now: float | None = None):
+    now = now or time.time()
     call = ledger.detection_args(
         settings,
         det,
         marker=keys.detection_marker(settings, det.detection_id),
         history=None,
-        now=now or time.time(),
+        stamp=dedupe.stamp(now, 0),
     )
-    (reply,) = scripts.run_batch(r, "apply_detection", [call])
+    (reply,) = scripts.run_batch(
+        r, "apply_detection", [call], shared=ledger.detection_shared(settings, now)
+    )
     return reply
 
 

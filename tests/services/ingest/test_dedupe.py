@@ -244,3 +244,27 @@ def test_processes_racing_the_same_message_ids_count_each_once(r, db, settings, 
         events = ledger.get_events(r, settings, u, limit=500)
         transitions = [e for e in envelopes if e["payload"]["user_id"] == u]
         assert len(events) == len(transitions)
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    ["plain", "0", "A.b-c_9", "x" * 120],
+)
+def test_envelope_ids_computed_in_redis_equal_the_python_ones(r, db, settings, message_id):
+    """apply_detection.lua and ingest_gate.lua compute envelope ids themselves,
+    only for envelopes they publish; they must be models.envelopes.envelope_id."""
+    ledger.set_cap(r, settings, "u1", 1)
+    svc = service(r, db, settings)
+    # Severity high: both the phase and the risk level move.
+    first = msg(1, text="I want to die", message_id=message_id)
+    second = msg(2, message_id=message_id + "-2")
+    assert statuses(svc.messages([first, second], now=NOW)) == ["accepted", "rate_limited"]
+    published = {e["topic"]: e for e in bond_stream(r, settings)}
+    first_marker = keys.message_marker(settings, "discord", message_id)
+    second_marker = keys.message_marker(settings, "discord", message_id + "-2")
+    expected = {
+        "bond.phase_transition": envelope_id(first_marker, "bond.phase_transition"),
+        "bond.risk_change": envelope_id(first_marker, "bond.risk_change"),
+        "message.rate_limited": envelope_id(second_marker, "message.rate_limited"),
+    }
+    assert {topic: published[topic]["envelope_id"] for topic in expected} == expected
