@@ -75,6 +75,7 @@ class Contender:
     n: int
     effects: bool = True
     bare: bool = False  # runs on the bare Celery worker (benchmarks/bare_app.py)
+    worker_env: dict[str, str] = field(default_factory=dict)  # settings its worker runs with
     runs_msgs_per_s: list[float] = field(default_factory=list)
     msgs_per_s: float = 0.0
     round_trips_per_msg: float | None = None
@@ -98,6 +99,9 @@ def contenders_for(sizes: Sizes) -> list[Contender]:
         Contender("seed_single", "seed-style, 1 msg/task", BENCH_SEED_STYLE, 0, sizes.seed_single),
         Contender("vigil_single", "vigil.ingest.message, buffered", INGEST_MESSAGE, 0,
                   sizes.single),
+        Contender("vigil_single_buffer_events",
+                  "vigil.ingest.message, buffered, one task event per buffer", INGEST_MESSAGE, 0,
+                  sizes.single, worker_env={"VIGIL_INGEST_TASK_EVENTS": "per_buffer"}),
         Contender("seed_batch", f"seed-style, {batch} msgs/task", BENCH_SEED_STYLE_BATCH, batch,
                   sizes.seed_batch),
         Contender("vigil_batch", f"vigil, {batch} msgs/task", INGEST_MESSAGES, batch,

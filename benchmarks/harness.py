@@ -173,6 +173,7 @@ class Bench:
         self.state_client = self.state.client()
         self.worker: WorkerProcess | None = None
         self.bare = False
+        self.worker_env: dict[str, str] = {}
         self._declare_queue()
 
     def _declare_queue(self) -> None:
@@ -188,6 +189,7 @@ class Bench:
         self.worker = bench_worker(env, self.workdir / f"{tag}.log", bare=bare)
         self.worker.wait_ready(self.app)
         self.bare = bare
+        self.worker_env = dict(extra_env or {})
 
     def stop_worker(self) -> None:
         if self.worker is not None:

@@ -45,6 +45,12 @@ def ratios_and_targets(by: dict[str, Contender], correlator: dict[str, Any] | No
         "by_cpu_vigil_batch_to_ceiling": cpu_ratio("vigil_batch", "ceiling"),
         "by_cpu_vigil_single_to_seed_single": cpu_ratio("vigil_single", "seed_single"),
         "by_cpu_vigil_batch_to_seed_batch": cpu_ratio("vigil_batch", "seed_batch"),
+        "vigil_single_per_buffer_events_to_per_request": ratio(
+            "vigil_single_buffer_events", "vigil_single"
+        ),
+        "by_cpu_vigil_single_per_buffer_events_to_per_request": cpu_ratio(
+            "vigil_single_buffer_events", "vigil_single"
+        ),
     }
 
     def target(name: str, value: Any, ok: bool | None, goal: str) -> dict[str, Any]:

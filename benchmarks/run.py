@@ -78,11 +78,15 @@ def run(
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         bench = Bench(Path(tmp), pg_admin_url, db_name)
         try:
-            bench.start_worker()
             contenders = contenders_for(sizes)
             for contender in contenders:
-                if contender.bare != bench.bare:
-                    bench.start_worker(bare=contender.bare, tag=contender.key)
+                if bench.worker is None or (contender.bare, contender.worker_env) != (
+                    bench.bare,
+                    bench.worker_env,
+                ):
+                    bench.start_worker(
+                        contender.worker_env, tag=contender.key, bare=contender.bare
+                    )
                 print(f"[bench] {contender.label}: throughput", flush=True)
                 throughput(bench, contender, sizes)
                 if contender.bare:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,6 +69,8 @@ class BufferedTask(Batches):
     max_retries = VigilTask.max_retries
     # A countdown is held unacked in the worker: well under the visibility timeout.
     retry_backoff_max = min(VigilTask.retry_backoff_max, 30)
+    # "per_request": one task-succeeded per request; "per_buffer": one per buffer.
+    task_events = "per_request"
 
     _event_dispatcher: EventDispatcher | None = None
 
@@ -259,23 +262,41 @@ class BufferedTask(Batches):
         )
 
     def _send_events(self, requests: Sequence[SimpleRequest], runtime: float) -> None:
-        """One ``task-succeeded`` per request, published together: Flower shows
-        each message as its own task, with ids only (never text)."""
+        """``task-succeeded`` events, published together, with ids only (never
+        text): one per request, so Flower shows each message as its own task,
+        or with ``task_events = "per_buffer"`` one per buffer, under an id of
+        its own, naming how many requests it ran and the first one's id."""
         if not self.app.conf.worker_send_task_events or not requests:
             return
+        if self.task_events == "per_buffer":
+            events = [
+                {
+                    "uuid": str(uuid.uuid4()),
+                    "args": "()",
+                    "kwargs": f"<buffer of {len(requests)}, first {requests[0].id}>",
+                    "retries": 0,
+                }
+            ]
+        else:
+            events = [
+                {
+                    "uuid": request.id,
+                    "args": "()",
+                    "kwargs": _safe_repr(request.kwargs),
+                    "retries": retries_of(request),
+                }
+                for request in requests
+            ]
         try:
             dispatcher = self._dispatcher(requests[0].hostname)
-            for request in requests:
+            for event in events:
                 dispatcher.send(
                     "task-succeeded",
-                    uuid=request.id,
                     name=self.name,
-                    args="()",
-                    kwargs=_safe_repr(request.kwargs),
-                    retries=retries_of(request),
                     runtime=runtime,
                     result="<buffered>",
                     buffered=len(requests),
+                    **event,
                 )
             dispatcher.flush()
         except Exception as exc:  # events are best effort; the work is done

@@ -31,6 +31,7 @@ _BUFFER = {
     "bind": True,
     "flush_every": _settings.ingest_flush_every,
     "flush_interval": _settings.ingest_flush_interval_s,
+    "task_events": _settings.ingest_task_events,
     # Hard limit per buffer, below the visibility timeout.
     "time_limit": 60,
     "soft_time_limit": 50,

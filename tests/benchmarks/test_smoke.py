@@ -41,6 +41,7 @@ def test_harness_smoke(service_urls, tmp_path):
         "ceiling",
         "seed_single",
         "vigil_single",
+        "vigil_single_buffer_events",
         "seed_batch",
         "vigil_batch",
     }

@@ -17,6 +17,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from services.core import dedupe
+from tests.helpers import capture_events
 
 from .conftest import BROKER_DB, STATE_DB, RedisServer, broker_drained, make_app, wait_for
 
@@ -99,32 +100,11 @@ def test_pickle_message_is_refused_without_executing(fresh, app, procs, tmp_path
     assert pickle.dumps(CANARY)[2:20].decode(errors="ignore") not in log
 
 
-def _capture_events(app, stop: threading.Event, out: list[dict[str, Any]]) -> threading.Thread:
-    ready = threading.Event()
-
-    def run() -> None:
-        with app.connection_for_read() as conn:
-            recv = app.events.Receiver(conn, handlers={"*": out.append})
-            ready.set()
-            while not stop.is_set():
-                try:
-                    recv.capture(limit=None, timeout=0.5, wakeup=False)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    continue
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(10)
-    return thread
-
-
 def test_canary_text_never_in_logs_results_events_or_envelopes(fresh, app, procs):
     worker = procs.worker(app)
     events: list[dict[str, Any]] = []
     stop = threading.Event()
-    thread = _capture_events(app, stop, events)
+    thread = capture_events(app, stop, events)
     # The receiver's queue exists once it captures: a heartbeat proves it does.
     wait_for(lambda: events, timeout=30, what="the event receiver to capture")
 

@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from services.core.settings import Settings
 from stack.processes import RedisServer, WorkerProcess
 from tasks import names
 from tests.conftest import start_test_worker
-from tests.helpers import wait_for
+from tests.helpers import capture_events, wait_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -46,8 +47,8 @@ class Private:
     def r(self) -> redis.Redis:
         return self.state.client()
 
-    def start_worker(self) -> WorkerProcess:
-        self.worker = start_test_worker(self.env, self.log_path, self.app)
+    def start_worker(self, **env: str) -> WorkerProcess:
+        self.worker = start_test_worker({**self.env, **env}, self.log_path, self.app)
         return self.worker
 
     def send(self, kwargs: dict, task: str = names.INGEST_MESSAGE, **options):
@@ -235,3 +236,49 @@ def test_pool_child_killed_mid_buffer_loses_nothing(private, db):
     ids = [entry["envelope_id"] for entry in entries]
     assert len(ids) == len(set(ids))
     assert dead_letters(db) == []
+
+
+@pytest.mark.parametrize("mode", ["per_request", "per_buffer"])
+def test_task_events_per_request_or_per_buffer(private, mode):
+    """VIGIL_INGEST_TASK_EVENTS: one task-succeeded per request, under its own id,
+    or one per buffer, under an id of its own, counting the requests it ran."""
+    private.start_worker(VIGIL_INGEST_TASK_EVENTS=mode)
+    events: list[dict] = []
+    stop = threading.Event()
+    thread = capture_events(private.app, stop, events)
+    try:
+        wait_for(lambda: events, timeout=30, what="the event receiver to capture")
+        sender = no_backend_sender(private)
+        sent = {
+            send_without_backend(sender, message(f"ev-{i}", user_id=f"u{i}")) for i in range(30)
+        }
+        sender.close()
+        wait_for(
+            lambda: (
+                ledger.load(private.r, private.settings, "u29") is not None
+                and all(ledger.load(private.r, private.settings, f"u{i}") for i in range(30))
+            ),
+            timeout=60,
+            what="every message applied",
+        )
+
+        def succeeded() -> list[dict]:
+            return [
+                e
+                for e in events
+                if e.get("type") == "task-succeeded" and e.get("name") == names.INGEST_MESSAGE
+            ]
+
+        if mode == "per_request":
+            wait_for(lambda: {e["uuid"] for e in succeeded()} == sent, timeout=30, what="events")
+            assert len(succeeded()) == 30
+        else:
+            wait_for(
+                lambda: sum(e["buffered"] for e in succeeded()) == 30, timeout=30, what="events"
+            )
+            assert len(succeeded()) < 30
+            assert not {e["uuid"] for e in succeeded()} & sent
+            assert all(e["kwargs"].startswith("<buffer of ") for e in succeeded())
+    finally:
+        stop.set()
+        thread.join(10)
