@@ -61,7 +61,10 @@ class Sizes:
     correlator_runs: int
 
 
-FULL = Sizes(3000, 2000, 1500, 20000, 5000, 3, 4.0, 100, 1_000_000, 7)
+# Full runs are long enough (several seconds each) that what a run pays once
+# (switching the consumer on, the last buffer's flush interval, drain
+# detection) is a small share: rates are steady-state rates.
+FULL = Sizes(8000, 8000, 4000, 60000, 10000, 3, 4.0, 100, 1_000_000, 7)
 QUICK = Sizes(500, 400, 300, 3000, 1000, 3, 1.0, 100, 200_000, 5)
 SMOKE = Sizes(20, 20, 20, 40, 40, 1, 0.3, 10, 2_000, 2)
 

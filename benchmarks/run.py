@@ -44,7 +44,7 @@ from benchmarks.report import RESULTS, markdown, ratios_and_targets, write_resul
 METHOD = {
     "throughput": "queue pre-filled, then the worker starts consuming; time to "
     "an empty queue and no unacked message (acks are late, so every effect is "
-    "written); median of runs",
+    "written); median of runs of several seconds each (see sizes)",
     "latency": "paced producer at half the median rate; time from send to the "
     "envelope with the message's correlation_id being read from the stream",
     "round_trips": "requests written to the state Redis by the worker processes "
@@ -84,9 +84,7 @@ def run(
                     bench.bare,
                     bench.worker_env,
                 ):
-                    bench.start_worker(
-                        contender.worker_env, tag=contender.key, bare=contender.bare
-                    )
+                    bench.start_worker(contender.worker_env, tag=contender.key, bare=contender.bare)
                 print(f"[bench] {contender.label}: throughput", flush=True)
                 throughput(bench, contender, sizes)
                 if contender.bare:

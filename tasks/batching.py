@@ -13,8 +13,12 @@ behaves as its own task:
   re-published request by request with the same task id and ``retries + 1``,
   after a backoff, and the originals are acked: every step is idempotent per
   item, so nothing counts twice; past ``max_retries`` each is dead-lettered;
-- a pool child that dies or hits the hard time limit mid-buffer gets the same
-  treatment from the parent, so no request is stranded until a restore.
+- a pool child that dies or hits the hard time limit mid-buffer: the parent
+  re-publishes each request marked ``vigil_isolate``, and a marked request
+  runs in a buffer of its own; one that is lost again, alone, is the cause
+  (an item that kills its process) and is dead-lettered as ``worker_lost``.
+  So a poison item costs two pool processes and fails no other request, and
+  no request is stranded until a restore.
 
 Stock ``celery_batches.Batches.flush`` acks every request when the body raises
 and strands them when the child dies; :meth:`BufferedTask.flush` replaces it.
@@ -27,6 +31,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
@@ -48,6 +53,15 @@ Pipeline = Callable[[list[Any]], Sequence[dict[str, Any]]]
 
 # A buffer that fails as a whole for one of these is retried, not dead-lettered.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SoftTimeLimitExceeded)
+
+
+# Marks a request re-published after its buffer was lost in the pool.
+ISOLATE_HEADER = "vigil_isolate"
+
+
+def isolated(request: SimpleRequest | Request) -> bool:
+    """Whether this request must run in a buffer of its own."""
+    return bool((request.request_dict or {}).get(ISOLATE_HEADER))
 
 
 def retries_of(request: SimpleRequest | Request) -> int:
@@ -89,28 +103,40 @@ class BufferedTask(Batches):
         return strategy
 
     def flush(self, requests: Sequence[Request]) -> Any:
-        """Hand one buffer to the pool; ack on return, re-publish if the child dies."""
-        requests = list(requests)
+        """Hand the buffer to the pool (each isolated request as a job of its own);
+        ack on return, re-publish if the child dies."""
+        together = [request for request in requests if not isolated(request)]
+        if together:
+            self._run_in_pool(together)
+        for request in requests:
+            if isolated(request):
+                self._run_in_pool([request])
+
+    def _run_in_pool(self, requests: list[Request]) -> None:
         simple = ([SimpleRequest.from_request(request) for request in requests],)
 
         def on_return(_result: Any) -> None:
-            for request in requests:
-                request.acknowledge()
+            acknowledge_together(requests)
 
         def on_error(exc_info: ExceptionInfo) -> None:
             # WorkerLostError (child killed) or TimeLimitExceeded (hard limit).
             exc = getattr(exc_info, "exception", None) or RuntimeError("pool job lost")
             logger.warning(
-                "%s: buffer of %d lost in the pool (%s); re-publishing each request",
+                "%s: buffer of %d lost in the pool (%s); re-publishing each request alone",
                 self.name,
                 len(requests),
                 type(exc).__name__,
             )
             for request in requests:
-                if self._retry_or_dead_letter(request, exc, countdown=0.0):
+                if isolated(request) and len(requests) == 1:
+                    # Lost twice, the second time alone: this item is the cause.
+                    settled = self._dead_letter(request, "worker_lost", exc)
+                else:
+                    settled = self._retry_or_dead_letter(request, exc, countdown=0.0, isolate=True)
+                if settled:
                     request.acknowledge()
 
-        return self._pool.apply_async(
+        self._pool.apply_async(
             apply_batches_task,
             (self, simple, 0, None),
             callback=on_return,
@@ -213,10 +239,15 @@ class BufferedTask(Batches):
                 raise SystemExit(f"{self.name}: cannot re-publish a failed buffer")
 
     def _retry_or_dead_letter(
-        self, request: SimpleRequest | Request, exc: BaseException, countdown: float
+        self,
+        request: SimpleRequest | Request,
+        exc: BaseException,
+        countdown: float,
+        isolate: bool = False,
     ) -> bool:
-        """Re-publish with ``retries + 1`` (same task id), or dead-letter past
-        ``max_retries``. False when neither could be done (leave it unacked)."""
+        """Re-publish with ``retries + 1`` (same task id; with ``isolate``, marked
+        to run alone), or dead-letter past ``max_retries``. False when neither
+        could be done (leave it unacked)."""
         retries = retries_of(request)
         if retries >= self.max_retries:
             return self._dead_letter(request, "retries_exhausted", exc)
@@ -232,6 +263,7 @@ class BufferedTask(Batches):
                 argsrepr="()",
                 kwargsrepr=redact_kwargs(kwargs),
                 add_to_parent=False,
+                headers={ISOLATE_HEADER: True} if isolate else None,
             )
         except Exception as publish_exc:
             logger.error(
@@ -314,6 +346,20 @@ class BufferedTask(Batches):
             )
             self._event_dispatcher = dispatcher
         return dispatcher
+
+
+def acknowledge_together(requests: Sequence[Request]) -> None:
+    """Ack a settled buffer: in one round trip per channel when the transport
+    can (vigil's Redis transport, services/core/broker.py), else one by one."""
+    with ExitStack() as stack:
+        joined: set[int] = set()
+        for request in requests:
+            qos = getattr(getattr(request.message, "channel", None), "qos", None)
+            together = getattr(qos, "acks_together", None)
+            if together is not None and id(qos) not in joined:
+                joined.add(id(qos))
+                stack.enter_context(together())
+            request.acknowledge()
 
 
 def _own(outcome: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tasks import names
@@ -45,3 +48,86 @@ def capture_events(app, stop: threading.Event, out: list[dict[str, Any]]) -> thr
 
 # What the ingest tasks pass to IngestService: the tasks a rejected item replays through.
 INGEST_TASKS = {"message_task": names.INGEST_MESSAGE, "detection_task": names.INGEST_DETECTION}
+
+
+# What the loopback detector answers when it is up: a valid detection body.
+VALID_DETECTION = {
+    "severity": "low",
+    "crisis_score": 0.2,
+    "phase": "watch",
+    "risk_level": "low",
+    "confidence": 0.6,
+    "signals": {"primary": "loopback"},
+}
+
+
+class DetectorServer:
+    """A real HTTP detector on 127.0.0.1 (HTTP/1.1, keep-alive) that answers
+    ``answer`` (status, JSON body) and counts TCP connections and requests."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[int, Any] = (200, VALID_DETECTION)
+        self.connections_opened = 0
+        self.connections_closed = 0
+        self.message_ids: list[str] = []  # one per request, in arrival order
+        # Called with each request's message id before it is answered.
+        self.on_request: Callable[[str], None] | None = None
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/detect"
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.connections_opened, self.connections_closed
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: one connection serves many requests
+
+            def handle(self) -> None:
+                # A client killed mid-request (a test's point, sometimes) is no error here.
+                with suppress(ConnectionResetError):
+                    super().handle()
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server.connections_opened += 1
+
+            def finish(self) -> None:
+                super().finish()
+                with server._lock:
+                    server.connections_closed += 1
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                message_id = body["message"]["message_id"]
+                with server._lock:
+                    server.message_ids.append(message_id)
+                    status, answer = server.answer
+                if server.on_request is not None:
+                    server.on_request(message_id)
+                raw = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        return Handler

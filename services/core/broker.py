@@ -1,4 +1,4 @@
-"""vigil's Redis broker transport: kombu's Redis transport with three fixes.
+"""vigil's Redis broker transport: kombu's Redis transport with five changes.
 
 Selected in ``celeryconfig`` with ``broker_transport = "services.core.broker:Transport"``
 when the broker URL is Redis; the URL keeps its ``redis://`` scheme because kombu
@@ -24,11 +24,23 @@ Changes relative to ``kombu.transport.redis`` (kombu 5.7.0, redis-py 8.x):
    Celery's ``ack_log_error`` does not catch, so the worker exited (kombu #582,
    #970, #1552; celery #9054). Restoring through such a channel deleted the
    unacked entry without requeueing it.
+4. Messages fetched in bulk. Stock kombu pays one BRPOP round trip plus one
+   unacked write per message. After each BRPOP that delivers, this channel
+   takes up to ``vigil_fetch_many - 1`` more (within the prefetch limit) with
+   ``broker_fetch.lua``, which pops them and records them as unacked in one
+   atomic step: one round trip for all of them, and no window in which a
+   killed worker loses one. The BRPOP itself keeps kombu's window for its
+   one message (kombu #305). Off with ``vigil_fetch_many=1`` or a
+   ``global_keyprefix`` (kombu prefixes only the first key of an EVALSHA).
+5. Acks together. ``QoS.acks_together()`` writes every ack made inside it in
+   one round trip: a buffer of 100 requests (tasks/batching.py) is acked with
+   one HDEL and one ZREM instead of 100 pipelines.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -37,7 +49,10 @@ import redis
 from kombu.log import get_logger
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import dumps
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from services.core import scripts
 
 __all__ = ["Channel", "QoS", "Transport"]
 
@@ -48,12 +63,18 @@ class QoS(kombu_redis.QoS):
     """Ack emulation whose unacked bookkeeping is one non-transactional round trip."""
 
     channel: Channel
+    # Tags acked inside acks_together(), written when it ends.
+    _ack_batch: list[str] | None = None
 
     @property
     def _transactional(self) -> bool:
         return bool(self.channel.vigil_transactional_unacked)
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        if self.channel._recorded_unacked.pop(delivery_tag, False):
+            # broker_fetch.lua recorded it already, atomically with the pop.
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         if self._transactional:
             super().append(message, delivery_tag)
             return
@@ -73,6 +94,9 @@ class QoS(kombu_redis.QoS):
         if self._transactional:
             super().ack(delivery_tag)
             return
+        if self._ack_batch is not None:
+            self._ack_batch.append(delivery_tag)
+            return
         with self.channel.conn_or_acquire() as client:
             # Payload before index: a half-applied ack leaves an index entry
             # without payload, which restore_by_tag just drops.
@@ -81,6 +105,39 @@ class QoS(kombu_redis.QoS):
             pipe.zrem(self.unacked_index_key, delivery_tag)
             pipe.execute()
         virtual.QoS.ack(self, delivery_tag)
+
+    @contextmanager
+    def acks_together(self) -> Iterator[None]:
+        """Acks made inside the block are written in one round trip at its end.
+
+        If that write fails (broker away), the messages stay unacked locally
+        and in Redis, so they are restored or redelivered like any message
+        whose ack was lost; the error is logged, not raised."""
+        if self._transactional or self._ack_batch is not None:
+            yield
+            return
+        self._ack_batch = []
+        try:
+            yield
+        finally:
+            tags, self._ack_batch = self._ack_batch, None
+            if tags:
+                self._ack_many(tags)
+
+    def _ack_many(self, tags: list[str]) -> None:
+        try:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.hdel(self.unacked_key, *tags)
+                pipe.zrem(self.unacked_index_key, *tags)
+                pipe.execute()
+        except self.channel.connection_errors as exc:
+            logger.warning(
+                "could not ack %d message(s) (%r); they will be redelivered", len(tags), exc
+            )
+            return
+        for tag in tags:
+            virtual.QoS.ack(self, tag)
 
     def restore_unacked(self, client: redis.Redis | None = None) -> None:
         """Restore every locally unacked message, each independently.
@@ -117,10 +174,13 @@ class Channel(kombu_redis.Channel):
 
     #: Transport option: keep stock MULTI/EXEC around unacked bookkeeping.
     vigil_transactional_unacked: bool = False
+    #: Transport option: most messages one BRPOP cycle delivers (1: stock).
+    vigil_fetch_many: int = 100
 
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
         "vigil_transactional_unacked",
+        "vigil_fetch_many",
     )
 
     _sync_client: redis.Redis | None = None
@@ -130,6 +190,8 @@ class Channel(kombu_redis.Channel):
         # Connection params saved while attached, keyed "sync"/"async", so a
         # pool can still be built after Connection.collect() detached us.
         self._saved_connparams: dict[str, dict[str, Any]] = {}
+        # Tags broker_fetch.lua already recorded as unacked (QoS.append skips them).
+        self._recorded_unacked: dict[str, bool] = {}
         super().__init__(*args, **kwargs)
 
     def _create_client(self, asynchronous: bool = False) -> redis.Redis:
@@ -173,6 +235,55 @@ class Channel(kombu_redis.Channel):
             with suppress(redis.ConnectionError):
                 self._connparams(asynchronous=False)
         return pool
+
+    def _brpop_read(self, **options: Any) -> bool:
+        delivered = super()._brpop_read(**options)
+        if delivered and self._fetches_many():
+            self._fetch_more()
+        return delivered
+
+    def _fetches_many(self) -> bool:
+        return (
+            int(self.vigil_fetch_many) > 1
+            and not self.global_keyprefix
+            and not self.vigil_transactional_unacked
+        )
+
+    def _fetch_more(self) -> None:
+        """Up to ``vigil_fetch_many - 1`` more messages in one round trip, within
+        the prefetch limit, drained from the queues in the consume order."""
+        room = self.qos.can_consume_max_estimate()
+        want = (
+            int(self.vigil_fetch_many) - 1
+            if room is None
+            else min(room, int(self.vigil_fetch_many) - 1)
+        )
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if want <= 0 or not queues:
+            return
+        pairs = [
+            (queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues
+        ]
+        keys = [key for _, key in pairs] + [self.qos.unacked_key, self.qos.unacked_index_key]
+        with self.conn_or_acquire() as client:
+            reply = scripts.run(client, "broker_fetch", keys, [want, time.time()])
+        fetched = [(pairs[int(reply[i]) - 1][0], reply[i + 1]) for i in range(0, len(reply), 2)]
+        for position, (queue, raw) in enumerate(fetched):
+            try:
+                payload = loads(bytes_to_str(raw))
+                self._recorded_unacked[payload["properties"]["delivery_tag"]] = True
+                self.connection._deliver(payload, queue)
+            except Exception:
+                # Recorded as unacked but not delivered here: put the rest back now
+                # rather than after the visibility timeout.
+                self._restore_fetched([raw for _, raw in fetched[position + 1 :]])
+                raise
+
+    def _restore_fetched(self, raws: list[bytes]) -> None:
+        for raw in raws:
+            tag = loads(bytes_to_str(raw))["properties"]["delivery_tag"]
+            self._recorded_unacked.pop(tag, None)
+            self.qos.restore_by_tag(tag)
 
     def _do_restore_message(
         self,

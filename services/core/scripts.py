@@ -22,12 +22,14 @@ from models.envelopes import ENVELOPE_ID_NAMESPACE
 
 _DIR = Path(__file__).parent / "redis_scripts"
 _HELPERS = "_bond.lua"
+# Scripts that run without the bond helpers (the broker transport's).
+_STANDALONE = frozenset({"broker_fetch"})
 
 
 @cache
 def source(name: str) -> str:
     body = (_DIR / f"{name}.lua").read_text()
-    if name.startswith("_"):
+    if name.startswith("_") or name in _STANDALONE:
         return body
     return (_DIR / _HELPERS).read_text() + "\n" + body
 

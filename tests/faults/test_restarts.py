@@ -21,9 +21,9 @@ from .helpers import T0, burst, count_markers, diff, run_reference, send_burst, 
 
 pytestmark = pytest.mark.faults
 
-# Enough that the restart lands mid-burst: the batch path applies about 5,000
-# messages a second here, so the whole burst takes a few seconds.
-BATCHES, PER_BATCH, SINGLES, DETECTIONS = 100, 100, 300, 300
+# Enough that the restart lands mid-burst: the batch path applies up to about
+# 8,000 messages a second here, so the whole burst takes a few seconds.
+BATCHES, PER_BATCH, SINGLES, DETECTIONS = 300, 100, 300, 300
 RECONNECT_S = 60
 # Messages a broker restart may lose, per broker. Redis: kombu's BRPOP pops a task
 # before it is recorded as unacked, so the one pop the server serves as it shuts

@@ -14,8 +14,7 @@ from services.bonds import ledger
 from services.core import dedupe
 from services.deadletters import store
 from tasks import names
-from tests.helpers import wait_for
-from tests.services.ingest.test_detector import VALID_DETECTION, DetectorServer
+from tests.helpers import VALID_DETECTION, DetectorServer, wait_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 BRPOP_TIMEOUT_S = 1  # kombu's Redis transport default

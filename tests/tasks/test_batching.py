@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -24,11 +25,12 @@ from sqlalchemy import select
 
 from models.tables import DeadLetter
 from services.bonds import ledger
+from services.core import dedupe
 from services.core.settings import Settings
 from stack.processes import RedisServer, WorkerProcess
 from tasks import names
 from tests.conftest import start_test_worker
-from tests.helpers import capture_events, wait_for
+from tests.helpers import DetectorServer, capture_events, wait_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -47,8 +49,10 @@ class Private:
     def r(self) -> redis.Redis:
         return self.state.client()
 
-    def start_worker(self, **env: str) -> WorkerProcess:
-        self.worker = start_test_worker({**self.env, **env}, self.log_path, self.app)
+    def start_worker(self, env: dict[str, str] | None = None, **options: Any) -> WorkerProcess:
+        self.worker = start_test_worker(
+            {**self.env, **(env or {})}, self.log_path, self.app, **options
+        )
         return self.worker
 
     def send(self, kwargs: dict, task: str = names.INGEST_MESSAGE, **options):
@@ -242,7 +246,7 @@ def test_pool_child_killed_mid_buffer_loses_nothing(private, db):
 def test_task_events_per_request_or_per_buffer(private, mode):
     """VIGIL_INGEST_TASK_EVENTS: one task-succeeded per request, under its own id,
     or one per buffer, under an id of its own, counting the requests it ran."""
-    private.start_worker(VIGIL_INGEST_TASK_EVENTS=mode)
+    private.start_worker({"VIGIL_INGEST_TASK_EVENTS": mode})
     events: list[dict] = []
     stop = threading.Event()
     thread = capture_events(private.app, stop, events)
@@ -282,3 +286,52 @@ def test_task_events_per_request_or_per_buffer(private, mode):
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_item_that_kills_its_pool_process_fails_no_other_request(private, db):
+    """A message whose processing kills the pool process (here the detector
+    kills it): its buffer is lost, every request is re-published to run alone,
+    the others apply once each, and the poison item, lost again alone, is
+    dead-lettered as worker_lost with its payload. The worker lives on."""
+    poison = "poison-4"
+    detector_server = DetectorServer()
+
+    def kill_on_poison(message_id: str) -> None:
+        if message_id == poison:
+            for pid in pool_children(private.worker):
+                os.kill(pid, signal.SIGKILL)
+
+    detector_server.on_request = kill_on_poison
+    try:
+        private.start_worker(
+            {"VIGIL_DETECTOR": "http", "VIGIL_DETECTOR_URL": detector_server.url}, concurrency=1
+        )
+        parent = private.worker.pid
+        sender = no_backend_sender(private)
+        users = [f"pu{i}" for i in range(10)]
+        for i, user in enumerate(users):
+            send_without_backend(sender, message(f"poison-{i}", user_id=user))
+        sender.close()
+        rows = wait_for(lambda: dead_letters(db), timeout=90, what="the poison item dead-lettered")
+        others = [user for i, user in enumerate(users) if f"poison-{i}" != poison]
+        wait_for(
+            lambda: all(ledger.load(private.r, private.settings, user) for user in others),
+            timeout=60,
+            what="every other message applied",
+        )
+        assert [(row.task_name, row.reason) for row in rows] == [
+            (names.INGEST_MESSAGE, "worker_lost")
+        ]
+        assert json.loads(rows[0].payload)["message_id"] == poison
+        for user in others:
+            assert ledger.load(private.r, private.settings, user).daily_msg_count == 1
+        # Counted against the cap by the gate, never applied: a replay finishes it.
+        state = dedupe.message_state(private.r, private.settings, "discord", "pu4", poison)
+        assert state == "counted"
+        # Once in the full buffer, once alone; then never again.
+        time.sleep(1)
+        assert detector_server.message_ids.count(poison) == 2
+        assert private.worker.pid == parent and private.worker.alive
+        assert "lost in the pool" in private.worker.log()
+    finally:
+        detector_server.close()

@@ -6,6 +6,7 @@ broker database never touches them.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -198,3 +199,87 @@ def test_real_worker_uses_it_and_acks(celery_app, worker, test_env):
     broker_db = redis.Redis.from_url(test_env["VIGIL_BROKER_URL"])
     assert broker_db.llen(names.QUEUE_ADMIN) == 0
     assert broker_db.hlen("unacked") == 0
+
+
+def consume(conn: Connection, queue: Queue, prefetch: int) -> list:
+    """A consumer on ``conn`` with ``prefetch``; returns the list it fills."""
+    received: list = []
+    consumer = conn.Consumer([queue], callbacks=[lambda _body, message: received.append(message)])
+    consumer.qos(prefetch_count=prefetch)
+    consumer.consume()
+    return received
+
+
+def test_one_brpop_cycle_delivers_many_each_recorded_as_unacked(connect, queue, keys, broker_redis):
+    publish(connect, queue, 50)
+    conn = connect()
+    received = consume(conn, queue, prefetch=100)
+    conn.drain_events(timeout=5)  # stock kombu: one message per call
+    assert [m.decode()["i"] for m in received] == list(range(50))
+    assert broker_redis.llen(keys["queue"]) == 0
+    assert broker_redis.hlen(keys["unacked_key"]) == 50
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 50
+    # Recorded as kombu records it, so restore paths read it unchanged.
+    raw, exchange, routing_key = json.loads(
+        broker_redis.hget(keys["unacked_key"], received[7].delivery_tag)
+    )
+    assert raw == received[7]._raw
+    assert (exchange, routing_key) == (queue.exchange.name, queue.routing_key)
+
+    qos = conn.default_channel.qos
+    with qos.acks_together():
+        for message in received:
+            message.ack()
+        assert broker_redis.hlen(keys["unacked_key"]) == 50  # written at the end
+    assert broker_redis.hlen(keys["unacked_key"]) == 0
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 0
+    assert qos.can_consume_max_estimate() == 100
+
+
+def test_fetch_stays_within_the_prefetch_limit(connect, queue, keys, broker_redis):
+    publish(connect, queue, 50)
+    conn = connect()
+    received = consume(conn, queue, prefetch=10)
+    conn.drain_events(timeout=5)
+    assert len(received) == 10
+    assert broker_redis.llen(keys["queue"]) == 40
+    assert broker_redis.hlen(keys["unacked_key"]) == 10
+
+
+def test_fetched_unacked_messages_are_restored_on_close(connect, queue, keys, broker_redis):
+    publish(connect, queue, 20)
+    conn = connect()
+    received = consume(conn, queue, prefetch=100)
+    conn.drain_events(timeout=5)
+    assert len(received) == 20
+    for message in received[:5]:
+        message.ack()
+    conn.release()
+    assert broker_redis.llen(keys["queue"]) == 15
+    assert broker_redis.hlen(keys["unacked_key"]) == 0
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 0
+
+
+def test_a_message_the_fetch_cannot_read_is_put_back_for_the_stock_path(
+    connect, queue, keys, broker_redis
+):
+    publish(connect, queue, 2)
+    broker_redis.lpush(keys["queue"], b"not json \xff")
+    publish(connect, queue, 2)
+    conn = connect()
+    received = consume(conn, queue, prefetch=100)
+    conn.drain_events(timeout=5)
+    assert [m.decode()["i"] for m in received] == [0, 1]
+    assert broker_redis.llen(keys["queue"]) == 3
+    assert broker_redis.lindex(keys["queue"], -1) == b"not json \xff"  # next in line
+    assert broker_redis.hlen(keys["unacked_key"]) == 2
+
+
+def test_fetch_many_one_is_stock(connect, queue, keys, broker_redis):
+    publish(connect, queue, 5)
+    conn = connect()
+    conn.transport_options["vigil_fetch_many"] = 1
+    received = consume(conn, queue, prefetch=100)
+    conn.drain_events(timeout=5)
+    assert len(received) == 1
+    assert broker_redis.llen(keys["queue"]) == 4
