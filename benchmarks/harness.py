@@ -233,12 +233,31 @@ class Bench:
             time.sleep(POLL_S)
         raise TimeoutError("queue did not drain")
 
-    def drain(self) -> float:
-        """Consume until the queue is empty, then stop consuming; when it was empty."""
+    def drain(self) -> tuple[float, float]:
+        """Consume until the queue is empty, then stop consuming; returns when
+        the worker took its first message and when the queue was empty.
+
+        The clock starts at the first take, not at the switch: a worker that
+        is told to add a queue does so when its blocking BRPOP on the others
+        returns (up to kombu's 1 s BRPOP timeout), a wait that is the
+        benchmark's, not the contender's."""
+        queued = self.broker_client.llen(QUEUE_INGEST)
         self.consume(True)
+        started = self._first_take(queued)
         empty_at = self.wait_drained()
         self.consume(False)
-        return empty_at
+        return started, empty_at
+
+    def _first_take(self, queued: int, timeout: float = 30) -> float:
+        """The last moment the queue still held all ``queued`` messages."""
+        deadline = time.monotonic() + timeout
+        full_at = time.perf_counter()
+        while time.monotonic() < deadline:
+            if self.broker_client.llen(QUEUE_INGEST) < queued:
+                return full_at
+            full_at = time.perf_counter()
+            time.sleep(0.0005)
+        raise TimeoutError("the worker took nothing from the queue")
 
     def send_one(self, task: str, kwargs: dict[str, Any], producer) -> None:
         self.app.send_task(

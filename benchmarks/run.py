@@ -42,9 +42,9 @@ from benchmarks.profiling import profile_paths
 from benchmarks.report import RESULTS, markdown, ratios_and_targets, write_results
 
 METHOD = {
-    "throughput": "queue pre-filled, then the worker starts consuming; time to "
-    "an empty queue and no unacked message (acks are late, so every effect is "
-    "written); median of runs of several seconds each (see sizes)",
+    "throughput": "queue pre-filled, then the worker starts consuming; time from "
+    "its first take to an empty queue and no unacked message (acks are late, so "
+    "every effect is written); median of runs of several seconds each (see sizes)",
     "latency": "paced producer at half the median rate; time from send to the "
     "envelope with the message's correlation_id being read from the stream",
     "round_trips": "requests written to the state Redis by the worker processes "
