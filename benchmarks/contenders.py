@@ -64,7 +64,7 @@ class Sizes:
 # Full runs are long enough (several seconds each) that what a run pays once
 # (switching the consumer on, the last buffer's flush interval, drain
 # detection) is a small share: rates are steady-state rates.
-FULL = Sizes(8000, 8000, 4000, 60000, 10000, 3, 4.0, 100, 1_000_000, 7)
+FULL = Sizes(8000, 8000, 4000, 60000, 10000, 5, 4.0, 100, 1_000_000, 7)
 QUICK = Sizes(500, 400, 300, 3000, 1000, 3, 1.0, 100, 200_000, 5)
 SMOKE = Sizes(20, 20, 20, 40, 40, 1, 0.3, 10, 2_000, 2)
 
