@@ -63,8 +63,12 @@ class QoS(kombu_redis.QoS):
     """Ack emulation whose unacked bookkeeping is one non-transactional round trip."""
 
     channel: Channel
-    # Tags acked inside acks_together(), written when it ends.
-    _ack_batch: list[str] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per thread: the tags acked inside acks_together(), written when it
+        # ends (kombu allows acks from other threads; theirs are not held).
+        self._held = threading.local()
 
     @property
     def _transactional(self) -> bool:
@@ -94,8 +98,9 @@ class QoS(kombu_redis.QoS):
         if self._transactional:
             super().ack(delivery_tag)
             return
-        if self._ack_batch is not None:
-            self._ack_batch.append(delivery_tag)
+        held = getattr(self._held, "tags", None)
+        if held is not None:
+            held.append(delivery_tag)
             return
         with self.channel.conn_or_acquire() as client:
             # Payload before index: a half-applied ack leaves an index entry
@@ -113,24 +118,20 @@ class QoS(kombu_redis.QoS):
         If that write fails (broker away), the messages stay unacked locally
         and in Redis, so they are restored or redelivered like any message
         whose ack was lost; the error is logged, not raised."""
-        if self._transactional or self._ack_batch is not None:
+        if self._transactional or getattr(self._held, "tags", None) is not None:
             yield
             return
-        self._ack_batch = []
+        self._held.tags = []
         try:
             yield
         finally:
-            tags, self._ack_batch = self._ack_batch, None
+            tags, self._held.tags = self._held.tags, None
             if tags:
                 self._ack_many(tags)
 
     def _ack_many(self, tags: list[str]) -> None:
         try:
-            with self.channel.conn_or_acquire() as client:
-                pipe = client.pipeline(transaction=False)
-                pipe.hdel(self.unacked_key, *tags)
-                pipe.zrem(self.unacked_index_key, *tags)
-                pipe.execute()
+            self.forget(tags)
         except self.channel.connection_errors as exc:
             logger.warning(
                 "could not ack %d message(s) (%r); they will be redelivered", len(tags), exc
@@ -138,6 +139,14 @@ class QoS(kombu_redis.QoS):
             return
         for tag in tags:
             virtual.QoS.ack(self, tag)
+
+    def forget(self, tags: list[str]) -> None:
+        """Delete the unacked entries of ``tags`` in Redis (payload before index)."""
+        with self.channel.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.zrem(self.unacked_index_key, *tags)
+            pipe.execute()
 
     def restore_unacked(self, client: redis.Redis | None = None) -> None:
         """Restore every locally unacked message, each independently.
@@ -192,6 +201,7 @@ class Channel(kombu_redis.Channel):
         self._saved_connparams: dict[str, dict[str, Any]] = {}
         # Tags broker_fetch.lua already recorded as unacked (QoS.append skips them).
         self._recorded_unacked: dict[str, bool] = {}
+        self._no_ack_queues: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def _create_client(self, asynchronous: bool = False) -> redis.Redis:
@@ -236,6 +246,16 @@ class Channel(kombu_redis.Channel):
                 self._connparams(asynchronous=False)
         return pool
 
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        no_ack = kwargs.get("no_ack", args[0] if args else False)
+        # No-ack consumers never call QoS.append, so nothing would remove an
+        # unacked entry broker_fetch.lua wrote: their queues are not fetched in bulk.
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, *args, **kwargs)
+
     def _brpop_read(self, **options: Any) -> bool:
         delivered = super()._brpop_read(**options)
         if delivered and self._fetches_many():
@@ -243,22 +263,29 @@ class Channel(kombu_redis.Channel):
         return delivered
 
     def _fetches_many(self) -> bool:
+        qos = self.qos
         return (
             int(self.vigil_fetch_many) > 1
+            and bool(self.ack_emulation)
+            and isinstance(qos, QoS)
             and not self.global_keyprefix
             and not self.vigil_transactional_unacked
+            # Celery's worker_disable_prefetch replaces can_consume on the
+            # instance to take one message at a time: keep to that.
+            and "can_consume" not in vars(qos)
         )
 
     def _fetch_more(self) -> None:
         """Up to ``vigil_fetch_many - 1`` more messages in one round trip, within
         the prefetch limit, drained from the queues in the consume order."""
         room = self.qos.can_consume_max_estimate()
-        want = (
-            int(self.vigil_fetch_many) - 1
-            if room is None
-            else min(room, int(self.vigil_fetch_many) - 1)
-        )
-        queues = self._queue_cycle.consume(len(self.active_queues))
+        limit = int(self.vigil_fetch_many) - 1
+        want = limit if room is None else min(room, limit)
+        queues = [
+            queue
+            for queue in self._queue_cycle.consume(len(self.active_queues))
+            if queue not in self._no_ack_queues
+        ]
         if want <= 0 or not queues:
             return
         pairs = [
@@ -267,23 +294,45 @@ class Channel(kombu_redis.Channel):
         keys = [key for _, key in pairs] + [self.qos.unacked_key, self.qos.unacked_index_key]
         with self.conn_or_acquire() as client:
             reply = scripts.run(client, "broker_fetch", keys, [want, time.time()])
-        fetched = [(pairs[int(reply[i]) - 1][0], reply[i + 1]) for i in range(0, len(reply), 2)]
-        for position, (queue, raw) in enumerate(fetched):
+        fetched: list[tuple[str, str, Any]] = []
+        unreadable: list[tuple[str, str, bytes]] = []
+        for i in range(0, len(reply), 3):
+            queue, key = pairs[int(reply[i]) - 1]
+            tag, raw = bytes_to_str(reply[i + 1]), reply[i + 2]
             try:
-                payload = loads(bytes_to_str(raw))
-                self._recorded_unacked[payload["properties"]["delivery_tag"]] = True
+                fetched.append((queue, tag, loads(bytes_to_str(raw))))
+            except ValueError:
+                unreadable.append((key, tag, raw))
+        if unreadable:
+            self._give_back(unreadable)
+        for position, (queue, tag, payload) in enumerate(fetched):
+            self._recorded_unacked[tag] = True
+            try:
                 self.connection._deliver(payload, queue)
             except Exception:
-                # Recorded as unacked but not delivered here: put the rest back now
-                # rather than after the visibility timeout.
-                self._restore_fetched([raw for _, raw in fetched[position + 1 :]])
+                # Recorded as unacked but not taken here: put them back now rather
+                # than after the visibility timeout.
+                rest = [later for _, later, _ in fetched[position + 1 :]]
+                if self._recorded_unacked.pop(tag, False):
+                    rest.insert(0, tag)
+                for untaken in rest:
+                    self.qos.restore_by_tag(untaken)
                 raise
+            if self._recorded_unacked.pop(tag, False):
+                # Delivered without QoS.append (taken as no-ack): nothing would
+                # ever ack its entry.
+                self.qos.forget([tag])
 
-    def _restore_fetched(self, raws: list[bytes]) -> None:
-        for raw in raws:
-            tag = loads(bytes_to_str(raw))["properties"]["delivery_tag"]
-            self._recorded_unacked.pop(tag, None)
-            self.qos.restore_by_tag(tag)
+    def _give_back(self, unreadable: list[tuple[str, str, bytes]]) -> None:
+        """Messages the script could read but Python's JSON cannot: back where
+        they were, unrecorded, so kombu's own path meets them as it would."""
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            for key, tag, raw in unreadable:
+                pipe.hdel(self.qos.unacked_key, tag)
+                pipe.zrem(self.qos.unacked_index_key, tag)
+                pipe.rpush(key, raw)
+            pipe.execute()
 
     def _do_restore_message(
         self,

@@ -5,7 +5,7 @@
 -- KEYS: the queue lists in the order to drain them, then the unacked hash and
 --   the unacked index (sorted set)
 -- ARGV[1]: how many at most; ARGV[2]: the time to index them under (seconds)
--- Returns a flat list: key position (1-based), raw message, ...
+-- Returns a flat list: key position (1-based), delivery tag, raw message, ...
 -- A message that is not a kombu JSON message with a delivery tag is pushed
 -- back where it was, and fetching stops: the stock path takes it next.
 local unacked, index = KEYS[#KEYS - 1], KEYS[#KEYS]
@@ -30,6 +30,7 @@ for k = 1, #KEYS - 2 do
       .. cjson.encode(info.routing_key or '') .. ']')
     redis.call('ZADD', index, ARGV[2], tag)
     out[#out + 1] = k
+    out[#out + 1] = tag
     out[#out + 1] = raw
     taken = taken + 1
   end

@@ -283,3 +283,56 @@ def test_fetch_many_one_is_stock(connect, queue, keys, broker_redis):
     conn.drain_events(timeout=5)
     assert len(received) == 1
     assert broker_redis.llen(keys["queue"]) == 4
+
+
+def test_a_message_only_redis_json_reads_goes_back_unrecorded(connect, queue, keys, broker_redis):
+    """cjson in Redis accepts hex numbers, Python's json does not: such a message
+    is not recorded as unacked (a restore could never read it) but put back."""
+    publish(connect, queue, 1)
+    odd = (
+        b'{"body": 0x10, "properties": {"delivery_tag": "odd-1",'
+        b' "delivery_info": {"exchange": "", "routing_key": ""}}}'
+    )
+    broker_redis.lpush(keys["queue"], odd)
+    publish(connect, queue, 1)
+    conn = connect()
+    received = consume(conn, queue, prefetch=100)
+    conn.drain_events(timeout=5)
+    assert len(received) == 2  # the ones either side of it
+    assert broker_redis.lrange(keys["queue"], 0, -1) == [odd]
+    assert not broker_redis.hexists(keys["unacked_key"], "odd-1")
+    assert broker_redis.zscore(keys["unacked_index_key"], "odd-1") is None
+
+
+def test_no_ack_consumers_are_not_fetched_in_bulk(connect, queue, keys, broker_redis):
+    """Celery's reply consumers (control.ping) take messages without acks:
+    nothing would remove an unacked entry written for them."""
+    publish(connect, queue, 10)
+    conn = connect()
+    received: list = []
+    consumer = conn.Consumer(
+        [queue], callbacks=[lambda _body, message: received.append(message)], no_ack=True
+    )
+    consumer.consume()
+    while len(received) < 10:
+        conn.drain_events(timeout=5)
+    assert broker_redis.hlen(keys["unacked_key"]) == 0
+    assert broker_redis.zcard(keys["unacked_index_key"]) == 0
+    assert conn.default_channel._recorded_unacked == {}
+
+
+@pytest.mark.parametrize("setup", ["ack_emulation_off", "prefetch_disabled"])
+def test_modes_that_take_one_at_a_time_are_kept(connect, queue, keys, broker_redis, setup):
+    """kombu without ack emulation has no unacked hash, and Celery's
+    worker_disable_prefetch replaces can_consume: both stay one per BRPOP."""
+    publish(connect, queue, 5)
+    conn = connect()
+    if setup == "ack_emulation_off":
+        conn.transport_options["ack_emulation"] = False
+    received = consume(conn, queue, prefetch=100)
+    if setup == "prefetch_disabled":
+        qos = conn.default_channel.qos
+        qos.can_consume = lambda: len(qos._delivered) - len(qos._dirty) < 1
+    conn.drain_events(timeout=5)
+    assert len(received) == 1
+    assert broker_redis.llen(keys["queue"]) == 4
