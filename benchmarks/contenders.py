@@ -136,6 +136,10 @@ def make_messages(tag: str, count: int, per_user: int = MESSAGES_PER_USER) -> li
     return messages
 
 
+def per_task_of(contender: Contender) -> int:
+    return contender.batch or 1
+
+
 def task_kwargs(contender: Contender, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if contender.batch:
         size = contender.batch
@@ -219,7 +223,7 @@ def latency(
         chunks = [{**message, "publish": message["message_id"]} for message in messages]
     else:
         chunks = task_kwargs(contender, messages)
-    per_task = contender.batch or 1
+    per_task = per_task_of(contender)
     interval = per_task / rate
     stream = bench.settings.stream_bond
     last = bench.state_client.xrevrange(stream, count=1)
@@ -247,6 +251,11 @@ def latency(
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
     bench.consume(True)
+    # The worker adds the queue when its BRPOP on the others returns (up to 1 s):
+    # pace only once it has taken a probe, or the first messages wait for that.
+    probe = make_messages(f"probe{prefix}{contender.key}-x", per_task_of(contender), per_user=1)
+    bench.send(contender.task, task_kwargs(contender, probe))
+    bench.wait_taken()
     sent: dict[str, float] = {}
     with bench.app.producer_or_acquire() as producer:
         begin = time.perf_counter()

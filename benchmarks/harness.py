@@ -248,6 +248,14 @@ class Bench:
         self.consume(False)
         return started, empty_at
 
+    def wait_taken(self, timeout: float = 30) -> None:
+        """Until the worker has taken everything queued (it is consuming)."""
+        deadline = time.monotonic() + timeout
+        while self.broker_client.llen(QUEUE_INGEST):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker took nothing from the queue")
+            time.sleep(0.001)
+
     def _first_take(self, queued: int, timeout: float = 30) -> float:
         """The last moment the queue still held all ``queued`` messages."""
         deadline = time.monotonic() + timeout
