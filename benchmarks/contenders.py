@@ -16,7 +16,7 @@ import math
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -102,9 +102,6 @@ def contenders_for(sizes: Sizes) -> list[Contender]:
         Contender("seed_single", "seed-style, 1 msg/task", BENCH_SEED_STYLE, 0, sizes.seed_single),
         Contender("vigil_single", "vigil.ingest.message, buffered", INGEST_MESSAGE, 0,
                   sizes.single),
-        Contender("vigil_single_buffer_events",
-                  "vigil.ingest.message, buffered, one task event per buffer", INGEST_MESSAGE, 0,
-                  sizes.single, worker_env={"VIGIL_INGEST_TASK_EVENTS": "per_buffer"}),
         Contender("seed_batch", f"seed-style, {batch} msgs/task", BENCH_SEED_STYLE_BATCH, batch,
                   sizes.seed_batch),
         Contender("vigil_batch", f"vigil, {batch} msgs/task", INGEST_MESSAGES, batch,
@@ -289,3 +286,45 @@ def latency(
         contender.latency_1ps = measured
     else:
         contender.latency = measured
+
+
+# -- task events: per request or per buffer ----------------------------------------
+
+EVENT_MODES = ("per_request", "per_buffer")
+
+
+def events_ab(bench: Bench, sizes: Sizes, rounds: int = 3) -> dict[str, Any]:
+    """The buffered single path with each ``VIGIL_INGEST_TASK_EVENTS`` mode, in
+    alternating runs (a worker started per run): the difference is small next to
+    how this machine's speed drifts over a few minutes, so the modes take turns."""
+    one_run = replace(sizes, runs=1)
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in EVENT_MODES}
+    for round_no in range(rounds):
+        for mode in EVENT_MODES:
+            contender = Contender(
+                f"events_{mode}_{round_no}", f"events {mode}", INGEST_MESSAGE, 0, sizes.single,
+                worker_env={"VIGIL_INGEST_TASK_EVENTS": mode},
+            )  # fmt: skip
+            bench.start_worker(contender.worker_env, tag=contender.key)
+            throughput(bench, contender, one_run)
+            runs[mode].append(
+                {"msgs_per_s": contender.msgs_per_s, "cpu_us_per_msg": contender.cpu_us_per_msg}
+            )
+    summary: dict[str, Any] = {"rounds": rounds, "messages_per_run": sizes.single}
+    for mode in EVENT_MODES:
+        summary[mode] = {
+            "msgs_per_s_runs": [run["msgs_per_s"] for run in runs[mode]],
+            "msgs_per_s": statistics.median(run["msgs_per_s"] for run in runs[mode]),
+            "worker_cpu_us_per_msg": statistics.median(
+                run["cpu_us_per_msg"]["worker"] for run in runs[mode]
+            ),
+            "total_cpu_us_per_msg": statistics.median(
+                run["cpu_us_per_msg"]["total"] for run in runs[mode]
+            ),
+        }
+    request, buffer = summary["per_request"], summary["per_buffer"]
+    summary["per_buffer_to_per_request"] = round(buffer["msgs_per_s"] / request["msgs_per_s"], 2)
+    summary["per_request_extra_worker_cpu_us_per_msg"] = round(
+        request["worker_cpu_us_per_msg"] - buffer["worker_cpu_us_per_msg"], 1
+    )
+    return summary

@@ -45,12 +45,6 @@ def ratios_and_targets(by: dict[str, Contender], correlator: dict[str, Any] | No
         "by_cpu_vigil_batch_to_ceiling": cpu_ratio("vigil_batch", "ceiling"),
         "by_cpu_vigil_single_to_seed_single": cpu_ratio("vigil_single", "seed_single"),
         "by_cpu_vigil_batch_to_seed_batch": cpu_ratio("vigil_batch", "seed_batch"),
-        "vigil_single_per_buffer_events_to_per_request": ratio(
-            "vigil_single_buffer_events", "vigil_single"
-        ),
-        "by_cpu_vigil_single_per_buffer_events_to_per_request": cpu_ratio(
-            "vigil_single_buffer_events", "vigil_single"
-        ),
     }
 
     def target(name: str, value: Any, ok: bool | None, goal: str) -> dict[str, Any]:
@@ -178,6 +172,32 @@ def markdown(result: dict[str, Any]) -> str:
     for goal in result["targets"]:
         met = {True: "yes", False: "NO", None: "not measured"}[goal["met"]]
         lines.append(f"| {goal['target']} | {goal['goal']} | {_fmt(goal['value'])} | {met} |")
+    events = result.get("events_ab")
+    if events:
+        lines += [
+            "",
+            "## Task events of the buffered path: per request or per buffer",
+            "",
+            f"`vigil.ingest.message`, {events['messages_per_run']} messages per run, the two "
+            f"modes alternating for {events['rounds']} rounds (a fresh worker per run).",
+            "",
+            "| VIGIL_INGEST_TASK_EVENTS | msgs/s (median) | runs "
+            "| worker CPU us/msg | total CPU us/msg |",
+            "|---|---|---|---|---|",
+        ]
+        for mode in ("per_request", "per_buffer"):
+            row = events[mode]
+            lines.append(
+                f"| {mode} | {row['msgs_per_s']:.0f} "
+                f"| {', '.join(f'{rate:.0f}' for rate in row['msgs_per_s_runs'])} "
+                f"| {row['worker_cpu_us_per_msg']:.0f} | {row['total_cpu_us_per_msg']:.0f} |"
+            )
+        lines += [
+            "",
+            f"per_buffer / per_request throughput: {_fmt(events['per_buffer_to_per_request'])}x; "
+            f"per-request events cost {_fmt(events['per_request_extra_worker_cpu_us_per_msg'])} "
+            "us of worker CPU per message.",
+        ]
     corr = result.get("correlator")
     if corr:
         lines += ["", "## Correlator", ""]

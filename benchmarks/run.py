@@ -34,6 +34,7 @@ from benchmarks.contenders import (
     SMOKE,
     Sizes,
     contenders_for,
+    events_ab,
     latency,
     throughput,
 )
@@ -98,6 +99,8 @@ def run(
                     f"[bench]   {contender.msgs_per_s:.0f} msg/s, {contender.latency}", flush=True
                 )
             by_key = {contender.key: contender for contender in contenders}
+            print("[bench] task events per request against per buffer", flush=True)
+            events = events_ab(bench, sizes)
             prof = None
             if profile:
                 print("[bench] profiling the vigil paths", flush=True)
@@ -123,6 +126,7 @@ def run(
                 "contenders": {contender.key: asdict(contender) for contender in contenders},
                 "ratios": ratios,
                 "targets": targets,
+                "events_ab": events,
                 "correlator": corr,
                 "profile": prof,
             }

@@ -35,13 +35,19 @@ def test_harness_smoke(service_urls, tmp_path):
     result = json.loads((out / "latest.json").read_text())
     assert (out / "latest.md").read_text().startswith("# vigil benchmark")
 
+    events = result["events_ab"]
+    assert set(events["per_request"]["msgs_per_s_runs"]) and set(
+        events["per_buffer"]["msgs_per_s_runs"]
+    )
+    assert events["per_buffer_to_per_request"] > 0
+    assert "## Task events of the buffered path" in (out / "latest.md").read_text()
+
     contenders = result["contenders"]
     assert set(contenders) == {
         "bare_noop",
         "ceiling",
         "seed_single",
         "vigil_single",
-        "vigil_single_buffer_events",
         "seed_batch",
         "vigil_batch",
     }
