@@ -130,10 +130,9 @@ class Settings(BaseSettings):
     # pipeline once per buffer: when it holds ingest_flush_every requests, and
     # every ingest_flush_interval_s for what it holds. Under load buffers fill
     # by count (the transport takes up to 100 tasks at once); the interval is
-    # the most a lone message waits. Measured (benchmarks/): 10 ms beat 50 ms
-    # on both p99 at half load (16-20 ms against 85-140 ms) and throughput
-    # (6,700 against 5,400 msg/s), as smaller, steadier buffers keep both pool
-    # processes busy; 5 ms gained nothing more.
+    # the most a lone message waits. benchmarks/flush_interval.py: throughput
+    # is the same within noise from 5 to 50 ms, p99 at half load is not
+    # (10 ms: 38 ms; 50 ms: 238 ms; 5 ms: no better than 10).
     ingest_flush_every: int = Field(default=100, ge=1, le=500)
     ingest_flush_interval_s: float = Field(default=0.01, gt=0, le=5)
     # Messages a worker reserves per pool process (Celery's prefetch

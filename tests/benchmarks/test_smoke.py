@@ -73,3 +73,23 @@ def test_harness_smoke(service_urls, tmp_path):
     assert {t["target"] for t in result["targets"]} >= {
         "vigil single (buffered) vs bare Celery no-op"
     }
+
+
+def test_flush_interval_smoke(service_urls, tmp_path):
+    out = tmp_path / "flush.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.flush_interval", "--intervals", "0.01,0.05",
+            "--rounds", "1", "--messages", "200", "--out", str(out),
+            "--pg-url", service_urls["database_admin"],
+            "--database", f"vigil_bench_flush_smoke_{os.getpid()}",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [row["interval_s"] for row in result["rows"]] == [0.01, 0.05]
+    for row in result["rows"]:
+        assert row["msgs_per_s"] > 0
+        assert row["latency"]["seen"] == row["latency"]["messages"] > 0
+    assert "| 0.05 |" in proc.stdout
