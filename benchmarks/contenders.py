@@ -293,35 +293,41 @@ def latency(
 EVENT_MODES = ("per_request", "per_buffer")
 
 
-def events_ab(bench: Bench, sizes: Sizes, rounds: int = 3) -> dict[str, Any]:
-    """The buffered single path with each ``VIGIL_INGEST_TASK_EVENTS`` mode, in
-    alternating runs (a worker started per run): the difference is small next to
-    how this machine's speed drifts over a few minutes, so the modes take turns."""
-    one_run = replace(sizes, runs=1)
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in EVENT_MODES}
+def alternating(
+    bench: Bench, settings_env: dict[str, dict[str, str]], messages: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """The buffered single path once per variant (label -> worker settings), the
+    variants taking turns for ``rounds`` rounds with a fresh worker per run: the
+    differences measured are small next to how this machine's speed drifts
+    over a few minutes. Per variant: the runs' rates and median rate and CPU."""
+    one_run = replace(FULL, runs=1, single=messages)
+    runs: dict[str, list[Contender]] = {label: [] for label in settings_env}
     for round_no in range(rounds):
-        for mode in EVENT_MODES:
+        for label, env in settings_env.items():
             contender = Contender(
-                f"events_{mode}_{round_no}", f"events {mode}", INGEST_MESSAGE, 0, sizes.single,
-                worker_env={"VIGIL_INGEST_TASK_EVENTS": mode},
-            )  # fmt: skip
-            bench.start_worker(contender.worker_env, tag=contender.key)
-            throughput(bench, contender, one_run)
-            runs[mode].append(
-                {"msgs_per_s": contender.msgs_per_s, "cpu_us_per_msg": contender.cpu_us_per_msg}
+                f"{label}_{round_no}", label, INGEST_MESSAGE, 0, messages, worker_env=env
             )
-    summary: dict[str, Any] = {"rounds": rounds, "messages_per_run": sizes.single}
-    for mode in EVENT_MODES:
-        summary[mode] = {
-            "msgs_per_s_runs": [run["msgs_per_s"] for run in runs[mode]],
-            "msgs_per_s": statistics.median(run["msgs_per_s"] for run in runs[mode]),
+            bench.start_worker(env, tag=contender.key)
+            throughput(bench, contender, one_run)
+            runs[label].append(contender)
+    return {
+        label: {
+            "msgs_per_s_runs": [run.msgs_per_s for run in done],
+            "msgs_per_s": statistics.median(run.msgs_per_s for run in done),
             "worker_cpu_us_per_msg": statistics.median(
-                run["cpu_us_per_msg"]["worker"] for run in runs[mode]
+                run.cpu_us_per_msg["worker"] for run in done
             ),
-            "total_cpu_us_per_msg": statistics.median(
-                run["cpu_us_per_msg"]["total"] for run in runs[mode]
-            ),
+            "total_cpu_us_per_msg": statistics.median(run.cpu_us_per_msg["total"] for run in done),
         }
+        for label, done in runs.items()
+    }
+
+
+def events_ab(bench: Bench, sizes: Sizes, rounds: int = 3) -> dict[str, Any]:
+    """The buffered single path with each ``VIGIL_INGEST_TASK_EVENTS`` mode."""
+    modes = {mode: {"VIGIL_INGEST_TASK_EVENTS": mode} for mode in EVENT_MODES}
+    summary: dict[str, Any] = {"rounds": rounds, "messages_per_run": sizes.single}
+    summary.update(alternating(bench, modes, sizes.single, rounds))
     request, buffer = summary["per_request"], summary["per_buffer"]
     summary["per_buffer_to_per_request"] = round(buffer["msgs_per_s"] / request["msgs_per_s"], 2)
     summary["per_request_extra_worker_cpu_us_per_msg"] = round(

@@ -16,61 +16,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.contenders import FULL, Contender, latency, throughput
+from benchmarks.contenders import FULL, Contender, alternating, latency
 from benchmarks.harness import DEFAULT_PG_URL, Bench
 from tasks.names import INGEST_MESSAGE
 
 RESULTS = Path(__file__).parent / "results" / "flush_interval.json"
 
 
-def _contender(interval: str, tag: str, messages: int) -> Contender:
-    return Contender(
-        f"flush{interval.replace('.', '_')}_{tag}",
-        f"flush interval {interval} s",
-        INGEST_MESSAGE,
-        0,
-        messages,
-        worker_env={"VIGIL_INGEST_FLUSH_INTERVAL_S": interval},
-    )
-
-
 def measure(bench: Bench, intervals: list[str], rounds: int, messages: int) -> dict[str, Any]:
-    one_run = replace(FULL, runs=1, single=messages)
-    runs: dict[str, list[dict[str, Any]]] = {interval: [] for interval in intervals}
-    for round_no in range(rounds):
-        for interval in intervals:
-            contender = _contender(interval, f"r{round_no}", messages)
-            bench.start_worker(contender.worker_env, tag=contender.key)
-            throughput(bench, contender, one_run)
-            runs[interval].append(
-                {"msgs_per_s": contender.msgs_per_s, "cpu_us_per_msg": contender.cpu_us_per_msg}
-            )
-    medians = {
-        interval: statistics.median(run["msgs_per_s"] for run in runs[interval])
-        for interval in intervals
-    }
-    rate = min(medians.values()) / 2
+    variants = {interval: {"VIGIL_INGEST_FLUSH_INTERVAL_S": interval} for interval in intervals}
+    measured = alternating(bench, variants, messages, rounds)
+    rate = min(row["msgs_per_s"] for row in measured.values()) / 2
     rows = []
-    for interval in intervals:
-        contender = _contender(interval, "lat", messages)
-        bench.start_worker(contender.worker_env, tag=contender.key)
+    for interval, env in variants.items():
+        contender = Contender(
+            f"flush{interval.replace('.', '_')}_lat", interval, INGEST_MESSAGE, 0, messages,
+            worker_env=env,
+        )  # fmt: skip
+        bench.start_worker(env, tag=contender.key)
         contender.msgs_per_s = rate * 2  # latency() offers half of it
-        latency(bench, contender, one_run)
+        latency(bench, contender, replace(FULL, single=messages))
+        row = measured[interval]
         rows.append(
             {
                 "interval_s": float(interval),
-                "msgs_per_s_runs": [run["msgs_per_s"] for run in runs[interval]],
-                "msgs_per_s": medians[interval],
-                "cpu_us_per_msg": statistics.median(
-                    run["cpu_us_per_msg"]["total"] for run in runs[interval]
-                ),
+                "msgs_per_s_runs": row["msgs_per_s_runs"],
+                "msgs_per_s": row["msgs_per_s"],
+                "cpu_us_per_msg": row["total_cpu_us_per_msg"],
                 "latency": contender.latency,
             }
         )

@@ -102,7 +102,8 @@ def check_rate_limit(
 def detection_shared(
     settings: Settings, now: float, counted_as: str = counters.DETECTIONS
 ) -> dict[str, Any]:
-    """What every item of one ``apply_detection.lua`` call shares (ARGV[3]).
+    """What every item of one ``apply_detection.lua`` call shares (ARGV[3]); the
+    message path passes the same to ``ingest_gate.lua``.
 
     ``counted_as``: the counter family the outcomes add to (a message's
     detection counts as a message)."""

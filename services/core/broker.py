@@ -102,13 +102,7 @@ class QoS(kombu_redis.QoS):
         if held is not None:
             held.append(delivery_tag)
             return
-        with self.channel.conn_or_acquire() as client:
-            # Payload before index: a half-applied ack leaves an index entry
-            # without payload, which restore_by_tag just drops.
-            pipe = client.pipeline(transaction=False)
-            pipe.hdel(self.unacked_key, delivery_tag)
-            pipe.zrem(self.unacked_index_key, delivery_tag)
-            pipe.execute()
+        self.forget([delivery_tag])
         virtual.QoS.ack(self, delivery_tag)
 
     @contextmanager
@@ -141,7 +135,9 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.ack(self, tag)
 
     def forget(self, tags: list[str]) -> None:
-        """Delete the unacked entries of ``tags`` in Redis (payload before index)."""
+        """Delete the unacked entries of ``tags`` in Redis. Payload before index: a
+        half-applied delete leaves an index entry without payload, which
+        restore_by_tag just drops."""
         with self.channel.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             pipe.hdel(self.unacked_key, *tags)

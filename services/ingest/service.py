@@ -115,11 +115,13 @@ class IngestService:
         batch, valid = Batch.parse(MessageIn, raws, text_limit(self.settings.max_text_chars))
         outcomes = batch.outcomes
 
+        # What every item of both script calls shares; the gate also reads context_limit.
+        shared = ledger.detection_shared(self.settings, now, counters.MESSAGES)
         gates = scripts.run_batch(
             self.redis_client,
             "ingest_gate",
             [self._gate_item(m, now, i) for i, m in valid],
-            shared=self._gate_shared(now),
+            shared={**shared, "context_limit": self.context_limit},
             metrics_key=keys.metrics(self.settings),
         )
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None]] = []
@@ -178,7 +180,7 @@ class IngestService:
             self.redis_client,
             "apply_detection",
             calls,
-            shared=ledger.detection_shared(self.settings, now, counters.MESSAGES),
+            shared=shared,
             metrics_key=keys.metrics(self.settings),
         )
         for (i, msg, det, _), reply in zip(to_apply, applied, strict=True):
@@ -220,18 +222,6 @@ class IngestService:
             "stamp": dedupe.stamp(now, position),
         }
         return item_keys, doc
-
-    def _gate_shared(self, now: float) -> dict[str, Any]:
-        """What every message of one ``ingest_gate.lua`` call shares (ARGV[3])."""
-        return {
-            "day_start": keys.day_start(now),
-            "default_cap": self.settings.default_daily_cap,
-            "context_limit": self.context_limit,
-            "maxlen": self.settings.stream_maxlen,
-            "now": now,
-            "published_at": ledger.iso(now),
-            **dedupe.script_args(self.settings, now),
-        }
 
     # -- detections -------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any
 
 import redis
@@ -75,32 +76,18 @@ def send_burst(
     singles_per_batch = max(1, len(singles) // max(1, len(batches)))
     remaining = iter(singles)
     with app.producer_or_acquire() as producer:
+
+        def send(task: str, kwargs: dict[str, Any]) -> None:
+            app.send_task(
+                task, kwargs=kwargs, queue=QUEUE_INGEST, producer=producer, ignore_result=True
+            )
+
         for batch in batches:
-            app.send_task(
-                INGEST_MESSAGES,
-                kwargs={"messages": batch},
-                queue=QUEUE_INGEST,
-                producer=producer,
-                ignore_result=True,
-            )
-            for _ in range(singles_per_batch):
-                message = next(remaining, None)
-                if message is not None:
-                    app.send_task(
-                        INGEST_MESSAGE,
-                        kwargs=message,
-                        queue=QUEUE_INGEST,
-                        producer=producer,
-                        ignore_result=True,
-                    )
+            send(INGEST_MESSAGES, {"messages": batch})
+            for message in islice(remaining, singles_per_batch):
+                send(INGEST_MESSAGE, message)
         for message in remaining:
-            app.send_task(
-                INGEST_MESSAGE,
-                kwargs=message,
-                queue=QUEUE_INGEST,
-                producer=producer,
-                ignore_result=True,
-            )
+            send(INGEST_MESSAGE, message)
 
 
 def run_reference(stack, batches, singles) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 -- KEYS: 5 per message: bond, dedupe hash, pre-upgrade marker, history, bond_stream;
 --   then the metrics hash (run_batch in _bond.lua and services/core/scripts.py)
 -- ARGV[1]: JSON array, one object per message; ARGV[3]: what they share
---   (services/ingest/service.py: _gate_item, _gate_shared)
+--   (services/ingest/service.py: _gate_item; services/bonds/ledger.py: detection_shared)
 -- Returns one reply per message: {'duplicate', marker} | {'rate_limited', cap, count}
 --   | {'accepted', count_or_'redelivered', context} | {'error', reason}
 

@@ -210,11 +210,19 @@ def consume(conn: Connection, queue: Queue, prefetch: int) -> list:
     return received
 
 
-def test_one_brpop_cycle_delivers_many_each_recorded_as_unacked(connect, queue, keys, broker_redis):
-    publish(connect, queue, 50)
+def one_cycle(connect, queue: Queue, published: int, prefetch: int, **options) -> tuple:
+    """``published`` messages, then one BRPOP cycle of a consumer with
+    ``prefetch`` (and these transport options); returns (connection, received)."""
+    publish(connect, queue, published)
     conn = connect()
-    received = consume(conn, queue, prefetch=100)
+    conn.transport_options.update(options)
+    received = consume(conn, queue, prefetch=prefetch)
     conn.drain_events(timeout=5)  # stock kombu: one message per call
+    return conn, received
+
+
+def test_one_brpop_cycle_delivers_many_each_recorded_as_unacked(connect, queue, keys, broker_redis):
+    conn, received = one_cycle(connect, queue, published=50, prefetch=100)
     assert [m.decode()["i"] for m in received] == list(range(50))
     assert broker_redis.llen(keys["queue"]) == 0
     assert broker_redis.hlen(keys["unacked_key"]) == 50
@@ -237,20 +245,14 @@ def test_one_brpop_cycle_delivers_many_each_recorded_as_unacked(connect, queue, 
 
 
 def test_fetch_stays_within_the_prefetch_limit(connect, queue, keys, broker_redis):
-    publish(connect, queue, 50)
-    conn = connect()
-    received = consume(conn, queue, prefetch=10)
-    conn.drain_events(timeout=5)
+    _, received = one_cycle(connect, queue, published=50, prefetch=10)
     assert len(received) == 10
     assert broker_redis.llen(keys["queue"]) == 40
     assert broker_redis.hlen(keys["unacked_key"]) == 10
 
 
 def test_fetched_unacked_messages_are_restored_on_close(connect, queue, keys, broker_redis):
-    publish(connect, queue, 20)
-    conn = connect()
-    received = consume(conn, queue, prefetch=100)
-    conn.drain_events(timeout=5)
+    conn, received = one_cycle(connect, queue, published=20, prefetch=100)
     assert len(received) == 20
     for message in received[:5]:
         message.ack()
@@ -276,11 +278,7 @@ def test_a_message_the_fetch_cannot_read_is_put_back_for_the_stock_path(
 
 
 def test_fetch_many_one_is_stock(connect, queue, keys, broker_redis):
-    publish(connect, queue, 5)
-    conn = connect()
-    conn.transport_options["vigil_fetch_many"] = 1
-    received = consume(conn, queue, prefetch=100)
-    conn.drain_events(timeout=5)
+    _, received = one_cycle(connect, queue, published=5, prefetch=100, vigil_fetch_many=1)
     assert len(received) == 1
     assert broker_redis.llen(keys["queue"]) == 4
 
