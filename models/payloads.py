@@ -130,15 +130,19 @@ class DetectionIn(_Strict):
     childhood_archetype: Label = "unknown"
     egg_status: Label | EggStatus = "none"
     confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # Mutable defaults as factories: pydantic deep-copies a plain {} or [] default
+    # for every instance, a cost the built-in detector paid per message.
     signals: Annotated[
         dict[Label, ShortText | Annotated[float, Field(allow_inf_nan=False)]],
         Field(max_length=MAX_SIGNALS),
-    ] = {}
+    ] = Field(default_factory=dict)
     turn_count: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     ulm_vector: Annotated[
         dict[Label, Annotated[float, Field(ge=-1e6, le=1e6)]], Field(max_length=MAX_ULM_NODES)
-    ] = {}
-    observations: Annotated[list[ObservationIn], Field(max_length=MAX_OBSERVATIONS)] = []
+    ] = Field(default_factory=dict)
+    observations: Annotated[list[ObservationIn], Field(max_length=MAX_OBSERVATIONS)] = Field(
+        default_factory=list
+    )
 
     _ids = field_validator("detection_id", "user_id", "guild_id", "message_id", mode="before")(
         _coerce_id

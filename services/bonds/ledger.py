@@ -127,6 +127,7 @@ def detection_args(
     history: dict[str, Any] | None,
     stamp: int,
     dedupe_entry: tuple[str, str] | None = None,
+    count_message: bool = False,
 ) -> scripts.Item:
     """Keys and own arguments of one detection for ``apply_detection.lua``.
 
@@ -134,7 +135,9 @@ def detection_args(
     they stay what they were) and read in case it is still there.
     ``dedupe_entry`` is the (hash, field) that records the detection applied,
     by default its own id in the user's detection hash; a message passes its
-    message's entry. ``stamp`` is its first-seen stamp (``dedupe.stamp``)."""
+    message's entry. ``stamp`` is its first-seen stamp (``dedupe.stamp``).
+    ``count_message``: a message the gate let through without counting it
+    (its user has no cap); the apply counts it in the bond it writes anyway."""
     if dedupe_entry is None:
         dedupe_entry = (
             keys.detection_dedupe(settings, det.platform, det.user_id),
@@ -159,6 +162,8 @@ def detection_args(
         },
         "history": history,
     }
+    if count_message:
+        doc["count_message"] = True
     bond_keys = [
         keys.bond(settings, det.user_id),
         keys.events(settings, det.user_id),

@@ -2,7 +2,8 @@
 and ``vigil.ingest.detection``.
 
 Per batch, whatever its size: one Redis round trip to dedupe, count against
-the daily cap and fetch history context (``ingest_gate.lua``), the detector in
+the daily cap and fetch history context (``ingest_gate.lua``; a user without a
+cap is counted in the second round trip instead), the detector in
 process, one PostgreSQL transaction for attribution observations (only when a
 detection carries any), and one Redis round trip to apply every detection with
 its events, history and envelopes (``apply_detection.lua``).
@@ -124,7 +125,7 @@ class IngestService:
             shared={**shared, "context_limit": self.context_limit},
             metrics_key=keys.metrics(self.settings),
         )
-        to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None]] = []
+        to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None, bool]] = []
         # Messages earlier in this batch are context for later ones of the same user.
         local_context: dict[tuple[str | None, str], list[StoredMessage]] = defaultdict(list)
         for (i, msg), gate in zip(valid, gates, strict=True):
@@ -162,9 +163,10 @@ class IngestService:
                         message_id=msg.message_id,
                     )
                 )
-            to_apply.append((i, msg, det, entry))
+            # An uncapped user's message is counted by the apply, not the gate.
+            to_apply.append((i, msg, det, entry, gate[1] == "uncounted"))
 
-        self._attribution([det for _, _, det, _ in to_apply])
+        self._attribution([det for _, _, det, _, _ in to_apply])
         calls = [
             ledger.detection_args(
                 self.settings,
@@ -173,8 +175,9 @@ class IngestService:
                 history=entry,
                 stamp=dedupe.stamp(now, i),
                 dedupe_entry=self._dedupe_entry(msg),
+                count_message=uncounted,
             )
-            for i, msg, det, entry in to_apply
+            for i, msg, det, entry, uncounted in to_apply
         ]
         applied = scripts.run_batch(
             self.redis_client,
@@ -183,7 +186,7 @@ class IngestService:
             shared=shared,
             metrics_key=keys.metrics(self.settings),
         )
-        for (i, msg, det, _), reply in zip(to_apply, applied, strict=True):
+        for (i, msg, det, _, _), reply in zip(to_apply, applied, strict=True):
             outcomes[i] = self._applied(reply, msg.message_id, det)
             if outcomes[i]["status"] == "rejected":
                 self._reject(batch, i, msg, outcomes[i]["reasons"])

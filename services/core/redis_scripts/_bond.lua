@@ -66,8 +66,9 @@ local function roll_day(bond, day_start)
 end
 
 local function log_event(events_key, events_max, event)
-  redis.call('LPUSH', events_key, cjson.encode(event))
-  redis.call('LTRIM', events_key, 0, events_max - 1)
+  if redis.call('LPUSH', events_key, cjson.encode(event)) > events_max then
+    redis.call('LTRIM', events_key, 0, events_max - 1)
+  end
 end
 
 local function publish(stream, maxlen, env)

@@ -6,10 +6,14 @@
 -- ARGV[1]: JSON array, one object per detection; ARGV[3]: what they share
 --   (services/bonds/ledger.py: detection_args, detection_shared)
 -- Returns one reply per detection: {'duplicate'} | {'applied', changed, stored} | {'error', reason}
+-- a.count_message: the gate did not count this message (its user had no cap),
+-- so the apply counts it, unless another delivery's gate has since.
 
 local function apply(a, bond_key, events_key, dedupe_key, legacy_key, history_key, stream)
   local seen, first_seen = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
-  if seen == 'done' then
+  -- 'limited': another delivery of this message was rate-limited (a cap set
+  -- while this one ran): that is its outcome.
+  if seen == 'done' or seen == 'limited' then
     count_metric((a.counted_as or 'detections') .. ':duplicate')
     return {'duplicate'}
   end
@@ -17,6 +21,9 @@ local function apply(a, bond_key, events_key, dedupe_key, legacy_key, history_ke
   local bond = load_bond(bond_key, a.user_id, a.default_cap)
   if bond.err then return {'error', bond.err} end
   roll_day(bond, a.day_start)
+  if a.count_message and seen == nil then
+    bond.daily_msg_count = num(bond.daily_msg_count, 0) + 1
+  end
   local d = a.detection
   local now = a.now
   local guild = a.guild_id

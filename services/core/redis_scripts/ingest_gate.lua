@@ -1,11 +1,14 @@
 -- Round trip 1 of a batch of messages: for each, dedupe, atomic daily-cap
 -- check-and-count, and its history context.
+-- A user without a cap has nothing to enforce here: their message is counted by
+-- apply_detection.lua, which writes the bond anyway, so the gate writes nothing
+-- (the bond's encode and SET are most of a gate's cost).
 -- KEYS: 5 per message: bond, dedupe hash, pre-upgrade marker, history, bond_stream;
 --   then the metrics hash (run_batch in _bond.lua and services/core/scripts.py)
 -- ARGV[1]: JSON array, one object per message; ARGV[3]: what they share
 --   (services/ingest/service.py: _gate_item; services/bonds/ledger.py: detection_shared)
 -- Returns one reply per message: {'duplicate', marker} | {'rate_limited', cap, count}
---   | {'accepted', count_or_'redelivered', context} | {'error', reason}
+--   | {'accepted', count_or_'redelivered'_or_'uncounted', context} | {'error', reason}
 
 local function context(history_key, limit)
   if limit <= 0 then return {} end
@@ -29,8 +32,9 @@ local function gate(a, bond_key, dedupe_key, legacy_key, history_key, stream)
   roll_day(bond, a.day_start)
   local cap = num(bond.daily_msg_cap, 0)
   local count = num(bond.daily_msg_count, 0)
+  if cap <= 0 then return {'accepted', 'uncounted', context(history_key, a.context_limit)} end
 
-  if cap > 0 and count >= cap then
+  if count >= cap then
     redis.call('SET', bond_key, encode_bond(bond))
     dedupe_set(dedupe_key, a.field, 'limited', a.stamp, a.dedupe)
     publish(stream, a.maxlen, {

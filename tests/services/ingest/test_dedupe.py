@@ -58,6 +58,15 @@ def count(r, settings, user: str = "u1") -> int:
     return ledger.load(r, settings, user).daily_msg_count
 
 
+def phase_changes(r, settings, message_id: str = "m1") -> int:
+    """Phase transitions published for one message."""
+    return sum(
+        1
+        for e in bond_stream(r, settings)
+        if e["topic"] == "bond.phase_transition" and e["correlation_id"] == message_id
+    )
+
+
 def test_duplicates_within_the_window_publish_nothing_and_envelope_ids_are_unchanged(
     r, db, settings
 ):
@@ -144,17 +153,70 @@ class DiesAfterGate(LexiconDetector):
 
 
 def test_redelivery_between_gate_and_apply_counts_once(r, db, settings):
+    """A capped user's message is counted by the gate: a redelivery does not count it again."""
+    ledger.set_cap(r, settings, "u1", 10)
     with pytest.raises(WorkerKilled):
         service(r, db, settings, DiesAfterGate()).messages([msg(1, text="I feel hopeless")])
     assert dedupe.message_state(r, settings, "discord", "u1", "m1") == "counted"
-    assert count(r, settings) == 1 and bond_stream(r, settings) == []
+    assert count(r, settings) == 1 and phase_changes(r, settings) == 0
     svc = service(r, db, settings)
     assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["accepted"]
     assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["duplicate"]
     assert count(r, settings) == 1
     assert dedupe.message_state(r, settings, "discord", "u1", "m1") == "done"
+    assert phase_changes(r, settings) == 1
+
+
+def test_an_uncapped_users_message_is_counted_by_the_apply(r, db, settings):
+    """Without a cap the gate writes nothing: a worker killed after it leaves no trace,
+    and the redelivery counts the message once."""
+    with pytest.raises(WorkerKilled):
+        service(r, db, settings, DiesAfterGate()).messages([msg(1, text="I feel hopeless")])
+    assert dedupe.message_state(r, settings, "discord", "u1", "m1") is None
+    assert ledger.load(r, settings, "u1") is None and bond_stream(r, settings) == []
+    svc = service(r, db, settings)
+    batch = [msg(1, text="I feel hopeless"), msg(2), msg(1, text="I feel hopeless")]
+    assert statuses(svc.messages(batch)) == ["accepted", "accepted", "duplicate"]
+    assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["duplicate"]
+    assert count(r, settings) == 2
+    assert dedupe.message_state(r, settings, "discord", "u1", "m1") == "done"
+    assert phase_changes(r, settings) == 1
+
+
+class CapSetDuringDetection(LexiconDetector):
+    """An operator sets a cap while the detector runs; a second delivery of the
+    same message then passes the gate under that cap."""
+
+    def __init__(self, r, db, settings: Settings, cap: int) -> None:
+        self.r, self.db, self.settings, self.cap = r, db, settings, cap
+
+    def detect(self, m, context):
+        ledger.set_cap(self.r, self.settings, m.user_id, self.cap)
+        self.second = statuses(service(self.r, self.db, self.settings).messages([_dump(m)]))
+        return super().detect(m, context)
+
+
+def _dump(m) -> dict[str, Any]:
+    return m.model_dump(mode="json")
+
+
+@pytest.mark.parametrize(("cap", "second", "counted"), [(5, "accepted", 2), (1, "rate_limited", 1)])
+def test_a_cap_set_between_gate_and_apply_counts_the_message_once(
+    r, db, settings, cap, second, counted
+):
+    """The first delivery passed the gate uncapped; the second, under the new cap,
+    was counted (or rate-limited) by its gate: the first's apply counts nothing more."""
+    svc = service(r, db, settings)
+    assert statuses(svc.messages([msg(0)])) == ["accepted"]  # the user has one message today
+    racing = CapSetDuringDetection(r, db, settings, cap)
+    first = statuses(service(r, db, settings, racing).messages([msg(1, text="I feel hopeless")]))
+    assert racing.second == [second]
+    assert first == ["duplicate"]
+    assert count(r, settings) == counted
+    state = dedupe.message_state(r, settings, "discord", "u1", "m1")
+    assert state == ("done" if second == "accepted" else "limited")
     topics = [e["topic"] for e in bond_stream(r, settings)]
-    assert topics.count("bond.phase_transition") == 1
+    assert topics.count("message.rate_limited") == (second == "rate_limited")
 
 
 def test_markers_written_before_the_upgrade_are_still_read(r, db, settings):
