@@ -164,6 +164,9 @@ class DeadLetter(Base):
     """A payload that can never succeed, kept with its reason for replay or purge."""
 
     __tablename__ = "dead_letters"
+    # The scrape-time gauge counts rows by (task, reason) and listings filter by
+    # task: both read this index, not the table (services/metrics/queries.py).
+    __table_args__ = (Index("ix_dead_letters_task_name_reason", "task_name", "reason"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     task_name: Mapped[str] = mapped_column(Text, nullable=False)
