@@ -107,7 +107,7 @@ def alembic_config(url: str) -> Config:
 
 
 @pytest.fixture
-def r(settings) -> Iterator[redis.Redis]:
+def state_redis(settings) -> Iterator[redis.Redis]:
     """The state Redis, emptied before each test."""
     from services.core.clients import get_redis
 

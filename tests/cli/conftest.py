@@ -81,6 +81,6 @@ def alternating(user: str, n: int = 6) -> list[dict]:
 
 
 @pytest.fixture
-def ingest(r, db, settings) -> IngestService:
+def ingest(state_redis, db, settings) -> IngestService:
     """The real pipeline, in process: fills the stores the commands read."""
-    return IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
+    return IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)

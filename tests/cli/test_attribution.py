@@ -6,10 +6,10 @@ from services.attribution import correlator
 from tests.cli.conftest import alternating, det
 
 
-def test_user_identity_and_flagged(vigil, r, db, settings, ingest):
+def test_user_identity_and_flagged(vigil, state_redis, db, settings, ingest):
     ingest.detections(alternating("777"))
     ingest.detections([det(i, "778", typing_cadence="steady") for i in range(4)])
-    correlator.run(db, settings, r)
+    correlator.run(db, settings, state_redis)
 
     data = vigil.json("attribution", "user", "777")
     states = {s["primitive"]: s["state"] for s in data["states"]}

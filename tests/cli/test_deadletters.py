@@ -20,7 +20,7 @@ def _bad(i: int) -> dict:
     return msg(i, SECRET, sent_at="2026-01-01T10:00:00")  # naive: rejected
 
 
-def test_list_shows_reasons_not_payloads(vigil, r, db, ingest):
+def test_list_shows_reasons_not_payloads(vigil, state_redis, db, ingest):
     ingest.messages([_bad(0)])
     ingest.messages([_bad(1), msg(2)])
     rows = vigil.json("deadletters", "list")
@@ -34,14 +34,14 @@ def test_list_shows_reasons_not_payloads(vigil, r, db, ingest):
         assert SECRET not in out
 
 
-def _wait_for_bond(r, settings, user_id: str) -> None:
+def _wait_for_bond(state_redis, settings, user_id: str) -> None:
     deadline = time.monotonic() + 60
-    while ledger.load(r, settings, user_id) is None:
+    while ledger.load(state_redis, settings, user_id) is None:
         assert time.monotonic() < deadline, f"replayed message of {user_id} never applied"
         time.sleep(0.1)
 
 
-def test_replay_by_id_and_all(vigil, r, db, settings, worker):
+def test_replay_by_id_and_all(vigil, state_redis, db, settings, worker):
     # Payloads that failed for a passing reason: a replay now succeeds.
     with db() as session, session.begin():
         ids = [
@@ -60,13 +60,13 @@ def test_replay_by_id_and_all(vigil, r, db, settings, worker):
     assert str(ids[1]) in vigil("deadletters", "replay", "--all").stdout
     assert vigil.json("deadletters", "list", "--pending") == []
     assert '"replayed": []' in vigil("deadletters", "replay", "--all").stdout
-    _wait_for_bond(r, settings, "r0")
-    _wait_for_bond(r, settings, "r1")
+    _wait_for_bond(state_redis, settings, "r0")
+    _wait_for_bond(state_redis, settings, "r1")
     vigil("deadletters", "replay", code=2)
     vigil("deadletters", "replay", "1", "--all", code=2)
 
 
-def test_purge_by_id_and_age(vigil, r, db, ingest):
+def test_purge_by_id_and_age(vigil, state_redis, db, ingest):
     for i in range(3):
         ingest.messages([_bad(i)])
     ids = sorted(row["id"] for row in vigil.json("deadletters", "list"))

@@ -26,7 +26,7 @@ def test_plan_has_every_role_and_no_text_outside_payloads():
     assert demo.plan(8, 60, seed=1, now=NOW, run_id="abc123").batches == p.batches
 
 
-def test_demo_summary_matches_the_stores(vigil, r, db, settings, worker):
+def test_demo_summary_matches_the_stores(vigil, state_redis, db, settings, worker):
     report = vigil.json("demo", "--users", "8", "--messages", "60", "--seed", "7")
     out = report["outcomes"]
     assert report["unfinished_tasks"] == 0
@@ -47,12 +47,12 @@ def test_demo_summary_matches_the_stores(vigil, r, db, settings, worker):
     assert env.get("bond.phase_transition", 0) == report["phase_transitions"] > 0
     events = [
         e
-        for b in ledger.all_bonds(r, settings)
-        for e in ledger.get_events(r, settings, b.user_id, limit=500)
+        for b in ledger.all_bonds(state_redis, settings)
+        for e in ledger.get_events(state_redis, settings, b.user_id, limit=500)
     ]
     assert sum(e.event_type == "phase_transition" for e in events) == report["phase_transitions"]
     for group in ("bond", "attribution"):
-        entries = streams.read_latest(r, settings, group, 10_000)
+        entries = streams.read_latest(state_redis, settings, group, 10_000)
         for topic in streams.STREAM_TOPICS[group]:
             assert sum(e.topic == topic for _, e in entries) == env.get(topic, 0)
     assert len(flagged) == len(report["flagged_identities"]) == len(report["shared_accounts"])
@@ -61,11 +61,11 @@ def test_demo_summary_matches_the_stores(vigil, r, db, settings, worker):
     )
     assert env.get("attribution.profile.multi_actor_suspected", 0) == len(flagged)
     # An escalating user really climbed.
-    top = ledger.load(r, settings, report["escalating_users"][0])
+    top = ledger.load(state_redis, settings, report["escalating_users"][0])
     assert top is not None and top.phase in ("acute", "crisis")
 
 
-def test_demo_table_shows_counts_and_where_to_look(vigil, r, db, worker):
+def test_demo_table_shows_counts_and_where_to_look(vigil, state_redis, db, worker):
     out = vigil("demo", "--users", "6", "--messages", "30").stdout
     assert "rate-limited" in out and "flagged identities" in out
     assert "vigil tail bond" in out and "flower-password" in out
@@ -73,7 +73,7 @@ def test_demo_table_shows_counts_and_where_to_look(vigil, r, db, worker):
         assert line not in out
 
 
-def test_demo_without_a_worker_exits_1(vigil, r, db, settings, monkeypatch):
+def test_demo_without_a_worker_exits_1(vigil, state_redis, db, settings, monkeypatch):
     # No worker on a broker db of its own: nothing answers the ping.
     empty = settings.model_copy(update={"broker_url": settings.redis_url.rsplit("/", 1)[0] + "/5"})
     monkeypatch.setattr("cli.demo.load_settings", lambda: empty)

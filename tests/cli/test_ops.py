@@ -33,9 +33,9 @@ def env_override(test_env) -> Iterator[Callable[..., None]]:
     get_settings.cache_clear()
 
 
-def test_health_reports_stores_workers_and_beat(vigil, r, db, settings, worker):
+def test_health_reports_stores_workers_and_beat(vigil, state_redis, db, settings, worker):
     last = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
-    r.hset(
+    state_redis.hset(
         f"{settings.vigil_prefix}redbeat:correlate-multi-actor",
         "meta",
         json.dumps({"last_run_at": last, "total_run_count": 3}, cls=RedBeatJSONEncoder),
@@ -82,7 +82,7 @@ def test_flower_refuses_an_open_public_flower(vigil, env_override):
     assert "loopback" in vigil("flower", "--local-only", code=1).stderr
 
 
-def test_up_runs_the_stack_and_the_demo(vigil, r, db, env_override, tmp_path):
+def test_up_runs_the_stack_and_the_demo(vigil, state_redis, db, env_override, tmp_path):
     from stack.embedded import spare_port
 
     env_override(VIGIL_FLOWER_PORT=str(spare_port()), VIGIL_DATA_DIR=str(tmp_path))

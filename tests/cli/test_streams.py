@@ -13,9 +13,9 @@ from services.envelopes import streams
 
 
 @pytest.fixture
-def redis_client(r: redis.Redis) -> redis.Redis:
+def redis_client(state_redis: redis.Redis) -> redis.Redis:
     """The suite's text client (conftest's ``r``)."""
-    return r
+    return state_redis
 
 
 def _publish(redis_client, settings, how_many: int, topic: str = "bond.risk_change") -> list[str]:

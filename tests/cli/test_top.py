@@ -10,10 +10,10 @@ from tests.cli.conftest import alternating, msg
 ACUTE = "I want to kill myself tonight"
 
 
-def test_once_prints_one_frame_with_ids_only(vigil, ingest, r, db, settings):
+def test_once_prints_one_frame_with_ids_only(vigil, ingest, state_redis, db, settings):
     ingest.messages([msg(1, ACUTE, user="9001"), msg(2, user="9002"), {"text": "no ids"}])
     ingest.detections(alternating("9003"))
-    correlator.run(db, settings, r)
+    correlator.run(db, settings, state_redis)
     with db() as session:
         (suspect,) = queries.suspected_identities(session)
 

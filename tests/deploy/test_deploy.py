@@ -26,7 +26,7 @@ def _dashboard_metrics() -> set[str]:
     }
 
 
-def test_dashboard_uses_only_served_series(settings, r, db):
+def test_dashboard_uses_only_served_series(settings, state_redis, db):
     served = generate_latest(collector.registry(collector.for_settings(settings, QUEUES))).decode()
     wanted = {m for m in _dashboard_metrics() if m.startswith("vigil_")}
     declared = set(re.findall(r"^# TYPE (\S+) ", served, re.MULTILINE))

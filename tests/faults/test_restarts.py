@@ -76,11 +76,13 @@ def _retries(log: str) -> int:
     return log.count("Retry in") + log.count("retrying each request")
 
 
-def _users_without_state(batches, singles, r, settings) -> frozenset[str]:
+def _users_without_state(batches, singles, state_redis, settings) -> frozenset[str]:
     """Users with a message whose dedupe state is not ``done``: the lost ones."""
     done: set[str] = set()
-    for key in r.scan_iter(match=f"{settings.vigil_prefix}dedupe:msg:*", count=5000):
-        done.update(f for f, state in dedupe.states(r, settings, key).items() if state == "done")
+    for key in state_redis.scan_iter(match=f"{settings.vigil_prefix}dedupe:msg:*", count=5000):
+        done.update(
+            f for f, state in dedupe.states(state_redis, settings, key).items() if state == "done"
+        )
     messages = [m for batch in batches for m in batch] + list(singles)
     return frozenset(m["user_id"] for m in messages if m["message_id"] not in done)
 
@@ -105,25 +107,25 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, requ
     expected = run_reference(fresh, batches, singles)
     dets = _detections(DETECTIONS)
     settings = fresh.settings()
-    r = fresh.redis.client()
+    state_redis = fresh.redis.client()
     worker = procs.worker(app, env=env)
     pid = worker.proc.pid
 
     def done(at_least: int) -> bool:
         # A dead worker cannot make progress: fail now rather than at the timeout.
         assert worker.alive, "the worker exited"
-        return count_markers(r, settings).get("done", 0) >= at_least
+        return count_markers(state_redis, settings).get("done", 0) >= at_least
 
     send_burst(app, batches, singles)
     wait_for(
-        lambda: count_markers(r, settings).get("done", 0) >= 1,
+        lambda: count_markers(state_redis, settings).get("done", 0) >= 1,
         timeout=60,
         what="the burst under way",
     )
 
     # Redis: stop (the append-only file is flushed) and start on the same port.
     fresh.redis.restart()
-    before = count_markers(r, settings).get("done", 0)
+    before = count_markers(state_redis, settings).get("done", 0)
     assert before < total, "the restart must land before the burst is over"
     started = time.monotonic()
     wait_for(
@@ -155,19 +157,19 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker, requ
         timeout=240,
         what=f"every message (but {allowed}) applied",
     )
-    det_markers = lambda: count_markers(r, settings, kind="det").get("done", 0)  # noqa: E731
+    det_markers = lambda: count_markers(state_redis, settings, kind="det").get("done", 0)  # noqa: E731
     wait_for(lambda: det_markers() == DETECTIONS, timeout=240, what="every detection applied")
     wait_for(broker["drained"], timeout=120, what="broker drained")
 
     assert worker.alive and worker.proc.pid == pid, "the worker was not restarted"
-    got = snapshot(r, settings)
-    markers = count_markers(r, settings)
+    got = snapshot(state_redis, settings)
+    markers = count_markers(state_redis, settings)
     missing = total - markers.get("done", 0)
     assert markers == {"done": total - missing}, markers
     assert missing <= allowed, f"{missing} messages missing"
     # A lost message takes only its own user's state with it (every single has
     # a user of its own; a lost batch would be 100 messages, over the bound).
-    lost_users = _users_without_state(batches, singles, r, settings)
+    lost_users = _users_without_state(batches, singles, state_redis, settings)
     assert len(lost_users) == missing, lost_users
     assert diff(_only(expected, "m", lost_users), _only(got, "m")) == []
     assert _only(got, "m") == _only(expected, "m", lost_users)

@@ -87,9 +87,9 @@ def test_pickle_message_is_refused_without_executing(fresh, app, procs, tmp_path
     )
     # Still alive and working: a JSON message right after is processed.
     app.send_task("vigil.ingest.message", kwargs=_message("after-pickle"), queue="ingest")
-    r = fresh.redis.client(STATE_DB)
+    state_redis = fresh.redis.client(STATE_DB)
     settings = fresh.settings()
-    state = lambda mid: dedupe.message_state(r, settings, "discord", "u1", mid)  # noqa: E731
+    state = lambda mid: dedupe.message_state(state_redis, settings, "discord", "u1", mid)  # noqa: E731
     wait_for(lambda: state("after-pickle") == "done", what="next message")
     wait_for(lambda: broker_drained(fresh), timeout=30, what="the pickle message gone")
     assert worker.alive
@@ -153,13 +153,13 @@ def test_canary_text_never_in_logs_results_events_or_envelopes(fresh, app, procs
     received = [e for e in events if e.get("type") == "task-received"]
     assert received and all(needle not in str(e.get("kwargs")) for e in received)
     assert needle not in worker.log()
-    r = fresh.redis.client(STATE_DB)
-    for _id, fields in r.xrange(fresh.settings().stream_bond):
+    state_redis = fresh.redis.client(STATE_DB)
+    for _id, fields in state_redis.xrange(fresh.settings().stream_bond):
         assert needle not in fields["data"]
-    for key in r.scan_iter(match="celery-task-meta-*"):
-        assert needle not in r.get(key)
+    for key in state_redis.scan_iter(match="celery-task-meta-*"):
+        assert needle not in state_redis.get(key)
     # The history is where text belongs: the canary did reach the pipeline.
-    assert any(needle in m for m in r.zrange("ash:history:g1:u1", 0, -1))
+    assert any(needle in m for m in state_redis.zrange("ash:history:g1:u1", 0, -1))
 
 
 def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, tmp_path):
@@ -174,7 +174,7 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
         plain_state = server.url(STATE_DB, with_password=False)
         plain_broker = server.url(BROKER_DB, with_password=False)
         app = make_app(server.url(BROKER_DB), server.url(STATE_DB))
-        r = server.client(STATE_DB)
+        state_redis = server.client(STATE_DB)
 
         # Password from a secret file, URLs without one.
         env = fresh.env(
@@ -187,7 +187,10 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
             "vigil.ingest.message", kwargs=_message("pw-file"), queue="ingest", ignore_result=False
         )
         assert res.get(timeout=60)["status"] == "accepted"
-        assert dedupe.message_state(r, fresh.settings(), "discord", "u1", "pw-file") == "done"
+        assert (
+            dedupe.message_state(state_redis, fresh.settings(), "discord", "u1", "pw-file")
+            == "done"
+        )
         w1.stop()
 
         # Password inside the URLs.

@@ -49,17 +49,17 @@ def test_kill9_mid_burst_bounds_loss_doubles_and_recovery(fresh, procs, broker):
     # The workers run with the shipped delivery settings: nothing in env overrides them.
     assert not any(name.startswith("VIGIL_VISIBILITY") for name in fresh.env())
     shipped = Settings()
-    r = fresh.redis.client()
+    state_redis = fresh.redis.client()
     app = make_app(broker["url"], fresh.state_url)
     env = fresh.env(VIGIL_BROKER_URL=broker["url"])
-    applied = lambda: len(_daily_counts(r, settings, "m"))  # noqa: E731
+    applied = lambda: len(_daily_counts(state_redis, settings, "m"))  # noqa: E731
 
     # The whole burst is queued first, so the kill lands mid-burst however fast
     # the worker drains it. DBSIZE is a cheap progress signal (each applied
     # message leaves at least a bond and a dedupe hash).
     send_burst(app, [], singles)
     first = procs.worker(app, env=env)
-    wait_for(lambda: r.dbsize() >= 4_000, what="about a fifth of the burst applied")
+    wait_for(lambda: state_redis.dbsize() >= 4_000, what="about a fifth of the burst applied")
     first.kill9()
     killed_at = time.monotonic()
     applied_at_kill = applied()
@@ -82,12 +82,12 @@ def test_kill9_mid_burst_bounds_loss_doubles_and_recovery(fresh, procs, broker):
         time.sleep(shipped.unacked_restore_period_s + 1)
     wait_for(broker["drained"], timeout=60, what="broker drained after redelivery")
 
-    counts = _daily_counts(r, settings, "m")
+    counts = _daily_counts(state_redis, settings, "m")
     missing = SINGLES - len(counts)
     doubled = sorted(key for key, count in counts.items() if count != 1)
     assert doubled == [], f"counted twice: {doubled[:5]}"
     assert missing <= MISSING_ALLOWED[kind], f"{missing} messages missing"
-    got = snapshot(r, settings)
+    got = snapshot(state_redis, settings)
     if missing == 0:
         assert diff(expected, got) == []
         assert got == expected

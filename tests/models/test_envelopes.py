@@ -22,9 +22,9 @@ ALL_TOPICS = sorted(ENVELOPE_CLASSES)
 
 
 @pytest.fixture
-def redis_client(r: redis.Redis) -> redis.Redis:
+def redis_client(state_redis: redis.Redis) -> redis.Redis:
     """The suite's text client (conftest's ``r``)."""
-    return r
+    return state_redis
 
 
 def test_every_topic_belongs_to_exactly_one_stream():

@@ -56,7 +56,9 @@ def shared_worker_paused(celery_app, worker):
         celery_app.control.add_consumer(queue, destination=[worker.node], reply=True)
 
 
-def test_replay_marks_and_answers_only_the_rows_it_sent(r, db, settings, worker, celery_app):
+def test_replay_marks_and_answers_only_the_rows_it_sent(
+    state_redis, db, settings, worker, celery_app
+):
     with db() as session, session.begin():
 
         def add(task_name: str, payload) -> int:
@@ -82,14 +84,23 @@ def test_replay_marks_and_answers_only_the_rows_it_sent(r, db, settings, worker,
     marked = {row.id: row.replay_count for row in dead_letters(db) if row.replayed_at}
     assert marked == {sendable: 1}
     wait_for(
-        lambda: getattr(ledger.load(r, settings, "replayed-cap"), "daily_msg_cap", None) == 7,
+        lambda: (
+            getattr(ledger.load(state_redis, settings, "replayed-cap"), "daily_msg_cap", None) == 7
+        ),
         timeout=30,
         what="the replayed set_cap applied",
     )
 
 
 def test_batch_items_rejected_by_the_detector_replay_through_the_single_message_task(
-    r, db, settings, celery_app, start_worker, shared_worker_paused, detector_server, monkeypatch
+    state_redis,
+    db,
+    settings,
+    celery_app,
+    start_worker,
+    shared_worker_paused,
+    detector_server,
+    monkeypatch,
 ):
     """HTTP detector refuses a batch's messages (they are dead-lettered one by one
     under ``vigil.ingest.message``); once it answers, replaying them applies each."""
@@ -125,14 +136,15 @@ def test_batch_items_rejected_by_the_detector_replay_through_the_single_message_
     assert replay(celery_app, ids) == {"status": "ok", "replayed": ids, "skipped": []}
     wait_for(
         lambda: all(
-            dedupe.message_state(r, settings, "discord", m["user_id"], m["message_id"]) == "done"
+            dedupe.message_state(state_redis, settings, "discord", m["user_id"], m["message_id"])
+            == "done"
             for m in batch
         ),
         timeout=60,
         what="replays applied",
     )
     for message in batch:
-        bond = ledger.load(r, settings, message["user_id"])
+        bond = ledger.load(state_redis, settings, message["user_id"])
         assert (bond.phase, bond.risk_level) == ("watch", "low")  # the HTTP detector's answer
     assert sorted(detector_server.message_ids) == sorted(2 * [m["message_id"] for m in batch])
     assert all(row.replayed_at and row.replay_count == 1 for row in dead_letters(db))

@@ -46,7 +46,7 @@ class Private:
     worker: WorkerProcess | None = None
 
     @property
-    def r(self) -> redis.Redis:
+    def state_redis(self) -> redis.Redis:
         return self.state.client()
 
     def start_worker(self, env: dict[str, str] | None = None, **options: Any) -> WorkerProcess:
@@ -113,6 +113,13 @@ def dead_letters(db) -> list[DeadLetter]:
         return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)))
 
 
+def daily_counts(private: Private, users: list[str]) -> dict[str, int]:
+    return {
+        user: ledger.load(private.state_redis, private.settings, user).daily_msg_count
+        for user in users
+    }
+
+
 def test_each_request_keeps_its_own_result_and_dead_letter(private, db):
     """Good and hostile messages in one buffer: each gets its own answer, each
     hostile one its own dead letter under vigil.ingest.message; a resend is a duplicate."""
@@ -141,14 +148,12 @@ def test_each_request_keeps_its_own_result_and_dead_letter(private, db):
     assert sorted(json.loads(row.payload)["message_id"] for row in letters) == sorted(
         payload["message_id"] for payload in hostile
     )
-    counts = {f"u{i}": ledger.load(private.r, private.settings, f"u{i}").daily_msg_count
-              for i in range(3)}  # fmt: skip
+    counts = daily_counts(private, ["u0", "u1", "u2"])
     assert counts == {"u0": 4, "u1": 4, "u2": 4}
 
     again = [private.send(payload) for payload in good]
     assert {result.get(timeout=60)["status"] for result in again} == {"duplicate"}
-    assert counts == {f"u{i}": ledger.load(private.r, private.settings, f"u{i}").daily_msg_count
-                      for i in range(3)}  # fmt: skip
+    assert daily_counts(private, ["u0", "u1", "u2"]) == counts
 
 
 def test_detection_requests_are_buffered_with_their_own_results(private, db):
@@ -171,7 +176,7 @@ def test_detection_requests_are_buffered_with_their_own_results(private, db):
     assert good.get(timeout=60)["status"] == "accepted"
     assert bad.get(timeout=60)["status"] == "rejected"
     assert [row.task_name for row in dead_letters(db)] == [names.INGEST_DETECTION]
-    assert ledger.load(private.r, private.settings, "d1").phase == "concern"
+    assert ledger.load(private.state_redis, private.settings, "d1").phase == "concern"
 
 
 def test_results_only_when_the_sender_asked(private, db):
@@ -192,10 +197,10 @@ def test_results_only_when_the_sender_asked(private, db):
     ignored = private.send(message("py-ignored"), ignore_result=True)
     wanted = private.send(message("py-wanted"))
     assert wanted.get(timeout=60)["status"] == "accepted"
-    wait_for(lambda: ledger.load(private.r, private.settings, "u1").daily_msg_count == 3,
+    wait_for(lambda: ledger.load(private.state_redis, private.settings, "u1").daily_msg_count == 3,
              what="all three applied")  # fmt: skip
-    assert not private.r.exists(f"celery-task-meta-{raw_id}")
-    assert not private.r.exists(f"celery-task-meta-{ignored.id}")
+    assert not private.state_redis.exists(f"celery-task-meta-{raw_id}")
+    assert not private.state_redis.exists(f"celery-task-meta-{ignored.id}")
 
 
 def test_buffer_with_store_down_is_retried_and_counted_once(private, db):
@@ -209,7 +214,7 @@ def test_buffer_with_store_down_is_retried_and_counted_once(private, db):
     private.state.start()
     answers = [private.app.AsyncResult(task_id).get(timeout=120) for task_id in sent]
     assert {answer["status"] for answer in answers} == {"accepted"}
-    assert ledger.load(private.r, private.settings, "u1").daily_msg_count == 10
+    assert ledger.load(private.state_redis, private.settings, "u1").daily_msg_count == 10
     assert dead_letters(db) == []
 
 
@@ -225,7 +230,7 @@ def test_pool_child_killed_mid_buffer_loses_nothing(private, db):
     child is killed; the parent re-publishes every request and each is counted once."""
     private.start_worker()
     sender = no_backend_sender(private)
-    private.r.execute_command("CLIENT", "PAUSE", 4000, "ALL")
+    private.state_redis.execute_command("CLIENT", "PAUSE", 4000, "ALL")
     sent = [send_without_backend(sender, message(f"kill-{i}", user_id="victim")) for i in range(20)]
     time.sleep(1.5)  # the buffer is flushed within 10 ms and blocks on the stalled store
     for pid in pool_children(private.worker):
@@ -234,9 +239,9 @@ def test_pool_child_killed_mid_buffer_loses_nothing(private, db):
     answers = [private.app.AsyncResult(task_id).get(timeout=120) for task_id in sent]
     assert "lost in the pool" in private.worker.log()
     assert {answer["status"] for answer in answers} <= {"accepted", "duplicate"}
-    assert ledger.load(private.r, private.settings, "victim").daily_msg_count == 20
+    assert ledger.load(private.state_redis, private.settings, "victim").daily_msg_count == 20
     entries = [json.loads(fields["data"]) for _, fields in
-               private.r.xrange(private.settings.stream_bond)]  # fmt: skip
+               private.state_redis.xrange(private.settings.stream_bond)]  # fmt: skip
     ids = [entry["envelope_id"] for entry in entries]
     assert len(ids) == len(set(ids))
     assert dead_letters(db) == []
@@ -259,8 +264,10 @@ def test_task_events_per_request_or_per_buffer(private, mode):
         sender.close()
         wait_for(
             lambda: (
-                ledger.load(private.r, private.settings, "u29") is not None
-                and all(ledger.load(private.r, private.settings, f"u{i}") for i in range(30))
+                ledger.load(private.state_redis, private.settings, "u29") is not None
+                and all(
+                    ledger.load(private.state_redis, private.settings, f"u{i}") for i in range(30)
+                )
             ),
             timeout=60,
             what="every message applied",
@@ -315,7 +322,9 @@ def test_item_that_kills_its_pool_process_fails_no_other_request(private, db):
         rows = wait_for(lambda: dead_letters(db), timeout=90, what="the poison item dead-lettered")
         others = [user for i, user in enumerate(users) if f"poison-{i}" != poison]
         wait_for(
-            lambda: all(ledger.load(private.r, private.settings, user) for user in others),
+            lambda: all(
+                ledger.load(private.state_redis, private.settings, user) for user in others
+            ),
             timeout=60,
             what="every other message applied",
         )
@@ -324,11 +333,16 @@ def test_item_that_kills_its_pool_process_fails_no_other_request(private, db):
         ]
         assert json.loads(rows[0].payload)["message_id"] == poison
         for user in others:
-            assert ledger.load(private.r, private.settings, user).daily_msg_count == 1
+            assert ledger.load(private.state_redis, private.settings, user).daily_msg_count == 1
         # Never applied and, its user having no cap, never counted: a replay does both.
         poison_user = users[int(poison.split("-")[1])]
-        state = dedupe.message_state(private.r, private.settings, "discord", poison_user, poison)
-        assert state is None and ledger.load(private.r, private.settings, poison_user) is None
+        state = dedupe.message_state(
+            private.state_redis, private.settings, "discord", poison_user, poison
+        )
+        assert (
+            state is None
+            and ledger.load(private.state_redis, private.settings, poison_user) is None
+        )
         # Once in the full buffer, once alone; then never again.
         time.sleep(1)
         assert detector_server.message_ids.count(poison) == 2

@@ -315,12 +315,12 @@ def _check_rejected(batch, payloads: list[Any]) -> None:
             assert text[:40] not in shown
 
 
-def _assert_untouched(r, sessions) -> None:
+def _assert_untouched(state_redis, sessions) -> None:
     # No user state at all: only the counters of rejected payloads, and the
     # answers Celery keeps for senders that asked for them (checked for text
     # where the payloads are known).
     settings = Settings()
-    found = set(r.scan_iter(count=1000))
+    found = set(state_redis.scan_iter(count=1000))
     answers = {key for key in found if key.startswith("celery-task-meta-")}
     assert found - answers <= {keys.metrics(settings)}
     with sessions() as session:
@@ -328,15 +328,15 @@ def _assert_untouched(r, sessions) -> None:
             assert session.scalar(select(func.count()).select_from(table)) == 0, table
 
 
-def _service(r, settings, db):
+def _service(state_redis, settings, db):
     from services.ingest.detector import LexiconDetector
     from services.ingest.service import IngestService
 
-    return IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
+    return IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
 
 
-def test_hostile_payloads_through_the_service(r, db, settings):
-    svc = _service(r, settings, db)
+def test_hostile_payloads_through_the_service(state_redis, db, settings):
+    svc = _service(state_redis, settings, db)
     counts = {"messages": 0, "detections": 0}
 
     @FAST
@@ -355,14 +355,14 @@ def test_hostile_payloads_through_the_service(r, db, settings):
     while sum(counts.values()) < target:
         messages()
         detections()
-    _assert_untouched(r, db)
+    _assert_untouched(state_redis, db)
     with db() as session:
         rows = session.scalars(select(DeadLetter)).all()
         assert len(rows) == sum(counts.values())
         assert all(row.reason == "rejected" and json.loads(row.details) for row in rows)
 
 
-def test_hostile_payloads_through_the_worker(r, db, settings, worker, celery_app):
+def test_hostile_payloads_through_the_worker(state_redis, db, settings, worker, celery_app):
     collected: dict[str, list] = {"batches": [], "messages": [], "detections": []}
 
     @FAST
@@ -415,7 +415,7 @@ def test_hostile_payloads_through_the_worker(r, db, settings, worker, celery_app
         names.INGEST_MESSAGE,
         names.INGEST_DETECTION,
     }
-    _assert_untouched(r, db)
+    _assert_untouched(state_redis, db)
     sent = [*(item for batch in batches for item in batch), *singles, *dets]
     # Id-shaped texts could match an id an answer rightly shows; leave those out.
     texts = {
@@ -424,8 +424,8 @@ def test_hostile_payloads_through_the_worker(r, db, settings, worker, celery_app
         for text in _texts_of(payload)
         if not re.fullmatch(r"[A-Za-z0-9_.:\- ]*", text)
     }
-    for key in r.scan_iter(match="celery-task-meta-*", count=1000):
-        answer = r.get(key) or ""
+    for key in state_redis.scan_iter(match="celery-task-meta-*", count=1000):
+        answer = state_redis.get(key) or ""
         assert not any(text in answer for text in texts), key
 
     # Alive, and still doing its job.
@@ -440,7 +440,10 @@ def test_hostile_payloads_through_the_worker(r, db, settings, worker, celery_app
         },
     )
     deadline = time.monotonic() + 60
-    while dedupe.message_state(r, settings, "discord", "survivor", "after-hostile") != "done":
+    while (
+        dedupe.message_state(state_redis, settings, "discord", "survivor", "after-hostile")
+        != "done"
+    ):
         assert time.monotonic() < deadline, "the worker stopped processing"
         time.sleep(0.2)
     log = worker.log_path.read_text(errors="replace")

@@ -18,20 +18,22 @@ T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 NOT_STATE = ("vigil:", "celery-task-meta-")
 
 
-def markers(r, settings) -> dict[str, int]:
+def markers(state_redis, settings) -> dict[str, int]:
     """How many message ids each dedupe state holds, over every user's hash
     (a hash keeps a user's last dedupe_max_per_user ids, and up to a quarter more)."""
     out: dict[str, int] = {}
-    for key in r.scan_iter(match=keys.message_dedupe(settings, "*", "*"), count=1000):
-        for state in dedupe.states(r, settings, key).values():
+    for key in state_redis.scan_iter(match=keys.message_dedupe(settings, "*", "*"), count=1000):
+        for state in dedupe.states(state_redis, settings, key).values():
             out[state] = out.get(state, 0) + 1
     return out
 
 
-def test_race_for_one_user_cap_is_exact(r, db, settings, worker, start_worker, celery_app):
+def test_race_for_one_user_cap_is_exact(
+    state_redis, db, settings, worker, start_worker, celery_app
+):
     """Four worker processes on two workers; 1,000 messages for one user, cap 100."""
     start_worker(concurrency=2)
-    ledger.set_cap(r, settings, "racer", 100)
+    ledger.set_cap(state_redis, settings, "racer", 100)
     texts = ["I feel sad", "hello"]  # alternate: every accepted message changes phase
     client = VigilClient(app=celery_app)
     for i in range(1000):
@@ -45,19 +47,19 @@ def test_race_for_one_user_cap_is_exact(r, db, settings, worker, start_worker, c
 
     # The user's hash keeps only their last 100-125 ids: count outcomes in the stream.
     def rate_limited() -> int:
-        entries = [json.loads(f["data"]) for _, f in r.xrange(settings.stream_bond)]
+        entries = [json.loads(f["data"]) for _, f in state_redis.xrange(settings.stream_bond)]
         return sum(1 for e in entries if e["topic"] == "message.rate_limited")
 
     wait_for(lambda: rate_limited() == 900, what="900 messages rate-limited")
-    wait_for(lambda: "counted" not in markers(r, settings), what="every message applied")
-    assert ledger.load(r, settings, "racer").daily_msg_count == 100
-    assert r.hlen(keys.message_dedupe(settings, "discord", "racer")) <= 125
-    entries = [json.loads(f["data"]) for _, f in r.xrange(settings.stream_bond)]
+    wait_for(lambda: "counted" not in markers(state_redis, settings), what="every message applied")
+    assert ledger.load(state_redis, settings, "racer").daily_msg_count == 100
+    assert state_redis.hlen(keys.message_dedupe(settings, "discord", "racer")) <= 125
+    entries = [json.loads(f["data"]) for _, f in state_redis.xrange(settings.stream_bond)]
     topics = [e["topic"] for e in entries]
     assert topics.count("message.rate_limited") == 900
     ids = [e["envelope_id"] for e in entries]
     assert len(ids) == len(set(ids))
-    events = ledger.get_events(r, settings, "racer", limit=500)
+    events = ledger.get_events(state_redis, settings, "racer", limit=500)
     transitions = [e for e in events if e.event_type == "phase_transition"]
     assert len(transitions) == topics.count("bond.phase_transition")
 
@@ -70,7 +72,7 @@ def drained(broker_url: str) -> bool:
     return b.llen("ingest") == 0 and b.hlen("unacked") == 0
 
 
-def test_batch_task_and_redelivery(r, db, settings, worker, celery_app, test_env):
+def test_batch_task_and_redelivery(state_redis, db, settings, worker, celery_app, test_env):
     client = VigilClient(app=celery_app)
     batch = [
         {
@@ -84,19 +86,23 @@ def test_batch_task_and_redelivery(r, db, settings, worker, celery_app, test_env
     ]
     first = client.messages(batch, batch_size=100)
     assert len(first) == 3
-    wait_for(lambda: markers(r, settings).get("done", 0) == 300, what="batch applied")
+    wait_for(lambda: markers(state_redis, settings).get("done", 0) == 300, what="batch applied")
     # Acked after its result is stored: the snapshot then holds every task's result.
     wait_for(lambda: drained(test_env["VIGIL_BROKER_URL"]), what="first batches acked")
-    snapshot = {k: r.dump(k) for k in r.keys("*") if not k.startswith(NOT_STATE)}
-    stream_len = r.xlen(settings.stream_bond)
+    snapshot = {
+        k: state_redis.dump(k) for k in state_redis.keys("*") if not k.startswith(NOT_STATE)
+    }
+    stream_len = state_redis.xlen(settings.stream_bond)
     celery_app.send_task("vigil.ingest.messages", kwargs={"messages": batch[:100]})
     time.sleep(0.5)
     wait_for(lambda: drained(test_env["VIGIL_BROKER_URL"]), what="queue drained")
-    assert r.xlen(settings.stream_bond) == stream_len
-    assert snapshot == {k: r.dump(k) for k in r.keys("*") if not k.startswith(NOT_STATE)}
+    assert state_redis.xlen(settings.stream_bond) == stream_len
+    assert snapshot == {
+        k: state_redis.dump(k) for k in state_redis.keys("*") if not k.startswith(NOT_STATE)
+    }
 
 
-def test_producer_in_another_process_sends_by_name(r, db, settings, worker, test_env):
+def test_producer_in_another_process_sends_by_name(state_redis, db, settings, worker, test_env):
     """A frontend that knows nothing of vigil but the task name and JSON kwargs."""
     code = (
         "import sys; from celery import Celery\n"
@@ -108,11 +114,15 @@ def test_producer_in_another_process_sends_by_name(r, db, settings, worker, test
     subprocess.run(
         [sys.executable, "-c", code, test_env["VIGIL_BROKER_URL"]], check=True, timeout=60
     )
-    bond = wait_for(lambda: ledger.load(r, settings, "remote"), what="cap set by the worker")
+    bond = wait_for(
+        lambda: ledger.load(state_redis, settings, "remote"), what="cap set by the worker"
+    )
     assert bond.daily_msg_cap == 7
 
 
-def test_frontend_in_another_language_publishes_raw_protocol(r, db, settings, worker, test_env):
+def test_frontend_in_another_language_publishes_raw_protocol(
+    state_redis, db, settings, worker, test_env
+):
     """What a Node or Go frontend does: a bare protocol-2 JSON message, no Celery client,
     no argsrepr; the worker runs it and the redacted kwargsrepr keeps text out of events."""
     import uuid
@@ -141,7 +151,9 @@ def test_frontend_in_another_language_publishes_raw_protocol(r, db, settings, wo
             retry=True,
         )
     wait_for(
-        lambda: dedupe.message_state(r, settings, "discord", "polyglot", "raw-1") == "done",
+        lambda: (
+            dedupe.message_state(state_redis, settings, "discord", "polyglot", "raw-1") == "done"
+        ),
         what="raw message applied",
     )
-    assert ledger.load(r, settings, "polyglot").phase == "concern"
+    assert ledger.load(state_redis, settings, "polyglot").phase == "concern"

@@ -44,17 +44,17 @@ def fresh_factory(settings) -> sessionmaker:
     return sessionmaker(bind=create_engine(database_url(settings)), expire_on_commit=False)
 
 
-def test_fires_once_per_change_across_restarts_and_rearms(db, settings, r):
+def test_fires_once_per_change_across_restarts_and_rearms(db, settings, state_redis):
     identity = set_states(db, "u1", {"p.a": "multi_actor", "p.b": "multi_actor", "p.c": "stable"})
     set_states(db, "u2", {"p.a": "multi_actor", "p.b": "stable"})
 
-    first = correlator.run(db, settings, r)
+    first = correlator.run(db, settings, state_redis)
     assert first["fired"] == 1 and first["suspected"] == 1 and first["rearmed"] == 0
     assert first["relay"]["published"] == 1
-    assert correlator.run(db, settings, r)["fired"] == 0
+    assert correlator.run(db, settings, state_redis)["fired"] == 0
 
     restarted = fresh_factory(settings)
-    assert correlator.run(restarted, settings, r) == {
+    assert correlator.run(restarted, settings, state_redis) == {
         "status": "ok",
         "suspected": 1,
         "fired": 0,
@@ -63,12 +63,12 @@ def test_fires_once_per_change_across_restarts_and_rearms(db, settings, r):
     restarted.kw["bind"].dispose()
 
     set_states(db, "u1", {"p.c": "multi_actor"})
-    assert correlator.run(db, settings, r)["fired"] == 1
+    assert correlator.run(db, settings, state_redis)["fired"] == 1
     set_states(db, "u1", {"p.a": "stable", "p.c": "drifting"})
-    dropped = correlator.run(db, settings, r)
+    dropped = correlator.run(db, settings, state_redis)
     assert (dropped["fired"], dropped["rearmed"], dropped["suspected"]) == (0, 1, 0)
     set_states(db, "u1", {"p.a": "multi_actor"})
-    assert correlator.run(db, settings, r)["fired"] == 1
+    assert correlator.run(db, settings, state_redis)["fired"] == 1
 
     payloads = [e["payload"] for e in suspected(db)]
     assert payloads == [
@@ -83,29 +83,29 @@ def test_fires_once_per_change_across_restarts_and_rearms(db, settings, r):
     ids = [e["envelope_id"] for e in suspected(db)]
     assert len(set(ids)) == 3
 
-    entries = r.xrange(settings.stream_attribution)
+    entries = state_redis.xrange(settings.stream_attribution)
     decoded = [parse_envelope("attribution", fields["data"]) for _, fields in entries]
     assert [e.topic for e in decoded] == [TOPIC] * 3
     assert [e.envelope_id for e in decoded] == ids
 
 
-def test_concurrent_run_does_nothing(db, settings, r):
+def test_concurrent_run_does_nothing(db, settings, state_redis):
     set_states(db, "u1", {"p.a": "multi_actor", "p.b": "multi_actor"})
     with db.begin() as holder:
         assert repo.try_lock_correlator(holder)
-        busy = correlator.run(db, settings, r)
+        busy = correlator.run(db, settings, state_redis)
     assert busy["status"] == "busy" and busy["fired"] == 0
     assert suspected(db) == []
-    assert correlator.run(db, settings, r)["fired"] == 1
+    assert correlator.run(db, settings, state_redis)["fired"] == 1
 
 
-def test_erased_identity_leaves_no_memory(db, settings, r):
+def test_erased_identity_leaves_no_memory(db, settings, state_redis):
     set_states(db, "u1", {"p.a": "multi_actor", "p.b": "multi_actor"})
-    assert correlator.run(db, settings, r)["fired"] == 1
+    assert correlator.run(db, settings, state_redis)["fired"] == 1
     with db.begin() as s:
         counts = repo.erase_actor(s, "discord", "u1")
     assert counts["correlator_fired"] == 1
-    assert correlator.run(db, settings, r) == {
+    assert correlator.run(db, settings, state_redis) == {
         "status": "ok",
         "suspected": 0,
         "fired": 0,
@@ -128,7 +128,7 @@ def test_relay_failure_keeps_the_envelope_pending(db, settings):
     assert correlator.run(db, settings, dead)["fired"] == 0
 
 
-def test_end_to_end_from_detections(db, settings, r):
+def test_end_to_end_from_detections(db, settings, state_redis):
     items = [
         DetectionIn(
             detection_id=f"d{i}",
@@ -143,7 +143,7 @@ def test_end_to_end_from_detections(db, settings, r):
     ]
     with db.begin() as s:
         service.apply_detections(s, settings, items)
-    result = correlator.run(db, settings, r)
+    result = correlator.run(db, settings, state_redis)
     assert (result["suspected"], result["fired"]) == (1, 1)
     with db() as s:
         flagged = service.flagged_identities(s)
@@ -152,7 +152,9 @@ def test_end_to_end_from_detections(db, settings, r):
     assert flagged[0]["actors"] == [{"platform": "discord", "user_id": "shared"}]
 
 
-def test_periodic_task_runs_the_correlator_in_a_worker(db, settings, r, worker, celery_app):
+def test_periodic_task_runs_the_correlator_in_a_worker(
+    db, settings, state_redis, worker, celery_app
+):
     set_states(db, "u1", {"p.a": "multi_actor", "p.b": "multi_actor"})
     result = celery_app.send_task(
         "vigil.periodic.correlate_multi_actor", queue="periodic", ignore_result=False
@@ -163,4 +165,4 @@ def test_periodic_task_runs_the_correlator_in_a_worker(db, settings, r, worker, 
         "vigil.periodic.correlate_multi_actor", queue="periodic", ignore_result=False
     )
     assert again.get(timeout=60)["fired"] == 0
-    assert len(r.xrange(settings.stream_attribution)) == 1
+    assert len(state_redis.xrange(settings.stream_attribution)) == 1

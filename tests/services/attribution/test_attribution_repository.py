@@ -36,7 +36,11 @@ def _in_processes(target, args_list) -> list:
     results = dict(queue.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(30)
-    errors = [r for r in results.values() if isinstance(r, str) and r.startswith("ERROR")]
+    errors = [
+        state_redis
+        for state_redis in results.values()
+        if isinstance(state_redis, str) and state_redis.startswith("ERROR")
+    ]
     assert not errors, errors[0]
     return [results[i] for i in range(len(args_list))]
 

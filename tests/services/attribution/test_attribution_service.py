@@ -46,7 +46,9 @@ def outbox_rows(db, topic: str = STATE_CHANGED) -> list[dict]:
         rows = s.execute(
             text("SELECT envelope_id, body FROM outbox WHERE topic = :t ORDER BY id"), {"t": topic}
         ).all()
-    return [json.loads(r.body) | {"_id": str(r.envelope_id)} for r in rows]
+    return [
+        json.loads(state_redis.body) | {"_id": str(state_redis.envelope_id)} for state_redis in rows
+    ]
 
 
 def test_categorical_alternation_ends_multi_actor(db, settings):
@@ -94,8 +96,8 @@ def test_numeric_accepts_numeric_strings_and_rejects_garbage(db, settings):
         settings,
         det("u1", 0, ("p.n", "numeric", "12.5"), ("p.bad", "numeric", "twelve")),
     )
-    rejected = [r for r in results if r["status"] == "rejected"]
-    assert [r["primitive"] for r in rejected] == ["p.bad"]
+    rejected = [state_redis for state_redis in results if state_redis["status"] == "rejected"]
+    assert [state_redis["primitive"] for state_redis in rejected] == ["p.bad"]
     assert "twelve" not in json.dumps(results)
     assert state_of(db, "u1", "p.bad") is None
     assert state_of(db, "u1", "p.n").current_value == "12.5"
@@ -119,7 +121,7 @@ def test_redelivered_detection_changes_nothing(db, settings):
         before = s.execute(text("SELECT * FROM attribution_state ORDER BY primitive")).all()
         n_obs = s.execute(text("SELECT count(*) FROM observations")).scalar_one()
     n_out = len(outbox_rows(db))
-    assert n_out == 2 and {r["state"] for r in first} == {"stable"}
+    assert n_out == 2 and {state_redis["state"] for state_redis in first} == {"stable"}
     assert apply(db, settings, *items) == []
     assert apply(db, settings, items[2]) == []
     with db() as s:
@@ -132,7 +134,7 @@ def test_redelivered_detection_changes_nothing(db, settings):
 def test_batch_of_many_users(db, settings):
     items = [det(f"u{n}", i, ("p.c", "categorical", "a")) for n in range(50) for i in range(3)]
     results = apply(db, settings, *items)
-    assert len(results) == 50 and all(r["changed"] for r in results)
+    assert len(results) == 50 and all(state_redis["changed"] for state_redis in results)
     with db() as s:
         assert s.execute(text("SELECT count(*) FROM identities")).scalar_one() == 50
         assert s.execute(text("SELECT count(DISTINCT state) FROM attribution_state")).scalar_one()

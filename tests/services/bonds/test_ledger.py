@@ -34,7 +34,7 @@ def _det(**kw) -> DetectionIn:
     return DetectionIn.model_validate({**base, **kw})
 
 
-def _apply(r, settings, det: DetectionIn, now: float | None = None):
+def _apply(state_redis, settings, det: DetectionIn, now: float | None = None):
     now = now or time.time()
     call = ledger.detection_args(
         settings,
@@ -44,24 +44,24 @@ def _apply(r, settings, det: DetectionIn, now: float | None = None):
         stamp=dedupe.stamp(now, 0),
     )
     (reply,) = scripts.run_batch(
-        r, "apply_detection", [call], shared=ledger.detection_shared(settings, now)
+        state_redis, "apply_detection", [call], shared=ledger.detection_shared(settings, now)
     )
     return reply
 
 
-def test_reads_and_extends_seed_written_bond(r, settings):
-    r.set("abl:42", json.dumps(SEED_BOND))
-    r.lpush(
+def test_reads_and_extends_seed_written_bond(state_redis, settings):
+    state_redis.set("abl:42", json.dumps(SEED_BOND))
+    state_redis.lpush(
         "abl:events:42",
         json.dumps(
             {"timestamp": 1.0, "event_type": "admin_action", "detail": "seeded", "data": {}}
         ),
     )
-    bond = ledger.load(r, settings, "42")
+    bond = ledger.load(state_redis, settings, "42")
     assert bond.phase == "rapport" and bond.notes == SEED_BOND["notes"]
 
     _apply(
-        r,
+        state_redis,
         settings,
         _det(
             phase="attached",
@@ -74,14 +74,14 @@ def test_reads_and_extends_seed_written_bond(r, settings):
             signals={"primary": "mirroring"},
         ),
     )
-    raw = json.loads(r.get("abl:42"))
+    raw = json.loads(state_redis.get("abl:42"))
     assert raw["legacy_field"] == "kept"
     assert raw["phase"] == "attached" and raw["prev_phase"] == "rapport"
     assert raw["risk_level"] == "medium" and raw["archetype"] == "seeker"
     assert raw["egg_status"] == "found" and raw["turn_count"] == 9
     assert raw["peak_nodes"] == {"limbic": 0.4, "cortex": 0.7123}  # high-water marks only rise
     assert isinstance(raw["notes"], list)
-    events = ledger.get_events(r, settings, "42")
+    events = ledger.get_events(state_redis, settings, "42")
     assert [e.event_type for e in events] == ["risk_change", "phase_transition", "admin_action"]
     assert events[1].data == {
         "from": "rapport",
@@ -92,65 +92,69 @@ def test_reads_and_extends_seed_written_bond(r, settings):
     assert events[0].detail == "risk: low -> medium"
 
 
-def test_new_bond_keeps_json_shapes_of_seed(r, settings):
-    _apply(r, settings, _det(phase="dormant"))
-    raw = json.loads(r.get("abl:42"))
+def test_new_bond_keeps_json_shapes_of_seed(state_redis, settings):
+    _apply(state_redis, settings, _det(phase="dormant"))
+    raw = json.loads(state_redis.get("abl:42"))
     assert raw["notes"] == [] and raw["peak_nodes"] == {}
     assert set(SEED_BOND) - {"legacy_field"} <= set(raw)
 
 
-def test_same_detection_twice_changes_nothing(r, settings):
+def test_same_detection_twice_changes_nothing(state_redis, settings):
     det = _det(phase="attached", risk_level="high")
-    assert _apply(r, settings, det)[0] == "applied"
-    state = (r.get("abl:42"), r.lrange("abl:events:42", 0, -1), r.xlen(settings.stream_bond))
-    assert _apply(r, settings, det)[0] == "duplicate"
+    assert _apply(state_redis, settings, det)[0] == "applied"
+    state = (
+        state_redis.get("abl:42"),
+        state_redis.lrange("abl:events:42", 0, -1),
+        state_redis.xlen(settings.stream_bond),
+    )
+    assert _apply(state_redis, settings, det)[0] == "duplicate"
     assert state == (
-        r.get("abl:42"),
-        r.lrange("abl:events:42", 0, -1),
-        r.xlen(settings.stream_bond),
+        state_redis.get("abl:42"),
+        state_redis.lrange("abl:events:42", 0, -1),
+        state_redis.xlen(settings.stream_bond),
     )
 
 
-def test_set_cap_and_notes(r, settings):
-    ledger.set_cap(r, settings, "42", 5)
-    assert ledger.check_rate_limit(r, settings, "42").model_dump() == {
+def test_set_cap_and_notes(state_redis, settings):
+    ledger.set_cap(state_redis, settings, "42", 5)
+    assert ledger.check_rate_limit(state_redis, settings, "42").model_dump() == {
         "allowed": True,
         "remaining": 5,
         "cap": 5,
         "count": 0,
     }
-    ledger.set_cap(r, settings, "42", 0)
-    assert ledger.check_rate_limit(r, settings, "42").remaining == -1
+    ledger.set_cap(state_redis, settings, "42", 0)
+    assert ledger.check_rate_limit(state_redis, settings, "42").remaining == -1
     for i in range(25):
-        ledger.add_note(r, settings, "42", f"note {i}")
-    bond = ledger.load(r, settings, "42")
+        ledger.add_note(state_redis, settings, "42", f"note {i}")
+    bond = ledger.load(state_redis, settings, "42")
     assert len(bond.notes) == 20 and bond.notes[-1].endswith("note 24")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     assert bond.notes[-1].startswith(f"[{stamp}")  # UTC, not local time
-    events = ledger.get_events(r, settings, "42", limit=100)
+    events = ledger.get_events(state_redis, settings, "42", limit=100)
     assert events[0].detail == "note added: note 24"
     assert [e.detail for e in events[-2:]] == [
         "rate limit: 5 -> 0 msgs/day",
         "rate limit: 0 -> 5 msgs/day",
     ]
-    topics = [json.loads(f["data"])["topic"] for _, f in r.xrange(settings.stream_bond)]
+    topics = [json.loads(f["data"])["topic"] for _, f in state_redis.xrange(settings.stream_bond)]
     assert topics == ["bond.admin_action"] * 27
 
 
-def test_events_capped_at_500_newest_first(r, settings):
+def test_events_capped_at_500_newest_first(state_redis, settings):
     for i in range(510):
-        ledger.set_cap(r, settings, "42", i)
-    events = ledger.get_events(r, settings, "42", limit=1000)
+        ledger.set_cap(state_redis, settings, "42", i)
+    events = ledger.get_events(state_redis, settings, "42", limit=1000)
     assert len(events) == 500
     assert events[0].data["new_cap"] == 509 and events[-1].data["new_cap"] == 10
 
 
-def test_list_bonds_pages_through_all(r, settings):
+def test_list_bonds_pages_through_all(state_redis, settings):
     for i in range(250):
-        ledger.set_cap(r, settings, f"user{i}", 1)
+        ledger.set_cap(state_redis, settings, f"user{i}", 1)
     seen, cursor, pages = set(), 0, 0
     while True:
-        cursor, page = ledger.list_bonds(r, settings, cursor=cursor, count=50)
+        cursor, page = ledger.list_bonds(state_redis, settings, cursor=cursor, count=50)
         seen.update(b.user_id for b in page)
         pages += 1
         if cursor == 0:
@@ -158,11 +162,11 @@ def test_list_bonds_pages_through_all(r, settings):
     assert seen == {f"user{i}" for i in range(250)} and pages > 1
 
 
-def test_reset_daily_caps_runs_twice_safely(r, settings):
+def test_reset_daily_caps_runs_twice_safely(state_redis, settings):
     day1 = datetime(2026, 11, 21, 23, 59, tzinfo=UTC).timestamp()
     day2 = datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC).timestamp()
     for uid in ("a", "b"):
-        r.set(
+        state_redis.set(
             f"abl:{uid}",
             json.dumps(
                 {
@@ -173,20 +177,20 @@ def test_reset_daily_caps_runs_twice_safely(r, settings):
                 }
             ),
         )
-    assert ledger.reset_daily_caps(r, settings, now=day1)["reset"] == 0
-    assert ledger.reset_daily_caps(r, settings, now=day2)["reset"] == 2
-    assert ledger.reset_daily_caps(r, settings, now=day2)["reset"] == 0
-    assert ledger.load(r, settings, "a").daily_msg_count == 0
-    assert ledger.load(r, settings, "a").legacy_field == "kept"
+    assert ledger.reset_daily_caps(state_redis, settings, now=day1)["reset"] == 0
+    assert ledger.reset_daily_caps(state_redis, settings, now=day2)["reset"] == 2
+    assert ledger.reset_daily_caps(state_redis, settings, now=day2)["reset"] == 0
+    assert ledger.load(state_redis, settings, "a").daily_msg_count == 0
+    assert ledger.load(state_redis, settings, "a").legacy_field == "kept"
 
 
-def test_reset_daily_caps_in_chunks_resumes_from_the_cursor(r, settings):
+def test_reset_daily_caps_in_chunks_resumes_from_the_cursor(state_redis, settings):
     """A zero budget stops after each SCAN page; resuming from the answered cursor
     covers every bond once, and a chunk run again resets nothing twice."""
     day1 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC).timestamp()
     day2 = datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC).timestamp()
     for i in range(300):
-        r.set(
+        state_redis.set(
             f"abl:chunk{i}",
             json.dumps(
                 {
@@ -199,8 +203,12 @@ def test_reset_daily_caps_in_chunks_resumes_from_the_cursor(r, settings):
         )
     cursor, chunks, reset = 0, 0, 0
     while True:
-        result = ledger.reset_daily_caps(r, settings, now=day2, batch=50, cursor=cursor, budget_s=0)
-        again = ledger.reset_daily_caps(r, settings, now=day2, batch=50, cursor=cursor, budget_s=0)
+        result = ledger.reset_daily_caps(
+            state_redis, settings, now=day2, batch=50, cursor=cursor, budget_s=0
+        )
+        again = ledger.reset_daily_caps(
+            state_redis, settings, now=day2, batch=50, cursor=cursor, budget_s=0
+        )
         assert again["reset"] == 0  # a redelivered chunk changes nothing
         reset += result["reset"]
         chunks += 1
@@ -209,4 +217,6 @@ def test_reset_daily_caps_in_chunks_resumes_from_the_cursor(r, settings):
             break
     assert chunks > 1
     assert reset == 300
-    assert all(ledger.load(r, settings, f"chunk{i}").daily_msg_count == 0 for i in range(300))
+    assert all(
+        ledger.load(state_redis, settings, f"chunk{i}").daily_msg_count == 0 for i in range(300)
+    )

@@ -27,14 +27,16 @@ return envelope_id(ARGV[2], ARGV[3])
         "x" * 5000,
     ],
 )
-def test_lua_envelope_id_is_the_python_uuid5(r, cause):
+def test_lua_envelope_id_is_the_python_uuid5(state_redis, cause):
     probe = scripts.source("_bond") + _ENVELOPE_ID_PROBE
     for topic in ("bond.phase_transition", "bond.risk_change", "message.rate_limited"):
-        from_lua = r.eval(probe, 0, ENVELOPE_ID_NAMESPACE.hex, cause, topic)
+        from_lua = state_redis.eval(probe, 0, ENVELOPE_ID_NAMESPACE.hex, cause, topic)
         assert from_lua == envelope_id(cause, topic)
 
 
-def test_batch_items_read_shared_arguments_as_defaults_and_errors_stay_per_item(r, settings):
+def test_batch_items_read_shared_arguments_as_defaults_and_errors_stay_per_item(
+    state_redis, settings
+):
     """run_batch: an item's own field wins over the shared one, a missing one
     falls back to it, and one item that raises does not stop the others."""
     body = (
@@ -47,7 +49,7 @@ end
 return run_batch(item, 1)
 """
     )
-    reply = r.eval(
+    reply = state_redis.eval(
         body,
         3,
         "k1",

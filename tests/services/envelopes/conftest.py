@@ -9,9 +9,9 @@ from services.core.clients import redis_url
 
 
 @pytest.fixture
-def redis_client(r: redis.Redis) -> redis.Redis:
+def redis_client(state_redis: redis.Redis) -> redis.Redis:
     """The suite's text client (conftest's ``r``)."""
-    return r
+    return state_redis
 
 
 @pytest.fixture

@@ -33,48 +33,56 @@ def enqueue_committed(db, settings, n: int = 1) -> list:
     return sent
 
 
-def published_ids(r, settings) -> list[str]:
+def published_ids(state_redis, settings) -> list[str]:
     return [
         parse_envelope("attribution", fields["data"]).envelope_id
-        for _, fields in r.xrange(settings.stream_attribution)
+        for _, fields in state_redis.xrange(settings.stream_attribution)
     ]
 
 
-def test_committed_envelope_is_relayed_once(r, db, settings):
+def test_committed_envelope_is_relayed_once(state_redis, db, settings):
     [sent] = enqueue_committed(db, settings)
     with db() as session:
         row = session.scalars(select(Outbox)).one()
         assert (row.stream, row.topic) == (settings.stream_attribution, sent.topic)
         assert str(row.identity_id) == sent.payload.identity_id
         assert row.published_at is None
-    assert outbox.relay(db, r, settings) == {"status": "ok", "published": 1, "already_sent": 0}
-    assert outbox.relay(db, r, settings) == {"status": "ok", "published": 0, "already_sent": 0}
-    [(_, fields)] = r.xrange(settings.stream_attribution)
+    assert outbox.relay(db, state_redis, settings) == {
+        "status": "ok",
+        "published": 1,
+        "already_sent": 0,
+    }
+    assert outbox.relay(db, state_redis, settings) == {
+        "status": "ok",
+        "published": 0,
+        "already_sent": 0,
+    }
+    [(_, fields)] = state_redis.xrange(settings.stream_attribution)
     assert parse_envelope("attribution", fields["data"]) == sent
     with db() as session:
         assert session.scalars(select(Outbox)).one().published_at is not None
         assert outbox.pending_count(session) == 0
 
 
-def test_rolled_back_transaction_publishes_nothing(r, db, settings):
+def test_rolled_back_transaction_publishes_nothing(state_redis, db, settings):
     with db() as session:
         session.begin()
         outbox.enqueue(session, settings, state_changed())
         session.rollback()
-    assert outbox.relay(db, r, settings)["published"] == 0
-    assert r.xlen(settings.stream_attribution) == 0
+    assert outbox.relay(db, state_redis, settings)["published"] == 0
+    assert state_redis.xlen(settings.stream_attribution) == 0
 
 
-def test_enqueue_is_idempotent_on_envelope_id(r, db, settings):
+def test_enqueue_is_idempotent_on_envelope_id(state_redis, db, settings):
     e = state_changed()
     for _ in range(2):
         with db() as session, session.begin():
             outbox.enqueue(session, settings, e)
-    outbox.relay(db, r, settings)
-    assert published_ids(r, settings) == [e.envelope_id]
+    outbox.relay(db, state_redis, settings)
+    assert published_ids(state_redis, settings) == [e.envelope_id]
 
 
-def test_crash_between_xadd_and_commit_publishes_once(r, db, settings, monkeypatch):
+def test_crash_between_xadd_and_commit_publishes_once(state_redis, db, settings, monkeypatch):
     sent = enqueue_committed(db, settings, 3)
 
     def crash(session, ids):
@@ -82,19 +90,23 @@ def test_crash_between_xadd_and_commit_publishes_once(r, db, settings, monkeypat
 
     monkeypatch.setattr(outbox, "_mark_published", crash)
     with pytest.raises(RuntimeError):
-        outbox.relay(db, r, settings)
+        outbox.relay(db, state_redis, settings)
     monkeypatch.undo()
-    assert r.xlen(settings.stream_attribution) == 3
+    assert state_redis.xlen(settings.stream_attribution) == 3
     with db() as session:
         assert outbox.pending_count(session) == 3
 
-    assert outbox.relay(db, r, settings) == {"status": "ok", "published": 0, "already_sent": 3}
-    assert published_ids(r, settings) == [e.envelope_id for e in sent]
+    assert outbox.relay(db, state_redis, settings) == {
+        "status": "ok",
+        "published": 0,
+        "already_sent": 3,
+    }
+    assert published_ids(state_redis, settings) == [e.envelope_id for e in sent]
     with db() as session:
         assert outbox.pending_count(session) == 0
 
 
-def test_killed_relay_process_publishes_once_after_recovery(r, db, settings, test_env):
+def test_killed_relay_process_publishes_once_after_recovery(state_redis, db, settings, test_env):
     sent = enqueue_committed(db, settings, 2)
     code = (
         "import os\n"
@@ -107,12 +119,12 @@ def test_killed_relay_process_publishes_once_after_recovery(r, db, settings, tes
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
     assert proc.returncode == 7, proc.stderr.decode()[-2000:]
-    assert r.xlen(settings.stream_attribution) == 2
-    assert outbox.relay(db, r, settings)["already_sent"] == 2
-    assert published_ids(r, settings) == [e.envelope_id for e in sent]
+    assert state_redis.xlen(settings.stream_attribution) == 2
+    assert outbox.relay(db, state_redis, settings)["already_sent"] == 2
+    assert published_ids(state_redis, settings) == [e.envelope_id for e in sent]
 
 
-def test_concurrent_relays_publish_each_row_once(r, db, settings):
+def test_concurrent_relays_publish_each_row_once(state_redis, db, settings):
     sent = enqueue_committed(db, settings, 300)
     results: list[dict] = []
     errors: list[BaseException] = []
@@ -121,7 +133,7 @@ def test_concurrent_relays_publish_each_row_once(r, db, settings):
     def relay_until_empty():
         try:
             while True:
-                result = outbox.relay(db, r, settings, limit=20)
+                result = outbox.relay(db, state_redis, settings, limit=20)
                 with lock:
                     results.append(result)
                 if result["published"] == 0 and result["already_sent"] == 0:
@@ -135,8 +147,8 @@ def test_concurrent_relays_publish_each_row_once(r, db, settings):
     for t in threads:
         t.join(120)
     assert not errors
-    outbox.relay(db, r, settings)
-    ids = published_ids(r, settings)
+    outbox.relay(db, state_redis, settings)
+    ids = published_ids(state_redis, settings)
     assert sorted(ids) == sorted(e.envelope_id for e in sent)
     assert len(ids) == len(set(ids)) == 300
     # SKIP LOCKED alone kept relays apart: no row was even attempted twice.
@@ -144,16 +156,16 @@ def test_concurrent_relays_publish_each_row_once(r, db, settings):
     assert sum(res["published"] for res in results) == 300
 
 
-def test_outbox_envelope_is_readable_by_stream_consumers(r, db, settings):
+def test_outbox_envelope_is_readable_by_stream_consumers(state_redis, db, settings):
     [sent] = enqueue_committed(db, settings)
-    outbox.relay(db, r, settings)
-    got = consumers.consume(r, settings, "g", "c", "attribution", block_ms=None)
+    outbox.relay(db, state_redis, settings)
+    got = consumers.consume(state_redis, settings, "g", "c", "attribution", block_ms=None)
     assert [e for _, e in got] == [sent]
 
 
-def test_purge_published_keeps_recent_and_pending_rows(r, db, settings):
+def test_purge_published_keeps_recent_and_pending_rows(state_redis, db, settings):
     enqueue_committed(db, settings, 2)
-    outbox.relay(db, r, settings, limit=1)
+    outbox.relay(db, state_redis, settings, limit=1)
     with db() as session, session.begin():
         assert outbox.purge_published(session, older_than_days=1) == 0
         session.execute(
@@ -165,13 +177,13 @@ def test_purge_published_keeps_recent_and_pending_rows(r, db, settings):
         assert outbox.pending_count(session) == 1
 
 
-def test_relay_outbox_task_on_a_real_worker(r, db, settings, worker, celery_app):
+def test_relay_outbox_task_on_a_real_worker(state_redis, db, settings, worker, celery_app):
     [sent] = enqueue_committed(db, settings)
     result = celery_app.send_task("vigil.periodic.relay_outbox", ignore_result=False).get(
         timeout=60
     )
     assert result == {"status": "ok", "published": 1, "already_sent": 0}
-    assert published_ids(r, settings) == [sent.envelope_id]
+    assert published_ids(state_redis, settings) == [sent.envelope_id]
 
 
 def test_enqueue_refuses_a_bad_identity_id(db, settings):

@@ -54,11 +54,15 @@ def test_each_schema_is_self_contained():
 
 
 @pytest.mark.parametrize("stream_name", sorted(STREAM_TOPICS))
-def test_published_envelopes_validate_against_their_stream_schema(r, settings, stream_name):
+def test_published_envelopes_validate_against_their_stream_schema(
+    state_redis, settings, stream_name
+):
     check = validator(stream_name)
     for topic in STREAM_TOPICS[stream_name]:
-        streams.publish(r, settings, make_envelope(topic, EXAMPLE_PAYLOADS[topic], meta={"a": 1}))
-    entries = r.xrange(streams.stream_key(settings, stream_name))
+        streams.publish(
+            state_redis, settings, make_envelope(topic, EXAMPLE_PAYLOADS[topic], meta={"a": 1})
+        )
+    entries = state_redis.xrange(streams.stream_key(settings, stream_name))
     assert len(entries) == len(STREAM_TOPICS[stream_name])
     for _, fields in entries:
         check.validate(json.loads(fields["data"]))
@@ -82,8 +86,8 @@ def test_schemas_reject_what_decoders_reject():
     assert not validator("user").is_valid(body)
 
 
-def test_lua_built_envelope_validates(r):
-    raw = r.eval(
+def test_lua_built_envelope_validates(state_redis):
+    raw = state_redis.eval(
         """return cjson.encode({schema_version = '1', envelope_id = ARGV[1],
         topic = 'bond.phase_transition', published_at = '2026-11-22T00:00:00+00:00',
         correlation_id = 'm1', meta = {}, payload = {user_id = '1', from_phase = 'a',

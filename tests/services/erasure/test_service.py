@@ -13,8 +13,8 @@ from tests.helpers import INGEST_TASKS
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
-def test_erasure_removes_the_users_dedupe_state(r, db, settings):
-    svc = IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
+def test_erasure_removes_the_users_dedupe_state(state_redis, db, settings):
+    svc = IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
     for user in ("gone", "kept"):
         svc.messages(
             [
@@ -24,10 +24,12 @@ def test_erasure_removes_the_users_dedupe_state(r, db, settings):
             ]
         )  # fmt: skip
         svc.detections([{"detection_id": f"{user}-d1", "user_id": user, "observed_at": T0}])
-    out = erase_user(r, settings, db, user_id="gone", platform="discord", request_id="req-1")
+    out = erase_user(
+        state_redis, settings, db, user_id="gone", platform="discord", request_id="req-1"
+    )
     assert out["removed"]["dedupe_entries"] == 4
-    assert not r.exists(keys.message_dedupe(settings, "discord", "gone"))
-    assert not r.exists(keys.detection_dedupe(settings, "discord", "gone"))
-    assert [k for k in r.keys("*") if "gone" in k] == []  # nothing of the user is left
-    assert r.hlen(keys.message_dedupe(settings, "discord", "kept")) == 3
-    assert r.hlen(keys.detection_dedupe(settings, "discord", "kept")) == 1
+    assert not state_redis.exists(keys.message_dedupe(settings, "discord", "gone"))
+    assert not state_redis.exists(keys.detection_dedupe(settings, "discord", "gone"))
+    assert [k for k in state_redis.keys("*") if "gone" in k] == []  # nothing of the user is left
+    assert state_redis.hlen(keys.message_dedupe(settings, "discord", "kept")) == 3
+    assert state_redis.hlen(keys.detection_dedupe(settings, "discord", "kept")) == 1

@@ -42,102 +42,104 @@ def detection(i: int, user: str = "u1", phase: str = "concern") -> dict[str, Any
     }
 
 
-def service(r, db, settings: Settings, detector: Any = None) -> IngestService:
-    return IngestService(r, settings, db, detector or LexiconDetector(), **INGEST_TASKS)
+def service(state_redis, db, settings: Settings, detector: Any = None) -> IngestService:
+    return IngestService(state_redis, settings, db, detector or LexiconDetector(), **INGEST_TASKS)
 
 
 def statuses(batch) -> list[str]:
     return [o["status"] for o in batch.outcomes]
 
 
-def bond_stream(r, settings) -> list[dict[str, Any]]:
-    return [json.loads(f["data"]) for _, f in r.xrange(settings.stream_bond)]
+def bond_stream(state_redis, settings) -> list[dict[str, Any]]:
+    return [json.loads(f["data"]) for _, f in state_redis.xrange(settings.stream_bond)]
 
 
-def count(r, settings, user: str = "u1") -> int:
-    return ledger.load(r, settings, user).daily_msg_count
+def count(state_redis, settings, user: str = "u1") -> int:
+    return ledger.load(state_redis, settings, user).daily_msg_count
 
 
-def phase_changes(r, settings, message_id: str = "m1") -> int:
+def phase_changes(state_redis, settings, message_id: str = "m1") -> int:
     """Phase transitions published for one message."""
     return sum(
         1
-        for e in bond_stream(r, settings)
+        for e in bond_stream(state_redis, settings)
         if e["topic"] == "bond.phase_transition" and e["correlation_id"] == message_id
     )
 
 
 def test_duplicates_within_the_window_publish_nothing_and_envelope_ids_are_unchanged(
-    r, db, settings
+    state_redis, db, settings
 ):
-    svc = service(r, db, settings)
+    svc = service(state_redis, db, settings)
     assert statuses(svc.messages([msg(1), msg(2)], now=NOW)) == ["accepted"] * 2
-    published = bond_stream(r, settings)
+    published = bond_stream(state_redis, settings)
     later = NOW + settings.dedupe_window_s - 1
     assert statuses(svc.messages([msg(1), msg(2)], now=later)) == ["duplicate"] * 2
-    assert bond_stream(r, settings) == published and count(r, settings) == 2
+    assert bond_stream(state_redis, settings) == published and count(state_redis, settings) == 2
     # Envelope ids still derive from the pre-upgrade marker key name.
     marker = keys.message_marker(settings, "discord", "m1")
     phase = next(e for e in published if e["topic"] == "bond.phase_transition")
     assert phase["envelope_id"] == envelope_id(marker, "bond.phase_transition")
     # No per-message keys: one hash for the user holds both ids.
-    assert r.keys("vigil:seen:*") == []
+    assert state_redis.keys("vigil:seen:*") == []
     entry_key = keys.message_dedupe(settings, "discord", "u1")
-    assert dedupe.states(r, settings, entry_key, now=NOW) == {"m1": "done", "m2": "done"}
+    assert dedupe.states(state_redis, settings, entry_key, now=NOW) == {"m1": "done", "m2": "done"}
 
 
-def test_detection_duplicates_are_keyed_by_user(r, db, settings):
-    svc = service(r, db, settings)
+def test_detection_duplicates_are_keyed_by_user(state_redis, db, settings):
+    svc = service(state_redis, db, settings)
     assert statuses(svc.detections([detection(1), detection(1)], now=NOW)) == [
         "accepted",
         "duplicate",
     ]
     assert statuses(svc.detections([detection(1)], now=NOW + 60)) == ["duplicate"]
-    assert dedupe.detection_state(r, settings, "discord", "u1", "d1", now=NOW) == "done"
+    assert dedupe.detection_state(state_redis, settings, "discord", "u1", "d1", now=NOW) == "done"
     # The same detection id for another user is that user's own detection.
     assert statuses(svc.detections([detection(1, user="u2")], now=NOW)) == ["accepted"]
 
 
-def test_rate_limited_stays_rate_limited_on_redelivery(r, db, settings):
-    svc = service(r, db, settings)
-    ledger.set_cap(r, settings, "u1", 1)
+def test_rate_limited_stays_rate_limited_on_redelivery(state_redis, db, settings):
+    svc = service(state_redis, db, settings)
+    ledger.set_cap(state_redis, settings, "u1", 1)
     assert statuses(svc.messages([msg(1), msg(2)], now=NOW)) == ["accepted", "rate_limited"]
-    ledger.set_cap(r, settings, "u1", 0)  # even with room now, m2 stays what it was
+    ledger.set_cap(state_redis, settings, "u1", 0)  # even with room now, m2 stays what it was
     assert statuses(svc.messages([msg(2)], now=NOW + 1)) == ["duplicate"]
-    assert dedupe.message_state(r, settings, "discord", "u1", "m2", now=NOW) == "limited"
-    limited = [e for e in bond_stream(r, settings) if e["topic"] == "message.rate_limited"]
+    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m2", now=NOW) == "limited"
+    limited = [
+        e for e in bond_stream(state_redis, settings) if e["topic"] == "message.rate_limited"
+    ]
     assert len(limited) == 1
 
 
-def test_past_the_window_a_message_is_accepted_again(r, db, settings):
+def test_past_the_window_a_message_is_accepted_again(state_redis, db, settings):
     """Documented limit: an id is forgotten once it is dedupe_window_s old."""
-    svc = service(r, db, settings)
+    svc = service(state_redis, db, settings)
     svc.messages([msg(1)], now=NOW)
     again = NOW + settings.dedupe_window_s
     assert statuses(svc.messages([msg(1)], now=again)) == ["accepted"]
-    assert count(r, settings) == 1  # counted again, in that later day's count
+    assert count(state_redis, settings) == 1  # counted again, in that later day's count
     key = keys.message_dedupe(settings, "discord", "u1")
-    assert 0 < r.pttl(key) <= settings.dedupe_window_s * 1000  # idle users' hashes expire
+    assert 0 < state_redis.pttl(key) <= settings.dedupe_window_s * 1000  # idle users' hashes expire
 
 
-def test_past_the_cap_the_oldest_ids_are_accepted_again(r, db):
+def test_past_the_cap_the_oldest_ids_are_accepted_again(state_redis, db):
     """Documented limit: only a user's last dedupe_max_per_user ids are kept for sure."""
     small = Settings(dedupe_max_per_user=8)  # pruned past 8 + 2 back to the newest 8
-    svc = service(r, db, small)
+    svc = service(state_redis, db, small)
     svc.messages([msg(i) for i in range(11)], now=NOW)
     key = keys.message_dedupe(small, "discord", "u1")
-    assert set(r.hkeys(key)) == {f"m{i}" for i in range(3, 11)}
+    assert set(state_redis.hkeys(key)) == {f"m{i}" for i in range(3, 11)}
     assert statuses(svc.messages([msg(i) for i in range(3, 11)], now=NOW + 1)) == ["duplicate"] * 8
     assert statuses(svc.messages([msg(0)], now=NOW + 2)) == ["accepted"]
 
 
-def test_pruning_keeps_arrival_order_across_batches(r, db):
+def test_pruning_keeps_arrival_order_across_batches(state_redis, db):
     small = Settings(dedupe_max_per_user=8)
-    svc = service(r, db, small)
+    svc = service(state_redis, db, small)
     for i in range(20):  # one message a call, 10 ms apart
         svc.messages([msg(i)], now=NOW + i / 100)
     key = keys.message_dedupe(small, "discord", "u1")
-    kept = set(r.hkeys(key))
+    kept = set(state_redis.hkeys(key))
     assert len(kept) <= 10 and {f"m{i}" for i in range(12, 20)} <= kept
 
 
@@ -152,47 +154,56 @@ class DiesAfterGate(LexiconDetector):
         raise WorkerKilled
 
 
-def test_redelivery_between_gate_and_apply_counts_once(r, db, settings):
+def test_redelivery_between_gate_and_apply_counts_once(state_redis, db, settings):
     """A capped user's message is counted by the gate: a redelivery does not count it again."""
-    ledger.set_cap(r, settings, "u1", 10)
+    ledger.set_cap(state_redis, settings, "u1", 10)
     with pytest.raises(WorkerKilled):
-        service(r, db, settings, DiesAfterGate()).messages([msg(1, text="I feel hopeless")])
-    assert dedupe.message_state(r, settings, "discord", "u1", "m1") == "counted"
-    assert count(r, settings) == 1 and phase_changes(r, settings) == 0
-    svc = service(r, db, settings)
+        service(state_redis, db, settings, DiesAfterGate()).messages(
+            [msg(1, text="I feel hopeless")]
+        )
+    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m1") == "counted"
+    assert count(state_redis, settings) == 1 and phase_changes(state_redis, settings) == 0
+    svc = service(state_redis, db, settings)
     assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["accepted"]
     assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["duplicate"]
-    assert count(r, settings) == 1
-    assert dedupe.message_state(r, settings, "discord", "u1", "m1") == "done"
-    assert phase_changes(r, settings) == 1
+    assert count(state_redis, settings) == 1
+    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m1") == "done"
+    assert phase_changes(state_redis, settings) == 1
 
 
-def test_an_uncapped_users_message_is_counted_by_the_apply(r, db, settings):
+def test_an_uncapped_users_message_is_counted_by_the_apply(state_redis, db, settings):
     """Without a cap the gate writes nothing: a worker killed after it leaves no trace,
     and the redelivery counts the message once."""
     with pytest.raises(WorkerKilled):
-        service(r, db, settings, DiesAfterGate()).messages([msg(1, text="I feel hopeless")])
-    assert dedupe.message_state(r, settings, "discord", "u1", "m1") is None
-    assert ledger.load(r, settings, "u1") is None and bond_stream(r, settings) == []
-    svc = service(r, db, settings)
+        service(state_redis, db, settings, DiesAfterGate()).messages(
+            [msg(1, text="I feel hopeless")]
+        )
+    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m1") is None
+    assert (
+        ledger.load(state_redis, settings, "u1") is None
+        and bond_stream(state_redis, settings) == []
+    )
+    svc = service(state_redis, db, settings)
     batch = [msg(1, text="I feel hopeless"), msg(2), msg(1, text="I feel hopeless")]
     assert statuses(svc.messages(batch)) == ["accepted", "accepted", "duplicate"]
     assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["duplicate"]
-    assert count(r, settings) == 2
-    assert dedupe.message_state(r, settings, "discord", "u1", "m1") == "done"
-    assert phase_changes(r, settings) == 1
+    assert count(state_redis, settings) == 2
+    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m1") == "done"
+    assert phase_changes(state_redis, settings) == 1
 
 
 class CapSetDuringDetection(LexiconDetector):
     """An operator sets a cap while the detector runs; a second delivery of the
     same message then passes the gate under that cap."""
 
-    def __init__(self, r, db, settings: Settings, cap: int) -> None:
-        self.r, self.db, self.settings, self.cap = r, db, settings, cap
+    def __init__(self, state_redis, db, settings: Settings, cap: int) -> None:
+        self.state_redis, self.db, self.settings, self.cap = state_redis, db, settings, cap
 
     def detect(self, m, context):
-        ledger.set_cap(self.r, self.settings, m.user_id, self.cap)
-        self.second = statuses(service(self.r, self.db, self.settings).messages([_dump(m)]))
+        ledger.set_cap(self.state_redis, self.settings, m.user_id, self.cap)
+        self.second = statuses(
+            service(self.state_redis, self.db, self.settings).messages([_dump(m)])
+        )
         return super().detect(m, context)
 
 
@@ -202,49 +213,51 @@ def _dump(m) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("cap", "second", "counted"), [(5, "accepted", 2), (1, "rate_limited", 1)])
 def test_a_cap_set_between_gate_and_apply_counts_the_message_once(
-    r, db, settings, cap, second, counted
+    state_redis, db, settings, cap, second, counted
 ):
     """The first delivery passed the gate uncapped; the second, under the new cap,
     was counted (or rate-limited) by its gate: the first's apply counts nothing more."""
-    svc = service(r, db, settings)
+    svc = service(state_redis, db, settings)
     assert statuses(svc.messages([msg(0)])) == ["accepted"]  # the user has one message today
-    racing = CapSetDuringDetection(r, db, settings, cap)
-    first = statuses(service(r, db, settings, racing).messages([msg(1, text="I feel hopeless")]))
+    racing = CapSetDuringDetection(state_redis, db, settings, cap)
+    first = statuses(
+        service(state_redis, db, settings, racing).messages([msg(1, text="I feel hopeless")])
+    )
     assert racing.second == [second]
     assert first == ["duplicate"]
-    assert count(r, settings) == counted
-    state = dedupe.message_state(r, settings, "discord", "u1", "m1")
+    assert count(state_redis, settings) == counted
+    state = dedupe.message_state(state_redis, settings, "discord", "u1", "m1")
     assert state == ("done" if second == "accepted" else "limited")
-    topics = [e["topic"] for e in bond_stream(r, settings)]
+    topics = [e["topic"] for e in bond_stream(state_redis, settings)]
     assert topics.count("message.rate_limited") == (second == "rate_limited")
 
 
-def test_markers_written_before_the_upgrade_are_still_read(r, db, settings):
-    r.set(keys.message_marker(settings, "discord", "old-done"), "done", ex=600)
-    r.set(keys.message_marker(settings, "discord", "old-limited"), "limited", ex=600)
-    r.set(keys.message_marker(settings, "discord", "old-counted"), "counted", ex=600)
-    r.set(keys.detection_marker(settings, "old-det"), "done", ex=600)
+def test_markers_written_before_the_upgrade_are_still_read(state_redis, db, settings):
+    state_redis.set(keys.message_marker(settings, "discord", "old-done"), "done", ex=600)
+    state_redis.set(keys.message_marker(settings, "discord", "old-limited"), "limited", ex=600)
+    state_redis.set(keys.message_marker(settings, "discord", "old-counted"), "counted", ex=600)
+    state_redis.set(keys.detection_marker(settings, "old-det"), "done", ex=600)
     ids = ("old-done", "old-limited", "old-counted")
     batch = [{**msg(i), "message_id": mid} for i, mid in enumerate(ids)]
-    svc = service(r, db, settings)
+    svc = service(state_redis, db, settings)
     assert statuses(svc.messages(batch)) == ["duplicate", "duplicate", "accepted"]
-    assert count(r, settings) == 0  # 'counted' before the upgrade: not counted again
-    assert dedupe.message_state(r, settings, "discord", "u1", "old-counted") == "done"
+    assert count(state_redis, settings) == 0  # 'counted' before the upgrade: not counted again
+    assert dedupe.message_state(state_redis, settings, "discord", "u1", "old-counted") == "done"
     old_detection = {**detection(0), "detection_id": "old-det"}
     assert statuses(svc.detections([old_detection])) == ["duplicate"]
 
 
-def test_a_long_id_takes_a_short_field(r, db, settings):
+def test_a_long_id_takes_a_short_field(state_redis, db, settings):
     long_id = "x" * 128
-    svc = service(r, db, settings)
+    svc = service(state_redis, db, settings)
     assert statuses(svc.messages([{**msg(1), "message_id": long_id}])) == ["accepted"]
     assert statuses(svc.messages([{**msg(1), "message_id": long_id}])) == ["duplicate"]
-    [field] = r.hkeys(keys.message_dedupe(settings, "discord", "u1"))
+    [field] = state_redis.hkeys(keys.message_dedupe(settings, "discord", "u1"))
     assert field == keys.dedupe_field(long_id) and len(field) == 25
 
 
-def test_one_users_dedupe_memory_is_bounded_whatever_the_message_count(r, db, settings):
-    svc = service(r, db, settings)
+def test_one_users_dedupe_memory_is_bounded_whatever_the_message_count(state_redis, db, settings):
+    svc = service(state_redis, db, settings)
     for start in range(0, 5_000, 500):
         batch = [
             {**msg(i, text="hello"), "message_id": str(1_187_654_321_000_000_000 + i)}
@@ -253,12 +266,14 @@ def test_one_users_dedupe_memory_is_bounded_whatever_the_message_count(r, db, se
         svc.messages(batch, now=NOW + start)
     key = keys.message_dedupe(settings, "discord", "u1")
     cap = settings.dedupe_max_per_user
-    assert settings.dedupe_max_per_user <= r.hlen(key) <= cap + cap // 4
-    listpack_limit = int(r.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"])
+    assert settings.dedupe_max_per_user <= state_redis.hlen(key) <= cap + cap // 4
+    listpack_limit = int(
+        state_redis.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"]
+    )
     if listpack_limit >= cap + cap // 4:
-        assert r.object("encoding", key) == "listpack"
-        assert r.memory_usage(key) < 3_000  # about 20 bytes an entry
-    assert r.keys("vigil:seen:*") == []
+        assert state_redis.object("encoding", key) == "listpack"
+        assert state_redis.memory_usage(key) < 3_000  # about 20 bytes an entry
+    assert state_redis.keys("vigil:seen:*") == []
 
 
 def _race(env: dict[str, str], batches: list[list[dict[str, Any]]], start: Any, now: float) -> None:
@@ -277,7 +292,7 @@ def _race(env: dict[str, str], batches: list[list[dict[str, Any]]], start: Any, 
         svc.messages(batch, now=now)
 
 
-def test_processes_racing_the_same_message_ids_count_each_once(r, db, settings, test_env):
+def test_processes_racing_the_same_message_ids_count_each_once(state_redis, db, settings, test_env):
     users = [f"race{u}" for u in range(4)]
     texts = ["I feel sad", "hello", "I feel hopeless and worthless"]
     messages = [
@@ -295,15 +310,17 @@ def test_processes_racing_the_same_message_ids_count_each_once(r, db, settings, 
     for proc in procs:
         proc.join(timeout=120)
         assert proc.exitcode == 0
-    assert sum(count(r, settings, u) for u in users) == 200
+    assert sum(count(state_redis, settings, u) for u in users) == 200
     for u in users:
-        states = dedupe.states(r, settings, keys.message_dedupe(settings, "discord", u), now=NOW)
+        states = dedupe.states(
+            state_redis, settings, keys.message_dedupe(settings, "discord", u), now=NOW
+        )
         assert list(states.values()) == ["done"] * 50
-    envelopes = bond_stream(r, settings)
+    envelopes = bond_stream(state_redis, settings)
     ids = [e["envelope_id"] for e in envelopes]
     assert len(ids) == len(set(ids))  # nothing published twice
     for u in users:
-        events = ledger.get_events(r, settings, u, limit=500)
+        events = ledger.get_events(state_redis, settings, u, limit=500)
         transitions = [e for e in envelopes if e["payload"]["user_id"] == u]
         assert len(events) == len(transitions)
 
@@ -312,16 +329,18 @@ def test_processes_racing_the_same_message_ids_count_each_once(r, db, settings, 
     "message_id",
     ["plain", "0", "A.b-c_9", "x" * 120],
 )
-def test_envelope_ids_computed_in_redis_equal_the_python_ones(r, db, settings, message_id):
+def test_envelope_ids_computed_in_redis_equal_the_python_ones(
+    state_redis, db, settings, message_id
+):
     """apply_detection.lua and ingest_gate.lua compute envelope ids themselves,
     only for envelopes they publish; they must be models.envelopes.envelope_id."""
-    ledger.set_cap(r, settings, "u1", 1)
-    svc = service(r, db, settings)
+    ledger.set_cap(state_redis, settings, "u1", 1)
+    svc = service(state_redis, db, settings)
     # Severity high: both the phase and the risk level move.
     first = msg(1, text="I want to die", message_id=message_id)
     second = msg(2, message_id=message_id + "-2")
     assert statuses(svc.messages([first, second], now=NOW)) == ["accepted", "rate_limited"]
-    published = {e["topic"]: e for e in bond_stream(r, settings)}
+    published = {e["topic"]: e for e in bond_stream(state_redis, settings)}
     first_marker = keys.message_marker(settings, "discord", message_id)
     second_marker = keys.message_marker(settings, "discord", message_id + "-2")
     expected = {

@@ -127,7 +127,7 @@ def test_one_detector_per_process_closed_by_the_worker_shutdown_signal(celery_ap
 
 
 def test_worker_reuses_one_detector_connection_per_process_and_closes_it_at_shutdown(
-    r, db, settings, start_worker, celery_app, detector_server, monkeypatch
+    state_redis, db, settings, start_worker, celery_app, detector_server, monkeypatch
 ):
     monkeypatch.setenv("VIGIL_DETECTOR", "http")
     monkeypatch.setenv("VIGIL_DETECTOR_URL", detector_server.url)
@@ -150,7 +150,8 @@ def test_worker_reuses_one_detector_connection_per_process_and_closes_it_at_shut
         )
     wait_for(
         lambda: all(
-            dedupe.message_state(r, settings, "discord", f"conn-user-{i % 3}", message_id) == "done"
+            dedupe.message_state(state_redis, settings, "discord", f"conn-user-{i % 3}", message_id)
+            == "done"
             for i, message_id in enumerate(ids)
         ),
         timeout=60,

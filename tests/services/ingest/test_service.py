@@ -49,41 +49,43 @@ class Recording(LexiconDetector):
 
 
 @pytest.fixture
-def svc(r, db, settings):
-    return IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
+def svc(state_redis, db, settings):
+    return IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
 
 
-def stream(r, settings):
-    return [json.loads(f["data"]) for _, f in r.xrange(settings.stream_bond)]
+def stream(state_redis, settings):
+    return [json.loads(f["data"]) for _, f in state_redis.xrange(settings.stream_bond)]
 
 
-def test_history_seed_behaviour(r, db, settings):
+def test_history_seed_behaviour(state_redis, db, settings):
     s = Settings(history_max_messages=5)
-    svc = IngestService(r, s, db, LexiconDetector(), **INGEST_TASKS)
+    svc = IngestService(state_redis, s, db, LexiconDetector(), **INGEST_TASKS)
     long = "I feel sad " + "x" * 900
     svc.messages([msg(0, "hello there")] + [msg(i, long) for i in range(1, 9)])
-    assert not history.exists(r, s, "g1", "u2")
-    assert history.count(r, s, "g1", "u1") == 5  # oldest trimmed, safe never stored
-    items = history.get(r, s, "g1", "u1", limit=3)
+    assert not history.exists(state_redis, s, "g1", "u2")
+    assert history.count(state_redis, s, "g1", "u1") == 5  # oldest trimmed, safe never stored
+    items = history.get(state_redis, s, "g1", "u1", limit=3)
     assert [m.message_id for m in items] == ["m8", "m7", "m6"]  # newest first
     assert all(len(m.message) == 500 for m in items)
-    ttl = r.ttl("ash:history:g1:u1")
+    ttl = state_redis.ttl("ash:history:g1:u1")
     assert 14 * 86400 - 60 < ttl <= 14 * 86400
-    stats = history.stats(r, s, "g1", "u1")
+    stats = history.stats(state_redis, s, "g1", "u1")
     assert stats.total == 5 and stats.by_severity["low"] + stats.by_severity["medium"] == 5
-    assert history.clear(r, s, "g1", "u1") == 5 and not history.exists(r, s, "g1", "u1")
+    assert history.clear(state_redis, s, "g1", "u1") == 5 and not history.exists(
+        state_redis, s, "g1", "u1"
+    )
 
 
-def test_history_threshold_is_a_setting(r, db):
+def test_history_threshold_is_a_setting(state_redis, db):
     s = Settings(history_min_severity="medium")
-    svc = IngestService(r, s, db, LexiconDetector(), **INGEST_TASKS)
+    svc = IngestService(state_redis, s, db, LexiconDetector(), **INGEST_TASKS)
     svc.messages([msg(1, "I feel sad"), msg(2, "I feel hopeless and worthless")])
-    assert [m.message_id for m in history.get(r, s, "g1", "u1")] == ["m2"]
+    assert [m.message_id for m in history.get(state_redis, s, "g1", "u1")] == ["m2"]
 
 
-def test_reads_seed_written_history_and_gives_it_oldest_first(r, db, settings):
+def test_reads_seed_written_history_and_gives_it_oldest_first(state_redis, db, settings):
     for i, ts in ((1, 100.0), (2, 200.0)):
-        r.zadd(
+        state_redis.zadd(
             "ash:history:g1:u1",
             {
                 json.dumps(
@@ -98,7 +100,7 @@ def test_reads_seed_written_history_and_gives_it_oldest_first(r, db, settings):
             },
         )
     det = Recording()
-    IngestService(r, settings, db, det, **INGEST_TASKS).messages(
+    IngestService(state_redis, settings, db, det, **INGEST_TASKS).messages(
         [msg(5, "sad"), msg(6, "sad again")]
     )
     assert det.contexts[0] == ["seed1", "seed2"]
@@ -106,12 +108,12 @@ def test_reads_seed_written_history_and_gives_it_oldest_first(r, db, settings):
     assert det.contexts[1] == ["seed1", "seed2", "m5"]
 
 
-def test_cap_and_dedupe(r, svc, settings):
-    ledger.set_cap(r, settings, "u1", 3)
+def test_cap_and_dedupe(state_redis, svc, settings):
+    ledger.set_cap(state_redis, settings, "u1", 3)
     out = svc.messages([msg(i) for i in range(5)] + [msg(0)]).summary()
     assert (out["accepted"], out["rate_limited"], out["duplicate"]) == (3, 2, 1)
-    assert ledger.load(r, settings, "u1").daily_msg_count == 3
-    limited = [e for e in stream(r, settings) if e["topic"] == "message.rate_limited"]
+    assert ledger.load(state_redis, settings, "u1").daily_msg_count == 3
+    limited = [e for e in stream(state_redis, settings) if e["topic"] == "message.rate_limited"]
     assert [e["payload"]["message_id"] for e in limited] == ["m3", "m4"]
     assert limited[0]["payload"] | {} == {
         "user_id": "u1",
@@ -123,33 +125,35 @@ def test_cap_and_dedupe(r, svc, settings):
     }
 
 
-def test_count_resets_at_utc_midnight_without_beat(r, svc, settings):
-    ledger.set_cap(r, settings, "u1", 1)
+def test_count_resets_at_utc_midnight_without_beat(state_redis, svc, settings):
+    ledger.set_cap(state_redis, settings, "u1", 1)
     before = datetime(2026, 11, 22, 23, 59, 59, tzinfo=UTC).timestamp()
     after = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC).timestamp()
     assert svc.messages([msg(1)], now=before).outcomes[0]["status"] == "accepted"
     assert svc.messages([msg(2)], now=before).outcomes[0]["status"] == "rate_limited"
     assert svc.messages([msg(3)], now=after).outcomes[0]["status"] == "accepted"
-    assert ledger.load(r, settings, "u1").daily_msg_count == 1
+    assert ledger.load(state_redis, settings, "u1").daily_msg_count == 1
 
 
-def test_count_resets_with_beat_job(r, svc, settings):
-    ledger.set_cap(r, settings, "u1", 1)
+def test_count_resets_with_beat_job(state_redis, svc, settings):
+    ledger.set_cap(state_redis, settings, "u1", 1)
     before = datetime(2026, 11, 22, 23, 59, 59, tzinfo=UTC).timestamp()
     after = datetime(2026, 11, 23, 0, 0, 0, tzinfo=UTC).timestamp()
     svc.messages([msg(1)], now=before)
-    assert ledger.reset_daily_caps(r, settings, now=after)["reset"] == 1
-    assert ledger.load(r, settings, "u1").daily_msg_count == 0
+    assert ledger.reset_daily_caps(state_redis, settings, now=after)["reset"] == 1
+    assert ledger.load(state_redis, settings, "u1").daily_msg_count == 0
 
 
-def test_redelivery_leaves_identical_state(r, svc, settings):
+def test_redelivery_leaves_identical_state(state_redis, svc, settings):
     batch = [msg(i, t) for i, t in enumerate(["sad", "hopeless, can't go on", "want to die"])]
     svc.messages(batch)
     # Dedupe state included: a duplicate writes nothing (the counters hash counts it).
-    snapshot = {k: r.dump(k) for k in r.keys("*") if k != "vigil:metrics"}
+    snapshot = {k: state_redis.dump(k) for k in state_redis.keys("*") if k != "vigil:metrics"}
     again = svc.messages(batch).summary()
     assert again["duplicate"] == 3
-    assert snapshot == {k: r.dump(k) for k in r.keys("*") if k != "vigil:metrics"}
+    assert snapshot == {
+        k: state_redis.dump(k) for k in state_redis.keys("*") if k != "vigil:metrics"
+    }
 
 
 @pytest.mark.parametrize(
@@ -169,21 +173,21 @@ def test_redelivery_leaves_identical_state(r, svc, settings):
         {"user_id": True},
     ],
 )
-def test_hostile_message_is_rejected_and_kept(r, db, svc, bad):
+def test_hostile_message_is_rejected_and_kept(state_redis, db, svc, bad):
     payload = {**msg(1), **bad}
     out = svc.messages([payload, msg(2, user="ok")]).outcomes
     assert out[0]["status"] == "rejected" and out[0]["reasons"]
     assert out[1]["status"] == "accepted"
     assert "x" * 50 not in json.dumps(out)  # reasons never echo the input
-    assert not [k for k in r.keys("*") if "u1" in k or "a:b" in k]
+    assert not [k for k in state_redis.keys("*") if "u1" in k or "a:b" in k]
     with db() as session:
         rows = session.scalars(select(DeadLetter)).all()
     assert len(rows) == 1 and rows[0].reason == "rejected"
     assert json.loads(rows[0].payload)["message_id"] == payload["message_id"]
 
 
-def test_detection_task_payload(r, db, settings):
-    svc = IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
+def test_detection_task_payload(state_redis, db, settings):
+    svc = IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
     det = {
         "detection_id": "d1",
         "user_id": "u9",
@@ -203,16 +207,16 @@ def test_detection_task_payload(r, db, settings):
     }
     out = svc.detections([det, det, {"detection_id": "d2"}]).outcomes
     assert [o["status"] for o in out] == ["accepted", "duplicate", "rejected"]
-    bond = ledger.load(r, settings, "u9")
+    bond = ledger.load(state_redis, settings, "u9")
     assert (bond.phase, bond.risk_level, bond.turn_count) == ("acute", "high", 4)
-    topics = [e["topic"] for e in stream(r, settings)]
+    topics = [e["topic"] for e in stream(state_redis, settings)]
     assert topics == ["bond.phase_transition", "bond.risk_change"]
     DetectionIn.model_validate(det)
     with db() as session:
         assert session.scalar(select(func.count()).select_from(DeadLetter)) == 1
 
 
-def test_every_envelope_written_by_the_scripts_matches_the_contract(r, db, settings):
+def test_every_envelope_written_by_the_scripts_matches_the_contract(state_redis, db, settings):
     """Envelopes built in Lua must decode with the pydantic models and validate
     against the exported JSON Schemas."""
     import jsonschema
@@ -220,11 +224,11 @@ def test_every_envelope_written_by_the_scripts_matches_the_contract(r, db, setti
     from models.envelopes import parse_envelope
     from services.envelopes import schemas
 
-    ledger.set_cap(r, settings, "u1", 2)
-    ledger.add_note(r, settings, "u1", "checked in")
-    svc = IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
+    ledger.set_cap(state_redis, settings, "u1", 2)
+    ledger.add_note(state_redis, settings, "u1", "checked in")
+    svc = IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
     svc.messages([msg(1, "sad"), msg(2, "I want to die", guild=None), msg(3)])
-    entries = [f["data"] for _, f in r.xrange(settings.stream_bond)]
+    entries = [f["data"] for _, f in state_redis.xrange(settings.stream_bond)]
     topics = {json.loads(e)["topic"] for e in entries}
     assert topics == {
         "bond.admin_action",
@@ -239,12 +243,12 @@ def test_every_envelope_written_by_the_scripts_matches_the_contract(r, db, setti
         jsonschema.validate(json.loads(raw), schema)
 
 
-def test_corrupt_bond_rejects_only_its_message(r, svc, db):
-    r.set("abl:broken", "{not json")
+def test_corrupt_bond_rejects_only_its_message(state_redis, svc, db):
+    state_redis.set("abl:broken", "{not json")
     out = svc.messages([msg(1, user="broken"), msg(2, user="fine")]).outcomes
     assert out[0]["status"] == "rejected" and "CORRUPT_BOND" in out[0]["reasons"][0]
     assert out[1]["status"] == "accepted"
-    assert r.get("abl:broken") == "{not json"  # left for an operator, not overwritten
+    assert state_redis.get("abl:broken") == "{not json"  # left for an operator, not overwritten
     with db() as session:
         assert session.scalar(select(func.count()).select_from(DeadLetter)) == 1
 
@@ -254,19 +258,23 @@ def dead_letter_rows(db) -> list[DeadLetter]:
         return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)))
 
 
-def test_text_limit_is_the_max_text_chars_setting(r, db):
-    limited = IngestService(r, Settings(max_text_chars=100), db, LexiconDetector(), **INGEST_TASKS)
+def test_text_limit_is_the_max_text_chars_setting(state_redis, db):
+    limited = IngestService(
+        state_redis, Settings(max_text_chars=100), db, LexiconDetector(), **INGEST_TASKS
+    )
     out = limited.messages([msg(1, "a" * 100), msg(2, "secret " + "a" * 94)]).outcomes
     assert [o["status"] for o in out] == ["accepted", "rejected"]
     assert out[1]["reasons"] == ["text: String should have at most 100 characters"]
     [row] = dead_letter_rows(db)
     assert row.task_name == names.INGEST_MESSAGE and "secret" not in row.details
-    roomy = IngestService(r, Settings(max_text_chars=9000), db, LexiconDetector(), **INGEST_TASKS)
+    roomy = IngestService(
+        state_redis, Settings(max_text_chars=9000), db, LexiconDetector(), **INGEST_TASKS
+    )
     assert roomy.messages([msg(3, "a" * 8500)]).outcomes[0]["status"] == "accepted"
 
 
 def test_worker_started_with_max_text_chars_enforces_it(
-    r, db, settings, start_worker, celery_app, monkeypatch
+    state_redis, db, settings, start_worker, celery_app, monkeypatch
 ):
     monkeypatch.setenv("VIGIL_MAX_TEXT_CHARS", "100")
     # A queue only this worker consumes: the shared worker has the default limit.
@@ -275,7 +283,7 @@ def test_worker_started_with_max_text_chars_enforces_it(
     for message in (msg(1, "a" * 100), msg(2, "secret " + "a" * 94)):
         celery_app.send_task(names.INGEST_MESSAGE, kwargs=message, queue=queue)
     wait_for(
-        lambda: dedupe.message_state(r, settings, "discord", "u1", "m1") == "done",
+        lambda: dedupe.message_state(state_redis, settings, "discord", "u1", "m1") == "done",
         timeout=30,
         what="the 100-character message applied",
     )
@@ -283,7 +291,7 @@ def test_worker_started_with_max_text_chars_enforces_it(
     assert (row.task_name, row.reason) == (names.INGEST_MESSAGE, "rejected")
     assert json.loads(row.details) == ["text: String should have at most 100 characters"]
     assert json.loads(row.payload)["message_id"] == "m2"
-    assert dedupe.message_state(r, settings, "discord", "u1", "m2") is None
+    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m2") is None
 
 
 def observed(i: int, user: str = "relay-user") -> dict:
@@ -304,32 +312,39 @@ def outbox_rows(db) -> list[Outbox]:
         return list(session.scalars(select(Outbox).order_by(Outbox.id)))
 
 
-def attribution_envelopes(r, settings) -> list[str]:
+def attribution_envelopes(state_redis, settings) -> list[str]:
     return [
         parse_envelope("attribution", fields["data"]).correlation_id
-        for _, fields in r.xrange(settings.stream_attribution)
+        for _, fields in state_redis.xrange(settings.stream_attribution)
     ]
 
 
-def test_outbox_relay_failure_does_not_fail_the_detection(r, db, settings, svc, caplog):
+def test_outbox_relay_failure_does_not_fail_the_detection(state_redis, db, settings, svc, caplog):
     caplog.set_level(logging.WARNING, logger="services.ingest.service")
     svc.detections([observed(0), observed(1)])
-    r.set(settings.stream_attribution, "not a stream")  # the relay's XADD fails: WRONGTYPE
+    state_redis.set(
+        settings.stream_attribution, "not a stream"
+    )  # the relay's XADD fails: WRONGTYPE
     [outcome] = svc.detections([observed(2)]).outcomes
     assert (outcome["status"], outcome["attribution_changes"]) == ("accepted", 1)
-    assert dedupe.detection_state(r, settings, "discord", "relay-user", "relay-user-d2") == "done"
+    assert (
+        dedupe.detection_state(state_redis, settings, "discord", "relay-user", "relay-user-d2")
+        == "done"
+    )
     assert [row.published_at for row in outbox_rows(db)] == [None]  # left for the sweep
     [warning] = [rec for rec in caplog.records if "relay" in rec.getMessage()]
     assert "ResponseError" in warning.getMessage()
 
 
-def test_envelope_whose_xadd_failed_is_published_once_the_stream_is_fixed(r, db, settings, svc):
+def test_envelope_whose_xadd_failed_is_published_once_the_stream_is_fixed(
+    state_redis, db, settings, svc
+):
     svc.detections([observed(0), observed(1)])
-    r.set(settings.stream_attribution, "not a stream")
+    state_redis.set(settings.stream_attribution, "not a stream")
     svc.detections([observed(2)])
-    r.delete(settings.stream_attribution)
-    outbox.relay(db, r, settings)
-    assert attribution_envelopes(r, settings) == ["relay-user-d2"]
+    state_redis.delete(settings.stream_attribution)
+    outbox.relay(db, state_redis, settings)
+    assert attribution_envelopes(state_redis, settings) == ["relay-user-d2"]
 
 
 @pytest.fixture
@@ -360,13 +375,14 @@ def outbox_updates_refused(db, settings):
 
 
 def test_detection_task_succeeds_when_its_relay_fails_and_the_sweep_publishes(
-    r, db, settings, svc, worker, celery_app, outbox_updates_refused
+    state_redis, db, settings, svc, worker, celery_app, outbox_updates_refused
 ):
     svc.detections([observed(0), observed(1)])
     celery_app.send_task(names.INGEST_DETECTION, kwargs=observed(2))
     wait_for(
         lambda: (
-            dedupe.detection_state(r, settings, "discord", "relay-user", "relay-user-d2") == "done"
+            dedupe.detection_state(state_redis, settings, "discord", "relay-user", "relay-user-d2")
+            == "done"
         ),
         timeout=30,
         what="the detection applied",
@@ -380,4 +396,4 @@ def test_detection_task_succeeds_when_its_relay_fails_and_the_sweep_publishes(
         timeout=30,
         what="the sweep marked the row published",
     )
-    assert attribution_envelopes(r, settings) == ["relay-user-d2"]  # exactly once
+    assert attribution_envelopes(state_redis, settings) == ["relay-user-d2"]  # exactly once

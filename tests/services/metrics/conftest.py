@@ -27,7 +27,7 @@ def parse(text: str) -> Samples:
 
 
 @pytest.fixture
-def exporter_url(settings, r, db) -> Iterator[str]:
+def exporter_url(settings, state_redis, db) -> Iterator[str]:
     registry = collector.registry(collector.for_settings(settings, QUEUES))
     server, thread = exporter.start(registry, "127.0.0.1", 0, None)
     try:
@@ -48,6 +48,6 @@ def scrape(exporter_url) -> Callable[[], Samples]:
 
 
 @pytest.fixture
-def ingest_service(r, db, settings):
+def ingest_service(state_redis, db, settings):
     """The real pipeline, in process."""
-    return IngestService(r, settings, db, LexiconDetector(), **INGEST_TASKS)
+    return IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)

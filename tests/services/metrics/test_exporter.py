@@ -48,8 +48,8 @@ def sample(samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def test_one_scrape_after_a_known_workload(celery_app, worker, r, db, settings, scrape):
-    ledger.set_cap(r, settings, "802", 1)
+def test_one_scrape_after_a_known_workload(celery_app, worker, state_redis, db, settings, scrape):
+    ledger.set_cap(state_redis, settings, "802", 1)
     batch = _send(
         celery_app,
         names.INGEST_MESSAGES,
@@ -81,9 +81,11 @@ def test_one_scrape_after_a_known_workload(celery_app, worker, r, db, settings, 
     )
 
     # Bond stream: admin action, 3 phase + 3 risk envelopes, 1 rate-limited.
-    consumers.ensure_consumer_group(r, settings.stream_bond, "ops")
-    first, _pending = consumers.consume(r, settings, "ops", "c1", "bond", count=2, block_ms=None)
-    consumers.ack(r, settings, "ops", "bond", [first[0]])  # the second stays pending
+    consumers.ensure_consumer_group(state_redis, settings.stream_bond, "ops")
+    first, _pending = consumers.consume(
+        state_redis, settings, "ops", "c1", "bond", count=2, block_ms=None
+    )
+    consumers.ack(state_redis, settings, "ops", "bond", [first[0]])  # the second stays pending
     # One committed outbox row nobody relayed.
     with db() as session, session.begin():
         outbox.enqueue(
@@ -95,8 +97,10 @@ def test_one_scrape_after_a_known_workload(celery_app, worker, r, db, settings, 
                 envelope_id=str(uuid.uuid4()),
             ),
         )
-    assert correlator.run(db, settings, r)["fired"] == 0
-    reset = ledger.reset_daily_caps(r, settings, now=(T0 + timedelta(days=400)).timestamp())
+    assert correlator.run(db, settings, state_redis)["fired"] == 0
+    reset = ledger.reset_daily_caps(
+        state_redis, settings, now=(T0 + timedelta(days=400)).timestamp()
+    )
 
     s = scrape()
 
@@ -144,7 +148,9 @@ def test_one_scrape_after_a_known_workload(celery_app, worker, r, db, settings, 
         assert sample(s, "vigil_store_up", store=store) == 1
 
 
-def test_labels_carry_no_user_ids_or_text(celery_app, worker, r, db, settings, exporter_url):
+def test_labels_carry_no_user_ids_or_text(
+    celery_app, worker, state_redis, db, settings, exporter_url
+):
     _send(celery_app, names.INGEST_MESSAGES, {"messages": [_msg("m9", "77001", SAD)]})
     body = httpx.get(exporter_url, timeout=10).text
     assert "77001" not in body

@@ -18,7 +18,7 @@ def test_refuses_a_public_bind_without_a_token():
     exporter.check_bind("0.0.0.0", TOKEN)
 
 
-def test_token_is_required_when_set(settings, r, db):
+def test_token_is_required_when_set(settings, state_redis, db):
     registry = collector.registry(collector.for_settings(settings, QUEUES))
     server, thread = exporter.start(registry, "127.0.0.1", 0, TOKEN)
     url = f"http://127.0.0.1:{server.server_port}/metrics"

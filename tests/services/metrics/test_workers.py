@@ -37,7 +37,7 @@ def _handled(celery_app, node: str) -> int:
 
 
 def test_counters_hold_across_two_workers_and_a_restart(
-    celery_app, start_worker, r, db, settings, scrape
+    celery_app, start_worker, state_redis, db, settings, scrape
 ):
     first = start_worker(concurrency=1, node_name="metrics-a@%h")
     second = start_worker(concurrency=1, node_name="metrics-b@%h")
