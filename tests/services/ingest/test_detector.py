@@ -11,6 +11,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from celery.signals import worker_process_shutdown
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from models.history import StoredMessage
 from models.payloads import MessageIn
@@ -166,3 +169,48 @@ def test_worker_reuses_one_detector_connection_per_process_and_closes_it_at_shut
         timeout=10,
         what="the worker's detector connections closed",
     )
+
+
+# Phrases of the lexicon as they would match, plus fragments around word boundaries.
+_PHRASES = [
+    "kill myself", "kill me", "end it all", "end my life", "suicidal", "want to die",
+    "hurting myself", "self-harm", "self harming", "hopeless", "no point in living",
+    "no reason to go on", "cant go on", "can't go on", "nobody cares", "nobody would miss me",
+    "worthless", "give up", "so alone", "really lonely", "panicking", "can't cope", "cant sleep",
+    "scared", "crying", "overwhelmed", "exhausted", "sad", "upset", "stressed", "tired of",
+    "bad day", "anxious",
+]  # fmt: skip
+_WORDS = st.sampled_from([*_PHRASES, "x", "I", "so", "it", "-", ",", "skill", "sadly", "upsets"])
+
+
+def _reference(text: str) -> list[str]:
+    return [cat for cat, (_, pattern) in detector._COMPILED.items() if pattern.search(text)]
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(
+    words=st.lists(_WORDS, max_size=8),
+    cases=st.lists(st.sampled_from(["lower", "upper", "title", "swapcase"]), min_size=8),
+    separators=st.lists(st.sampled_from([" ", "  ", ", ", ".", "\n", ""]), min_size=8),
+)
+def test_ascii_text_matches_as_ignorecase_would(words, cases, separators):
+    """ASCII text takes the lowercase path; its categories are the IGNORECASE ones."""
+    text = "".join(
+        getattr(word, case)() + sep
+        for word, case, sep in zip(words, cases, separators, strict=False)
+    )
+    assert text.isascii()
+    assert detector.categories_in(text) == _reference(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I want to \u212aill myself", ["self_harm"]),  # Kelvin sign: k under IGNORECASE
+        ("feeling \u017fuicidal", ["self_harm"]),  # long s: s under IGNORECASE
+        ("SO ALONE \u00e9", ["distress"]),
+        ("caf\u00e9, nothing else", []),
+    ],
+)
+def test_non_ascii_text_keeps_ignorecase_matching(text, expected):
+    assert detector.categories_in(text) == expected == _reference(text)
