@@ -20,6 +20,12 @@ behaves as its own task:
   So a poison item costs two pool processes and fails no other request, and
   no request is stranded until a restore.
 
+The interval flush waits while every pool process is running one of this
+task's buffers (up to ``MAX_FLUSH_DEFER_S``): such a buffer could not start
+before one of them returns anyway, and holding it lets it grow, so under load
+buffers fill by count and the per-buffer cost is paid fewer times. A returning
+buffer flushes what waited. At light load nothing waits: a process is idle.
+
 Stock ``celery_batches.Batches.flush`` acks every request when the body raises
 and strands them when the child dies; :meth:`BufferedTask.flush` replaces it.
 """
@@ -47,6 +53,10 @@ from services.deadletters import store
 from tasks.base import TRANSIENT_ERRORS, VigilTask, redact_kwargs
 
 logger = logging.getLogger(__name__)
+
+# The longest an interval flush waits for a pool process to come free. It only
+# bounds a miscount: a buffer handed over sooner would queue for a process anyway.
+MAX_FLUSH_DEFER_S = 0.5
 
 # The pipeline a buffered task runs: payloads in, one outcome per payload out.
 Pipeline = Callable[[list[Any]], Sequence[dict[str, Any]]]
@@ -87,6 +97,10 @@ class BufferedTask(Batches):
     task_events = "per_request"
 
     _event_dispatcher: EventDispatcher | None = None
+    # Parent: this task's buffers handed to the pool and not yet returned, and
+    # since when an interval flush has been waiting for a free process.
+    _in_pool = 0
+    _deferred_since: float | None = None
 
     # -- parent process ---------------------------------------------------------
 
@@ -101,6 +115,28 @@ class BufferedTask(Batches):
         if not self._buffer.empty() or not self._pending.empty():
             self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
         return strategy
+
+    def _do_flush(self) -> None:
+        """The interval (and count) flush, held while the pool is busy with this
+        task's buffers and the buffer is not full (see the module docstring)."""
+        if 0 < self._buffer.qsize() < self.flush_every and self._pool_busy():
+            now = time.monotonic()
+            if self._deferred_since is None:
+                self._deferred_since = now
+            if now - self._deferred_since < MAX_FLUSH_DEFER_S:
+                return
+        self._deferred_since = None
+        super()._do_flush()
+
+    def _pool_busy(self) -> bool:
+        processes = getattr(self._pool, "limit", None) or 1
+        return self._in_pool >= processes
+
+    def _returned(self) -> None:
+        """A buffer left the pool: flush what waited for it."""
+        self._in_pool = max(0, self._in_pool - 1)
+        if self._deferred_since is not None:
+            self._do_flush()
 
     def flush(self, requests: Sequence[Request]) -> Any:
         """Hand the buffer to the pool (each isolated request as a job of its own);
@@ -117,8 +153,10 @@ class BufferedTask(Batches):
 
         def on_return(_result: Any) -> None:
             acknowledge_together(requests)
+            self._returned()
 
         def on_error(exc_info: ExceptionInfo) -> None:
+            self._returned()
             # WorkerLostError (child killed) or TimeLimitExceeded (hard limit).
             exc = getattr(exc_info, "exception", None) or RuntimeError("pool job lost")
             logger.warning(
@@ -136,14 +174,20 @@ class BufferedTask(Batches):
                 if settled:
                     request.acknowledge()
 
-        self._pool.apply_async(
-            apply_batches_task,
-            (self, simple, 0, None),
-            callback=on_return,
-            error_callback=on_error,
-            timeout=self.time_limit,
-            soft_timeout=self.soft_time_limit,
-        )
+        # Counted before the hand-over: a solo pool returns within apply_async.
+        self._in_pool += 1
+        try:
+            self._pool.apply_async(
+                apply_batches_task,
+                (self, simple, 0, None),
+                callback=on_return,
+                error_callback=on_error,
+                timeout=self.time_limit,
+                soft_timeout=self.soft_time_limit,
+            )
+        except BaseException:
+            self._in_pool = max(0, self._in_pool - 1)
+            raise
 
     # -- pool child -------------------------------------------------------------
 

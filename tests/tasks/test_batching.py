@@ -350,3 +350,63 @@ def test_item_that_kills_its_pool_process_fails_no_other_request(private, db):
         assert "lost in the pool" in private.worker.log()
     finally:
         detector_server.close()
+
+
+def test_interval_flush_waits_while_the_pool_is_busy(private):
+    """While the one pool process runs a slow buffer, messages that arrive are
+    held and handed over together when it returns, not as a buffer per flush
+    interval queued behind it; each is still applied once."""
+    detector_server = DetectorServer()
+
+    def slow_first(message_id: str) -> None:
+        if message_id == "slow":
+            time.sleep(1.0)
+
+    detector_server.on_request = slow_first
+    events: list[dict] = []
+    stop = threading.Event()
+    thread = None
+    try:
+        private.start_worker(
+            {
+                "VIGIL_DETECTOR": "http",
+                "VIGIL_DETECTOR_URL": detector_server.url,
+                "VIGIL_INGEST_TASK_EVENTS": "per_buffer",
+            },
+            concurrency=1,
+        )
+        thread = capture_events(private.app, stop, events)
+        wait_for(lambda: events, timeout=30, what="the event receiver to capture")
+        sender = no_backend_sender(private)
+        send_without_backend(sender, message("slow", user_id="slow-user"))
+        wait_for(lambda: "slow" in detector_server.message_ids, timeout=30, what="the slow buffer")
+        # 30 messages over about 0.3 s, while the slow buffer holds the only process:
+        # some 30 flush intervals pass.
+        for i in range(30):
+            send_without_backend(sender, message(f"held-{i}", user_id=f"held-{i}"))
+            time.sleep(0.01)
+        sender.close()
+        wait_for(
+            lambda: all(
+                ledger.load(private.state_redis, private.settings, f"held-{i}") for i in range(30)
+            ),
+            timeout=60,
+            what="every held message applied",
+        )
+
+        def buffers() -> list[int]:
+            return [
+                e["buffered"]
+                for e in events
+                if e.get("type") == "task-succeeded" and e.get("name") == names.INGEST_MESSAGE
+            ]
+
+        wait_for(lambda: sum(buffers()) == 31, timeout=30, what="every buffer's event")
+        assert buffers()[0] == 1  # the slow one
+        assert len(buffers()) <= 3, buffers()  # the 30 held ones: one buffer, or two at most
+        assert detector_server.message_ids.count("held-0") == 1
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(10)
+        detector_server.close()
