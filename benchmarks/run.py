@@ -47,7 +47,9 @@ METHOD = {
     "its first take to an empty queue and no unacked message (acks are late, so "
     "every effect is written); median of runs of several seconds each (see sizes)",
     "latency": "paced producer at half the median rate; time from send to the "
-    "envelope with the message's correlation_id being read from the stream",
+    "envelope with the message's correlation_id being read from the stream; the "
+    "benchmark process freezes its garbage collector's objects for the run, so "
+    "its own pauses are not counted",
     "round_trips": "requests written to the state Redis by the worker processes "
     "(one per command, one per pipeline), counted client-side",
     "server_commands": "INFO commandstats delta on the state Redis, commands "
