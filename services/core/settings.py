@@ -129,8 +129,9 @@ class Settings(BaseSettings):
     # vigil.ingest.message / vigil.ingest.detection requests and runs the
     # pipeline once per buffer: when it holds ingest_flush_every requests, and
     # every ingest_flush_interval_s for what it holds. Under load buffers fill
-    # by count (the transport takes up to 100 tasks at once); the interval is
-    # the most a lone message waits. benchmarks/flush_interval.py: throughput
+    # by count (the transport takes up to 100 tasks at once), and while every
+    # pool process runs a buffer the interval flush waits for one to return;
+    # the interval is the most a lone message waits. benchmarks/flush_interval.py: throughput
     # is the same within noise from 5 to 50 ms, p99 at half load is not
     # (10 ms: 38 ms; 50 ms: 238 ms; 5 ms: no better than 10).
     ingest_flush_every: int = Field(default=100, ge=1, le=500)
