@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+
 import click
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from services.core import health
 from services.core.clients import close_all, reset_after_fork
@@ -18,6 +25,21 @@ app.config_from_object("celeryconfig")
 @worker_process_init.connect
 def _fresh_clients(**_: object) -> None:
     reset_after_fork()
+
+
+@worker_init.connect
+@worker_ready.connect
+@worker_process_init.connect
+def _freeze_startup_objects(**_: object) -> None:
+    """Put what start-up built (modules, the app, settings: about nine in ten
+    of a worker's objects) out of the collector's reach. Unfrozen, every full
+    collection walked some 140,000 objects, 70 to 120 ms on a 2-core machine
+    during which the parent neither fetched, flushed nor acked: the p99 of
+    enqueue to envelope at half load. Frozen objects are never freed, which
+    is right for what lives as long as the process; pool children fork with
+    the parent's frozen set and never write to its pages."""
+    gc.collect()
+    gc.freeze()
 
 
 @worker_process_shutdown.connect
