@@ -72,18 +72,22 @@ LEXICON: dict[str, tuple[float, tuple[str, ...]]] = {
         ),
     ),
 }
+
+
+def _alternation(patterns: tuple[str, ...]) -> str:
+    return "|".join(f"(?:{p})" for p in patterns)
+
+
 # One alternation per category: a single search per category instead of one per phrase.
 _COMPILED = {
-    cat: (weight, re.compile("|".join(f"(?:{p})" for p in pats), re.IGNORECASE))
+    cat: (weight, re.compile(_alternation(pats), re.IGNORECASE))
     for cat, (weight, pats) in LEXICON.items()
 }
 # The same, case-sensitive, for ASCII text lowercased first: for ASCII, matching
 # the lowercased text is exactly what IGNORECASE does (its extra equivalences,
 # such as the Kelvin sign for k, involve only non-ASCII characters), and about
 # twice as fast.
-_COMPILED_ASCII = {
-    cat: re.compile("|".join(f"(?:{p})" for p in pats)) for cat, (_, pats) in LEXICON.items()
-}
+_COMPILED_ASCII = {cat: re.compile(_alternation(pats)) for cat, (_, pats) in LEXICON.items()}
 
 
 def categories_in(text: str) -> list[str]:

@@ -26,12 +26,16 @@ class StoreGauges:
     multi_actor_suspects: int
 
 
+# Dead letters by (task, reason): read through ix_dead_letters_task_name_reason.
+DEAD_LETTER_COUNTS = (
+    select(DeadLetter.task_name, DeadLetter.reason, func.count())
+    .group_by(DeadLetter.task_name, DeadLetter.reason)
+    .order_by(DeadLetter.task_name, DeadLetter.reason)
+)
+
+
 def store_gauges(session: Session) -> StoreGauges:
-    dead = session.execute(
-        select(DeadLetter.task_name, DeadLetter.reason, func.count())
-        .group_by(DeadLetter.task_name, DeadLetter.reason)
-        .order_by(DeadLetter.task_name, DeadLetter.reason)
-    ).all()
+    dead = session.execute(DEAD_LETTER_COUNTS).all()
     pending = Outbox.published_at.is_(None)
     row = session.execute(
         select(
