@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
+from celery.result import AsyncResult
 from kombu import Exchange, Queue
 
 from tasks import names
@@ -97,6 +98,21 @@ def sender_app(
         broker_connection_retry_on_startup=True,
     )
     return app
+
+
+def answer(result: AsyncResult, timeout: float | None = None) -> Any:
+    """A task's answer (or its exception), at once when it has already arrived.
+
+    Celery's Redis result consumer reads the answers of every task the sender
+    is subscribed to as they come. An answer read while the sender waited on
+    another task is set aside, and a later ``get()`` on it still waits one
+    drain interval (1 s) for a notification that already came, plain and
+    buffered tasks alike. ``ready()`` reads the stored answer first, so a
+    sender collecting answers in another order than they finish waits for
+    none of them twice."""
+    if result.ready():
+        return result.get(propagate=False)
+    return result.get(timeout=timeout, propagate=False)
 
 
 class VigilClient:

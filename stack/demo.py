@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from redis.client import NEVER_DECODE
 
 from models.envelopes import STREAM_TOPICS
-from services.client import VigilClient, sender_app
+from services.client import VigilClient, answer, sender_app
 from services.core import clients
 from services.core.settings import Settings
 from services.envelopes import streams
@@ -345,7 +345,7 @@ def run(
 
     p = plan(users, messages, seed=seed)
     app = app or make_app(settings)
-    if not app.control.ping(timeout=2.0):
+    if not app.control.ping(timeout=2.0, limit=1):  # the first worker to answer will do
         raise NoWorker("no vigil worker answers on this broker; start one with `vigil up`")
     client = VigilClient(app=app, keep_results=True)
     r = clients.get_redis(settings)
@@ -358,7 +358,7 @@ def run(
         for u, c in p.caps.items()
     ]
     for res in cap_results:
-        res.get(timeout=max(1.0, deadline - time.monotonic()), propagate=False)
+        answer(res, timeout=max(1.0, deadline - time.monotonic()))
 
     total = len(p.batches) + len(p.singles) + len(p.detections)
     pending: list[tuple[str, int, Any]] = []
@@ -378,7 +378,7 @@ def run(
     transitions = unfinished = 0
     for done, (kind, size, res) in enumerate(pending, start=1):
         try:
-            value = res.get(timeout=max(0.1, deadline - time.monotonic()), propagate=False)
+            value = answer(res, timeout=max(0.1, deadline - time.monotonic()))
         except ResultTimeout:
             unfinished += 1
             continue
@@ -399,7 +399,7 @@ def run(
     correlator = None
     res = app.send_task(CORRELATE_TASK, queue="periodic")
     try:
-        correlator = res.get(timeout=max(1.0, deadline - time.monotonic()), propagate=False)
+        correlator = answer(res, timeout=max(1.0, deadline - time.monotonic()))
     except ResultTimeout:
         unfinished += 1
     progress("correlating", 1, 1)

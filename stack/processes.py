@@ -189,7 +189,7 @@ class WorkerProcess(Process):
     def ping(self, app: Celery, timeout: float = 1.0) -> bool:
         """True when this worker answers a remote-control ping."""
         try:
-            replies = app.control.ping(destination=[self.node], timeout=timeout)
+            replies = app.control.ping(destination=[self.node], timeout=timeout, limit=1)
         except (redis.ConnectionError, OperationalError, OSError):
             return False  # a pooled connection from before a broker restart; ask again
         return any(self.node in reply for reply in replies)

@@ -239,24 +239,14 @@ class BufferedTask(Batches):
     def _store_results(
         self, requests: Sequence[SimpleRequest], outcomes: dict[str, dict[str, Any]]
     ) -> None:
-        """Every wanted result in one pipeline (Redis result backend)."""
-        wanted = [request for request in requests if self.wants_result(request)]
-        if not wanted:
-            return
+        """Each wanted result through the backend's own store path, as a plain
+        task's is (the same meta, the same notification of its waiter)."""
         backend = self.app.backend
-        with backend.client.pipeline(transaction=False) as pipe:
-            for request in wanted:
-                meta = backend._get_result_meta(
-                    result=outcomes[request.id],
-                    state=states.SUCCESS,
-                    traceback=None,
-                    request=request,
+        for request in requests:
+            if self.wants_result(request):
+                backend.store_result(
+                    request.id, outcomes[request.id], states.SUCCESS, request=request
                 )
-                meta["task_id"] = request.id
-                key, value = backend.get_key_for_task(request.id), backend.encode(meta)
-                pipe.setex(key, backend.expires, value)
-                pipe.publish(key, value)
-            pipe.execute()
 
     def _store_failure(self, request: SimpleRequest, exc: BaseException) -> None:
         if not self.wants_result(request):

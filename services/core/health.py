@@ -46,11 +46,46 @@ def _timed(check, auth_hint: str | None = None) -> dict[str, Any]:
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1), **(detail or {})}
 
 
+# The server's limit on a compact hash's entries: listpack since Redis 7.0,
+# ziplist before (7.x still answers to the old name as an alias).
+COMPACT_HASH_SETTINGS = ("hash-max-listpack-entries", "hash-max-ziplist-entries")
+
+
+def compact_hash_limit(client: redis.Redis) -> tuple[str, int | None]:
+    """The running server's own name for the compact-hash entry limit, and its
+    value (None where CONFIG is refused, as on some managed services)."""
+    for name in COMPACT_HASH_SETTINGS:
+        try:
+            value = client.config_get(name).get(name)
+        except redis.ResponseError:
+            return name, None
+        if value is not None:
+            return name, int(value)
+    return COMPACT_HASH_SETTINGS[0], None
+
+
+def dedupe_hash_advice(settings: Settings, setting: str, limit: int | None) -> str | None:
+    """Why a user's dedupe hash would leave its compact encoding, or None."""
+    wanted = settings.dedupe_max_per_user + settings.dedupe_max_per_user // 4
+    if limit is None or limit >= wanted:
+        return None
+    return (
+        f"{setting} is {limit}: a user's dedupe hash holds up to {wanted} ids "
+        f"(VIGIL_DEDUPE_MAX_PER_USER x 1.25) and takes about 5x the memory past the limit; "
+        f"raise {setting} to {wanted} or lower VIGIL_DEDUPE_MAX_PER_USER"
+    )
+
+
 def check_redis(settings: Settings) -> dict[str, Any]:
     def run() -> dict[str, Any]:
         client: redis.Redis = get_redis(settings)
         client.ping()
-        return {"version": client.info("server").get("redis_version")}
+        detail: dict[str, Any] = {"version": client.info("server").get("redis_version")}
+        setting, limit = compact_hash_limit(client)
+        advice = dedupe_hash_advice(settings, setting, limit)
+        if advice:
+            detail["warning"] = advice
+        return detail
 
     return _timed(run, REDIS_AUTH_HINT)
 

@@ -22,8 +22,8 @@ from models.envelopes import ENVELOPE_ID_NAMESPACE
 
 _DIR = Path(__file__).parent / "redis_scripts"
 _HELPERS = "_bond.lua"
-# Scripts that run without the bond helpers (the broker transport's).
-_STANDALONE = frozenset({"broker_fetch"})
+# Scripts that run without the bond helpers (the broker transport's, the lag count).
+_STANDALONE = frozenset({"broker_fetch", "stream_lag"})
 
 
 @cache

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     # Dedupe state: one hash per (platform, user), not one key per message. An id
     # is recognised as seen for dedupe_window_s and while it is among the user's
     # last dedupe_max_per_user ids; keep max * 1.25 within Redis's
-    # hash-max-listpack-entries (128 by default) so each hash stays a listpack.
+    # hash-max-listpack-entries (hash-max-ziplist-entries on Redis 6.2; 128 by
+    # default) so each hash stays compact; `vigil health` warns otherwise.
     dedupe_window_s: int = Field(default=7 * 86_400, ge=60)
     dedupe_max_per_user: int = Field(default=100, ge=4, le=100_000)
 

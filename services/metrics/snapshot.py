@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import STREAM_TOPICS
-from services.core import keys
+from services.core import keys, scripts
 from services.core.settings import Settings
 from services.envelopes.consumers import quarantine_key
 from services.envelopes.streams import stream_key
@@ -145,16 +145,25 @@ def _read_redis(redis_client: redis.Redis, settings: Settings, snap: Snapshot) -
     snap.counters = {_text(k): int(v) for k, v in replies[0].items()}
     for i, name in enumerate(names):
         length, quarantined, groups = replies[1 + 3 * i : 4 + 3 * i]
+        key = stream_key(settings, name)
         snap.streams[name] = StreamInfo(
             length=_int(length),
             quarantined=_int(quarantined),
             # XINFO GROUPS on a stream that does not exist yet is an error: no groups.
-            groups=[] if isinstance(groups, Exception) else [_group(g) for g in groups],
+            groups=[]
+            if isinstance(groups, Exception)
+            else [_group(redis_client, key, g) for g in groups],
         )
 
 
-def _group(info: dict[str, Any]) -> GroupInfo:
-    lag = info.get("lag")
+def _group(redis_client: redis.Redis, stream: str, info: dict[str, Any]) -> GroupInfo:
+    """A group as XINFO GROUPS reports it. Redis 7 reports ``lag`` itself (None
+    when entries it would count were trimmed or deleted); Redis 6.2 has no such
+    field, so the entries after the group's last-delivered id are counted."""
+    if "lag" in info:
+        lag = info["lag"]
+    else:
+        lag = scripts.run(redis_client, "stream_lag", [stream], [_text(info["last-delivered-id"])])
     return GroupInfo(
         name=_text(info["name"]),
         pending=int(info.get("pending") or 0),

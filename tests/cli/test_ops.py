@@ -91,3 +91,19 @@ def test_up_runs_the_stack_and_the_demo(vigil, state_redis, db, env_override, tm
     ).stdout
     assert "messages sent" in out and "vigil tail bond" in out
     assert (tmp_path / "logs" / "worker.log").exists()
+
+
+def test_health_names_the_compact_hash_setting_the_server_has(state_redis, settings):
+    """The advice names the running server's own setting (listpack on Redis 7,
+    ziplist on 6.2), and appears only when the limit is too small."""
+    from services.core import health
+
+    setting, limit = health.compact_hash_limit(state_redis)
+    version = int(state_redis.info("server")["redis_version"].split(".")[0])
+    assert setting == ("hash-max-listpack-entries" if version >= 7 else "hash-max-ziplist-entries")
+    assert limit is not None and health.dedupe_hash_advice(settings, setting, limit) is None
+    state_redis.config_set(setting, 16)
+    try:
+        assert setting in health.check_redis(settings)["warning"]
+    finally:
+        state_redis.config_set(setting, limit)

@@ -10,13 +10,16 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
+from datetime import UTC
 from urllib.parse import urlsplit
 
 import pytest
+from celery import Celery
 from kombu import Connection
 
-from services.client import VigilClient, is_amqp, sender_app, task_queues
+from services.client import VigilClient, answer, is_amqp, sender_app, task_queues
 from tasks import names
 
 AMQP_URL = os.environ.get(
@@ -111,3 +114,68 @@ def test_client_publishes_persistent_messages_to_quorum_queues_with_confirms():
             assert declared.queue == names.QUEUE_INGEST
     finally:
         client.app.close()
+
+
+def _frontend(test_env: dict[str, str]) -> Celery:
+    """A frontend as the README describes it: plain Celery, the broker URL and
+    a result backend, nothing of vigil's."""
+    return Celery(
+        "frontend", broker=test_env["VIGIL_BROKER_URL"], backend=test_env["VIGIL_REDIS_URL"]
+    )
+
+
+def _message(i: int) -> dict:
+    return {
+        "message_id": uuid.uuid4().hex,
+        "platform": "discord",
+        "guild_id": "g1",
+        "user_id": f"waiter{i % 7}",
+        "text": "see you at the raid tonight",
+        "sent_at": "2026-11-22T10:00:00+00:00",
+    }
+
+
+def _waited_past_apply(res, wait) -> float:
+    """Seconds between the later of (answer stored, wait began) and the answer in hand."""
+    started = time.time()
+    value = wait(res)
+    got = time.time()
+    assert isinstance(value, dict) and value["status"] == "accepted", value
+    done = res.date_done.replace(tzinfo=res.date_done.tzinfo or UTC)
+    return got - max(done.timestamp(), started)
+
+
+def test_a_sender_waiting_on_buffered_answers_gets_each_within_100ms(
+    worker, test_env, state_redis, db
+):
+    frontend = _frontend(test_env)
+    try:
+        sent = [
+            frontend.send_task(names.INGEST_MESSAGE, kwargs=_message(i), queue="ingest")
+            for i in range(10)
+        ]
+        waits = [_waited_past_apply(res, lambda r: answer(r, timeout=30)) for res in sent]
+        assert max(waits) < 0.1, waits
+    finally:
+        frontend.close()
+
+
+def test_answers_read_early_are_returned_at_once(worker, test_env, state_redis, db):
+    """Ten buffered answers that arrive while the sender waits on a slow batch:
+    ``answer`` returns each at once (``get`` alone would wait a second each)."""
+    frontend = _frontend(test_env)
+    try:
+        slow = frontend.send_task(
+            names.INGEST_MESSAGES,
+            kwargs={"messages": [_message(i) for i in range(500)]},
+            queue="ingest",
+        )
+        sent = [
+            frontend.send_task(names.INGEST_MESSAGE, kwargs=_message(i), queue="ingest")
+            for i in range(10)
+        ]
+        assert answer(slow, timeout=60)["accepted"] == 500
+        waits = [_waited_past_apply(res, lambda r: answer(r, timeout=30)) for res in sent]
+        assert max(waits) < 0.1, waits
+    finally:
+        frontend.close()
