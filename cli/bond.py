@@ -59,7 +59,7 @@ def _render_bond(data: dict[str, Any]) -> None:
 
 @app.command("list")
 def list_(
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Bonds per page (about).")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Bonds per page.")] = 50,
     cursor: Annotated[int, typer.Option(min=0, help="Cursor from the previous page.")] = 0,
     as_json: AsJson = False,
 ) -> None:

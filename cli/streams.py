@@ -13,7 +13,7 @@ import redis
 import typer
 from rich.table import Table
 
-from cli.common import AsJson, console, emit, fail, load_settings, state_redis
+from cli.common import AsJson, console, emit, err_console, fail, load_settings, state_redis
 from models.envelopes import Envelope
 from services.core.settings import Settings
 from services.envelopes import consumers, streams
@@ -104,6 +104,19 @@ def tail(
         fail("--consumer needs --group", 2)
     settings = load_settings()
     redis_client = state_redis(settings)
+    key = streams.stream_key(settings, stream)
+    if consumer_group:
+        where = (
+            "from its oldest entry if the group is new"
+            if from_start
+            else "at new entries if the group is new (--from-start: from the oldest)"
+        )
+        note = f"consuming {key} as group {consumer_group}, {where}; Ctrl-C stops"
+    elif from_start:
+        note = f"reading {key} from its oldest entry, then waiting for new ones; Ctrl-C stops"
+    else:
+        note = f"waiting for new entries on {key} (--from-start: from the oldest); Ctrl-C stops"
+    err_console.print(f"[dim]{note}[/dim]")
     try:
         if consumer_group:
             _tail_consumer_group(

@@ -45,14 +45,24 @@ def load_or_new(redis_client: redis.Redis, settings: Settings, user_id: str) -> 
 def list_bonds(
     redis_client: redis.Redis, settings: Settings, *, cursor: int = 0, count: int = 100
 ) -> tuple[int, list[Bond]]:
-    """One page of all bonds; pass the returned cursor back until it is 0.
+    """One page of about ``count`` bonds; pass the returned cursor back until it is 0.
 
-    SCAN guarantees every bond that exists for the whole walk is returned."""
+    SCAN's COUNT is a number of hash buckets to visit, not of keys to return,
+    so a single SCAN gives pages of any size. This one scans in steps sized by
+    what is still missing until the page is full: a page holds ``count`` bonds
+    (the last bucket visited may add one or two), and SCAN's guarantee stays
+    whole: every bond that exists for the whole walk is returned."""
     events_prefix = keys.events(settings, "")
-    next_cursor, found = redis_client.scan(
-        cursor=cursor, match=f"{settings.bond_prefix}*", count=count
-    )
-    bond_keys = [k for k in found if not k.startswith(events_prefix)]
+    bond_keys: list[str] = []
+    while True:
+        missing = count - len(bond_keys)
+        cursor, found = redis_client.scan(
+            cursor=cursor, match=f"{settings.bond_prefix}*", count=max(1, missing)
+        )
+        cursor = int(cursor)
+        bond_keys.extend(k for k in found if not k.startswith(events_prefix))
+        if cursor == 0 or len(bond_keys) >= count:
+            break
     raws = redis_client.mget(bond_keys) if bond_keys else []
     bonds = []
     for raw in raws:
@@ -62,7 +72,7 @@ def list_bonds(
             bonds.append(Bond.model_validate_json(raw))
         except ValueError:
             continue  # a foreign key under the prefix is not a bond
-    return int(next_cursor), bonds
+    return cursor, bonds
 
 
 def all_bonds(redis_client: redis.Redis, settings: Settings) -> list[Bond]:

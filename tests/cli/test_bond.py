@@ -23,14 +23,16 @@ def test_bond_show_unknown_user_exits_1(vigil, state_redis):
 
 def test_bond_list_pages_until_cursor_is_zero(vigil, state_redis, ingest):
     ingest.messages([msg(i, "hi", user=f"u{i}") for i in range(30)])
-    seen, cursor = set(), 0
+    seen, cursor, sizes = set(), 0, []
     while True:
         page = vigil.json("bond", "list", "--limit", "7", "--cursor", str(cursor))
         seen |= {b["user_id"] for b in page["bonds"]}
+        sizes.append(len(page["bonds"]))
         cursor = page["cursor"]
         if cursor == 0:
             break
     assert seen == {f"u{i}" for i in range(30)}
+    assert all(7 <= size <= 10 for size in sizes[:-1]), sizes  # even pages
     assert "u1" in vigil("bond", "list", "--limit", "1000").stdout
 
 

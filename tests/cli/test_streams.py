@@ -35,6 +35,15 @@ def test_latest_newest_first(vigil, redis_client, settings):
     vigil("streams", "latest", "nope", code=2)
 
 
+def test_tail_says_what_it_waits_for(vigil, redis_client, settings):
+    _publish(redis_client, settings, 2)
+    run = vigil("tail", "bond", "--from-start", "--count", "1", "--json")
+    assert "vigil:stream:bond" in run.stderr and "oldest" in run.stderr
+    assert run.stdout.count("\n") == 1  # the note stays off stdout
+    group = vigil("tail", "bond", "--group", "g", "--from-start", "--count", "1")
+    assert "as group g" in group.stderr
+
+
 def test_tail_from_start_exits_after_count(vigil, redis_client, settings):
     ids = _publish(redis_client, settings, 4)
     out = vigil("tail", "bond", "--from-start", "--count", "3", "--json").stdout
