@@ -345,8 +345,8 @@ def run_stack(
             if ensure_database(db_url):
                 print("created database", settings.database_url.rsplit("/", 1)[-1], file=out)
             migrate(db_url)
-            _start_children(stack, auth, flower_local_only, beat, flower, concurrency)
-            _wait_ready(stack, ready_timeout)
+            _start_children(stack, beat, concurrency)
+            _wait_ready(stack, ready_timeout, auth, flower_local_only)
             _announce(stack, out)
             if then is None:
                 while True:
@@ -366,9 +366,8 @@ def run_stack(
             stack.stop()
 
 
-def _start_children(
-    stack: Stack, auth: str | None, local_only: bool, beat: bool, flower: bool, concurrency: int
-) -> None:
+def _start_children(stack: Stack, beat: bool, concurrency: int) -> None:
+    """The worker, beat and the exporter; Flower waits for the worker (_wait_ready)."""
     stack.add(
         "worker",
         WorkerProcess(
@@ -383,9 +382,6 @@ def _start_children(
     )
     if beat:
         stack.start("beat", celery_command("tasks", "beat", "-l", "INFO"))
-    if flower:
-        argv, extra = flower_command(stack.settings, basic_auth=auth, local_only=local_only)
-        stack.start("flower", argv, extra)
     if stack.metrics_url:
         settings = stack.settings
         extra = {
@@ -397,7 +393,9 @@ def _start_children(
         stack.start("metrics", [sys.executable, "-m", "cli.main", "metrics", "serve"], extra)
 
 
-def _wait_ready(stack: Stack, timeout: float) -> None:
+def _wait_ready(stack: Stack, timeout: float, auth: str | None, local_only: bool) -> None:
+    """The worker first; then Flower, which asks the workers for their state as
+    it starts and would log a failed inspection for each it asked too soon."""
     deadline = time.monotonic() + timeout
     worker = stack.children["worker"]
     assert isinstance(worker, WorkerProcess)
@@ -409,6 +407,9 @@ def _wait_ready(stack: Stack, timeout: float) -> None:
         raise StackError(str(err)) from None
     finally:
         client.close()
+    if stack.flower_url:
+        argv, extra = flower_command(stack.settings, basic_auth=auth, local_only=local_only)
+        stack.start("flower", argv, extra)
     if stack.metrics_url:
         _wait_metrics(stack, deadline)
     if stack.flower_url:
