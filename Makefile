@@ -5,7 +5,7 @@ run:
 	./scripts/dev.sh run
 
 test:
-	./scripts/dev.sh test
+	./scripts/dev.sh test $(ARGS)
 
 lint:
 	.venv/bin/ruff check .

@@ -7,6 +7,7 @@ set, else the defaults on 127.0.0.1, else embedded ones started for the run.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_DB = os.environ.get("VIGIL_TEST_PG_DB", "vigil_test")
 STATE_DB = int(os.environ.get("VIGIL_TEST_STATE_DB", "15"))
 BROKER_DB = int(os.environ.get("VIGIL_TEST_BROKER_DB", "14"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Quick tests first, then the slow ones (benchmark smoke runs), then the
+    fault-injection suite: a run shows steady progress and fails fast."""
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("faults"):
+            return 2
+        return 1 if item.get_closest_marker("slow") else 0
+
+    items.sort(key=weight)  # stable: file order within each group
 
 
 def _resolve_services():
@@ -63,6 +76,9 @@ def service_urls() -> Iterator[dict[str, str]]:
     yield urls
     from services.core.clients import close_all
 
+    # Results the tests waited on unsubscribe from their answers when they are
+    # collected: collect them now, while the Redis they talk to still runs.
+    gc.collect()
     close_all()
     found.stop_started()  # embedded servers this run started, if any
 
