@@ -28,7 +28,7 @@ from cli.common import (
 )
 from services.core.settings import Settings, get_settings
 
-schema_app = typer.Typer(help="JSON Schemas of the envelope streams.", no_args_is_help=True)
+schema_app = typer.Typer(help="JSON Schemas of the envelope streams and the tasks' kwargs.", no_args_is_help=True)
 
 
 def worker_replies(timeout: float = 2.0) -> dict[str, Any]:
@@ -112,10 +112,13 @@ def schema_export(
         Path | None, typer.Argument(help="Where to write (default: the repo's schemas/).")
     ] = None,
 ) -> None:
-    """Write one JSON Schema file per envelope stream."""
+    """Write one JSON Schema file per envelope stream, and one per public task's
+    kwargs (under tasks/)."""
     from services.envelopes import schemas
+    from tasks import contract
 
-    written = schemas.export(directory or schemas.DEFAULT_DIR)
+    target = directory or schemas.DEFAULT_DIR
+    written = schemas.export(target) + contract.export(target / "tasks")
     print_json({"status": "ok", "written": [str(p) for p in written]})
 
 

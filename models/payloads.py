@@ -30,6 +30,10 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"
 ShortText = Annotated[str, StringConstraints(max_length=200)]
 
 DEFAULT_MAX_TEXT_CHARS = 8000
+# For the JSON Schema: text is Unicode without lone surrogates (which Redis and
+# UTF-8 cannot carry); the validator of ``MessageIn.text`` is the rule itself.
+NO_LONE_SURROGATES = r"^[^\ud800-\udfff]*$"
+MAX_BATCH = 500  # the default of VIGIL_MAX_BATCH
 # Validation-context key for the text limit; see ``text_limit``.
 TEXT_LIMIT_KEY = "max_text_chars"
 MAX_SIGNALS = 32
@@ -62,7 +66,13 @@ class MessageIn(_Strict):
     guild_id: Id | None = None
     channel_id: Id | None = None
     user_id: Id
-    text: str
+    # The schema states the default limit; the validator applies the setting's.
+    text: Annotated[
+        str,
+        Field(
+            json_schema_extra={"maxLength": DEFAULT_MAX_TEXT_CHARS, "pattern": NO_LONE_SURROGATES}
+        ),
+    ]
     sent_at: UtcDatetime
 
     _ids = field_validator("message_id", "guild_id", "channel_id", "user_id", mode="before")(
@@ -90,6 +100,13 @@ class MessageIn(_Strict):
                 "Input should be a valid string, unable to parse raw data as a unicode string",
             ) from None
         return text
+
+
+class MessagesIn(_Strict):
+    """``vigil.ingest.messages``: a bounded list of messages (up to
+    ``VIGIL_MAX_BATCH``, 500 by default), each validated on its own."""
+
+    messages: Annotated[list[MessageIn], Field(min_length=1, max_length=MAX_BATCH)]
 
 
 class ObservationIn(_Strict):

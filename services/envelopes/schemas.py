@@ -14,7 +14,8 @@ from typing import Any
 
 from models.envelopes import SCHEMA_VERSION, STREAM_ADAPTERS, STREAM_TOPICS
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "schemas"
+# The repository's schemas/ folder (this file is services/envelopes/schemas.py).
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
