@@ -28,7 +28,9 @@ from cli.common import (
 )
 from services.core.settings import Settings, get_settings
 
-schema_app = typer.Typer(help="JSON Schemas of the envelope streams and the tasks' kwargs.", no_args_is_help=True)
+schema_app = typer.Typer(
+    help="JSON Schemas of the envelope streams and the tasks' kwargs.", no_args_is_help=True
+)
 
 
 def worker_replies(timeout: float = 2.0) -> dict[str, Any]:
