@@ -237,4 +237,7 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
         assert "VIGIL_REDIS_PASSWORD" in health.check_redis(missing)["error"]
         app.close()
     finally:
+        # A result unsubscribes from its answer when it is collected: let the
+        # last one go while its server still runs.
+        res = None
         server.kill()
