@@ -34,6 +34,9 @@ DEFAULT_MAX_TEXT_CHARS = 8000
 # UTF-8 cannot carry); the validator of ``MessageIn.text`` is the rule itself.
 NO_LONE_SURROGATES = r"^[^\ud800-\udfff]*$"
 MAX_BATCH = 500  # the default of VIGIL_MAX_BATCH
+# For the JSON Schema of a dict keyed by Label: pydantic states the key pattern
+# as patternProperties, which alone lets any other key through.
+LABEL_KEYS_ONLY: dict[str, Any] = {"additionalProperties": False}
 # Validation-context key for the text limit; see ``text_limit``.
 TEXT_LIMIT_KEY = "max_text_chars"
 MAX_SIGNALS = 32
@@ -151,11 +154,12 @@ class DetectionIn(_Strict):
     # for every instance, a cost the built-in detector paid per message.
     signals: Annotated[
         dict[Label, ShortText | Annotated[float, Field(allow_inf_nan=False)]],
-        Field(max_length=MAX_SIGNALS),
+        Field(max_length=MAX_SIGNALS, json_schema_extra=LABEL_KEYS_ONLY),
     ] = Field(default_factory=dict)
     turn_count: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     ulm_vector: Annotated[
-        dict[Label, Annotated[float, Field(ge=-1e6, le=1e6)]], Field(max_length=MAX_ULM_NODES)
+        dict[Label, Annotated[float, Field(ge=-1e6, le=1e6)]],
+        Field(max_length=MAX_ULM_NODES, json_schema_extra=LABEL_KEYS_ONLY),
     ] = Field(default_factory=dict)
     observations: Annotated[list[ObservationIn], Field(max_length=MAX_OBSERVATIONS)] = Field(
         default_factory=list

@@ -11,7 +11,6 @@ files drift from the models.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from models.payloads import (
     ReplayIn,
     SetCapIn,
 )
+from services.envelopes import schemas
 from tasks import names
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -110,16 +110,6 @@ def current() -> dict[str, dict[str, Any]]:
     return out
 
 
-def render(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
 def export(directory: Path) -> list[Path]:
     """Write one file per task under ``directory`` (the repo's ``schemas/tasks``)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for task_name, schema in current().items():
-        path = directory / file_name(task_name)
-        path.write_text(render(schema))
-        written.append(path)
-    return written
+    return schemas.write(directory, current(), file_name)

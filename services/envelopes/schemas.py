@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,21 @@ def render(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
-def export(directory: Path = DEFAULT_DIR) -> list[Path]:
+def write(
+    directory: Path, schemas: dict[str, dict[str, Any]], name_of: Callable[[str], str]
+) -> list[Path]:
+    """One rendered file per schema, named by ``name_of`` (also the task schemas')."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for stream_name, schema in current().items():
-        path = directory / file_name(stream_name)
+    for name, schema in schemas.items():
+        path = directory / name_of(name)
         path.write_text(render(schema))
         written.append(path)
     return written
+
+
+def export(directory: Path = DEFAULT_DIR) -> list[Path]:
+    return write(directory, current(), file_name)
 
 
 if __name__ == "__main__":
