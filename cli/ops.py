@@ -55,7 +55,8 @@ def beat_runs(redis_client: redis.Redis, settings: Settings) -> dict[str, str | 
 
 
 def health(as_json: AsJson = False) -> None:
-    """Broker, Redis, PostgreSQL, workers and beat. Exit 1 unhealthy, 3 unreachable."""
+    """Broker, Redis (and how it keeps data), PostgreSQL, workers and beat.
+    Exit 1 unhealthy, 3 unreachable."""
     from services.core import health as checks
 
     settings = load_settings()
@@ -75,7 +76,7 @@ def health(as_json: AsJson = False) -> None:
     emit(report, as_json, _render_health)
     if not all(report[k]["ok"] for k in ("broker", "redis", "postgres")):
         raise typer.Exit(EXIT_UNREACHABLE)
-    if not report["workers"]["ok"]:
+    if not report["workers"]["ok"] or report["redis"].get("problems"):
         raise typer.Exit(EXIT_NOT_FOUND)
 
 
@@ -85,10 +86,16 @@ def _render_health(report: dict[str, Any]) -> None:
         table.add_column(col)
     for name in ("broker", "redis", "postgres"):
         part = report[name]
+        notes = ("problems", "warnings")
         detail = part.get("error") or ", ".join(
-            f"{k} {v}" for k, v in part.items() if k not in ("ok",) and v is not None
+            f"{k} {v}" for k, v in part.items() if k not in ("ok", *notes) and v is not None
         )
-        table.add_row(name, _ok(part["ok"]), detail)
+        ok = _ok(part["ok"] and not part.get("problems"))
+        table.add_row(name, ok, detail)
+        for problem in part.get("problems", ()):
+            table.add_row("", "[red]FAIL[/red]", problem)
+        for warning in part.get("warnings", ()):
+            table.add_row("", "[yellow]warn[/yellow]", warning)
     workers = report["workers"]
     table.add_row(
         "workers", _ok(workers["ok"]), ", ".join(workers["nodes"]) or workers.get("error", "none")

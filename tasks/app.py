@@ -49,15 +49,18 @@ def _close_clients(**_: object) -> None:
 
 
 @worker_init.connect
-def _refuse_wrong_credentials(**_: object) -> None:
-    """A wrong password never heals by retrying: stop at start-up and name the
-    setting. Stores that are merely down are waited for, not refused."""
+def _refuse_unsafe_stores(**_: object) -> None:
+    """A wrong password never heals by retrying, and a state Redis that evicts
+    keys loses state silently: stop at start-up and name the setting to fix.
+    Stores that are merely down are waited for, not refused."""
 
     settings = get_settings()
     for check in (health.check_redis, health.check_postgres):
         result = check(settings)
         if not result["ok"] and "authentication failed" in result["error"]:
             raise SystemExit(f"vigil worker not started: {result['error']}")
+        for problem in result.get("problems", ()):
+            raise SystemExit(f"vigil worker not started: {problem}")
 
 
 def running_under_flower() -> bool:

@@ -2,9 +2,11 @@
 
 A frontend in any language validates what it sends against these before it
 sends, instead of learning from a dead letter that a payload was bad. They
-describe the canonical form; the workers also read a few lenient forms (ids as
-JSON numbers, numbers as numeric strings, timestamps as epoch seconds; README,
-"Task contract"), so anything valid here is accepted there. Written by
+describe the canonical form with the default limits (``VIGIL_MAX_BATCH`` 500
+messages, ``VIGIL_MAX_TEXT_CHARS`` 8,000); the workers also read a few lenient
+forms (ids as JSON numbers, numbers as numeric strings, timestamps as epoch
+seconds; README, "Task contract"), so with those limits anything valid here is
+accepted there. Written by
 ``vigil schema export`` to ``schemas/tasks/``; a test fails when the committed
 files drift from the models.
 """

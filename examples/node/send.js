@@ -42,10 +42,12 @@ function message(i) {
 async function main() {
   const brokerUrl = process.argv[2] || "redis://127.0.0.1:6379/0";
   const count = Number(process.argv[3] || 10);
-  const valid = validatorFor(TASK);
+  const validateMessage = validatorFor(TASK);
 
   const bad = { ...message(0), user_id: "abl:*", sent_at: "2026-11-22T10:00:00" };
-  const refused = valid(bad) ? [] : valid.errors.map((e) => `${e.instancePath} ${e.message}`);
+  const refused = validateMessage(bad)
+    ? []
+    : validateMessage.errors.map((e) => `${e.instancePath} ${e.message}`);
 
   const client = celery.createClient(brokerUrl, brokerUrl);
   client.conf.CELERY_QUEUE = QUEUE;
@@ -54,8 +56,8 @@ async function main() {
   let sent = 0;
   for (let i = 0; i < count; i++) {
     const kwargs = message(i);
-    if (!valid(kwargs)) {
-      throw new Error(`payload ${i} refused: ${JSON.stringify(valid.errors)}`);
+    if (!validateMessage(kwargs)) {
+      throw new Error(`payload ${i} refused: ${JSON.stringify(validateMessage.errors)}`);
     }
     task.applyAsync([], kwargs);
     sent++;

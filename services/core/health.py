@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -76,16 +77,98 @@ def dedupe_hash_advice(settings: Settings, setting: str, limit: int | None) -> s
     )
 
 
+@dataclass(frozen=True)
+class RedisDurability:
+    """What the state Redis does with vigil's data under memory pressure and on
+    a restart, read from INFO (which managed services answer even where they
+    refuse CONFIG)."""
+
+    maxmemory_policy: str | None
+    aof: bool | None
+    rdb_snapshots: bool | None  # None: CONFIG GET save refused
+
+    @property
+    def evicts(self) -> bool:
+        return self.maxmemory_policy not in (None, "noeviction")
+
+    @property
+    def keeps_nothing_on_disk(self) -> bool:
+        return self.aof is False and self.rdb_snapshots is False
+
+
+def redis_durability(client: redis.Redis) -> RedisDurability:
+    pipe = client.pipeline(transaction=False)
+    durability_reads(pipe)
+    return durability_from(*pipe.execute(raise_on_error=False))
+
+
+def durability_reads(pipe: redis.client.Pipeline) -> None:
+    """Queue the three reads ``durability_from`` takes, in its order."""
+    pipe.info("memory")
+    pipe.info("persistence")
+    pipe.config_get("save")
+
+
+def durability_from(memory: Any, persistence: Any, save: Any) -> RedisDurability:
+    """From INFO memory, INFO persistence and CONFIG GET save (an error where
+    CONFIG is refused)."""
+    for reply in (memory, persistence):
+        if isinstance(reply, Exception):
+            raise reply
+    snapshots = None if isinstance(save, Exception) else bool(str(save.get("save") or "").strip())
+    aof = persistence.get("aof_enabled")
+    return RedisDurability(
+        maxmemory_policy=memory.get("maxmemory_policy"),
+        aof=None if aof is None else bool(int(aof)),
+        rdb_snapshots=snapshots,
+    )
+
+
+def eviction_problem(settings: Settings, durability: RedisDurability) -> str | None:
+    """Why vigil refuses this state Redis, or None."""
+    if not durability.evicts or settings.redis_allow_eviction:
+        return None
+    return (
+        f"the state Redis has maxmemory-policy {durability.maxmemory_policy}: under memory "
+        "pressure it deletes bonds, caps and dedupe state, and messages count twice. Set "
+        "maxmemory-policy noeviction (redis.conf, or CONFIG SET maxmemory-policy noeviction), "
+        "or set VIGIL_REDIS_ALLOW_EVICTION=1 to run with it anyway"
+    )
+
+
+def persistence_warning(durability: RedisDurability) -> str | None:
+    if not durability.keeps_nothing_on_disk:
+        return None
+    return (
+        "the state Redis keeps nothing on disk: a restart loses every bond, cap, history and "
+        "envelope; turn on appendonly yes with appendfsync everysec"
+    )
+
+
 def check_redis(settings: Settings) -> dict[str, Any]:
+    """Reachable, its version, and what is wrong with its configuration:
+    ``problems`` (vigil refuses to run on it) and ``warnings``."""
+
     def run() -> dict[str, Any]:
         client: redis.Redis = get_redis(settings)
         client.ping()
-        detail: dict[str, Any] = {"version": client.info("server").get("redis_version")}
+        durability = redis_durability(client)
         setting, limit = compact_hash_limit(client)
-        advice = dedupe_hash_advice(settings, setting, limit)
-        if advice:
-            detail["warning"] = advice
-        return detail
+        problems = [p for p in (eviction_problem(settings, durability),) if p]
+        warnings = [
+            w
+            for w in (
+                persistence_warning(durability),
+                dedupe_hash_advice(settings, setting, limit),
+            )
+            if w
+        ]
+        return {
+            "version": client.info("server").get("redis_version"),
+            "maxmemory_policy": durability.maxmemory_policy,
+            "problems": problems,
+            "warnings": warnings,
+        }
 
     return _timed(run, REDIS_AUTH_HINT)
 

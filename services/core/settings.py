@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.payloads import DEFAULT_MAX_TEXT_CHARS, MAX_BATCH
 from models.types import SEVERITY_ORDER, Severity
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     database_url: str | None = None
     redis_password: str | None = Field(default=None, repr=False)
+    # Workers refuse a state Redis whose maxmemory-policy evicts keys: it loses
+    # bonds and dedupe state silently. This accepts it anyway.
+    redis_allow_eviction: bool = False
     database_password: str | None = Field(default=None, repr=False)
 
     # Key layout. The defaults are the seed systems' own, so their data reads as-is.
@@ -61,8 +65,9 @@ class Settings(BaseSettings):
     default_daily_cap: int = Field(default=0, ge=0)
 
     # Payload bounds.
-    max_text_chars: int = Field(default=8000, ge=1)
-    max_batch: int = Field(default=500, ge=1, le=5000)
+    # The task schemas (schemas/tasks/) state these defaults.
+    max_text_chars: int = Field(default=DEFAULT_MAX_TEXT_CHARS, ge=1)
+    max_batch: int = Field(default=MAX_BATCH, ge=1, le=5000)
     dedupe_ttl_days: int = Field(default=7, ge=1)
 
     # Detector.

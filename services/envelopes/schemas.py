@@ -60,6 +60,7 @@ def write(
 
 
 def export(directory: Path = DEFAULT_DIR) -> list[Path]:
+    """Write one file per stream (the repo's ``schemas/`` by default)."""
     return write(directory, current(), file_name)
 
 

@@ -51,6 +51,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _counter_families(snap)
     yield from _stream_families(snap)
     yield from _store_families(snap)
+    yield from _durability_families(snap)
     up = GaugeMetricFamily(
         "vigil_store_up", "1 when the store answered this scrape", labels=["store"]
     )
@@ -58,6 +59,28 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         if store in snap.up:
             up.add_metric([store], 1.0 if snap.up[store] else 0.0)
     yield up
+
+
+def _durability_families(snap: Snapshot) -> Iterator[Metric]:
+    """How the state Redis keeps data: the alerts VigilStateRedisEvicts and
+    VigilStateRedisVolatile read these."""
+    durability = snap.redis_durability
+    if durability is None:
+        return
+    evicting = GaugeMetricFamily(
+        "vigil_state_redis_evicting",
+        "1 when the state Redis's maxmemory-policy lets it delete keys (anything but noeviction)",
+        labels=["policy"],
+    )
+    evicting.add_metric([durability.maxmemory_policy or "unknown"], float(durability.evicts))
+    yield evicting
+    if durability.aof is None or durability.rdb_snapshots is None:
+        return  # unknown where CONFIG is refused: no figure rather than a wrong one
+    persistent = GaugeMetricFamily(
+        "vigil_state_redis_persistent", "1 when the state Redis keeps an AOF or RDB snapshots"
+    )
+    persistent.add_metric([], float(not durability.keeps_nothing_on_disk))
+    yield persistent
 
 
 def _counter_families(snap: Snapshot) -> Iterator[Metric]:
@@ -155,6 +178,12 @@ def _store_families(snap: Snapshot) -> Iterator[Metric]:
     for task, reason, n in g.dead_letters:
         dead.add_metric([task, reason], n)
     yield dead
+    created = CounterMetricFamily(
+        "vigil_dead_letters_created",
+        "Dead letters ever stored (purges do not lower it): its rate is new dead letters",
+    )
+    created.add_metric([], g.dead_letters_created)
+    yield created
     for name, what, value in (
         ("vigil_outbox_pending", "Outbox rows not yet published", g.outbox_pending),
         (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models.tables import CorrelatorFired, DeadLetter, Outbox
@@ -21,6 +21,7 @@ class StoreGauges:
     """Row counts and ages read at scrape time."""
 
     dead_letters: list[tuple[str, str, int]]  # (task name, reason, rows)
+    dead_letters_created: int  # ever stored: the id sequence, which purges do not lower
     outbox_pending: int
     outbox_oldest_age_s: float
     multi_actor_suspects: int
@@ -34,8 +35,17 @@ DEAD_LETTER_COUNTS = (
 )
 
 
+# Dead letters ever stored, for a rate an hourly purge cannot cancel: the id
+# sequence's last value (0 before the first), one read whatever the table's size.
+DEAD_LETTERS_CREATED = text(
+    "SELECT coalesce(pg_sequence_last_value("
+    "pg_get_serial_sequence('dead_letters', 'id')::regclass), 0)"
+)
+
+
 def store_gauges(session: Session) -> StoreGauges:
     dead = session.execute(DEAD_LETTER_COUNTS).all()
+    created = session.execute(DEAD_LETTERS_CREATED).scalar()
     pending = Outbox.published_at.is_(None)
     row = session.execute(
         select(
@@ -48,6 +58,7 @@ def store_gauges(session: Session) -> StoreGauges:
     ).one()
     return StoreGauges(
         dead_letters=[(task, reason, int(n)) for task, reason, n in dead],
+        dead_letters_created=int(created or 0),
         outbox_pending=int(row[0] or 0),
         outbox_oldest_age_s=max(0.0, float(row[1] or 0.0)),
         multi_actor_suspects=int(row[2] or 0),

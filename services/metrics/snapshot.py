@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import STREAM_TOPICS
-from services.core import keys, scripts
+from services.core import health, keys, scripts
 from services.core.settings import Settings
 from services.envelopes.consumers import quarantine_key
 from services.envelopes.streams import stream_key
@@ -34,6 +34,9 @@ from services.metrics import queries
 log = logging.getLogger(__name__)
 
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+# Where Redis does not report a group's lag, it is counted up to this many
+# entries (about 25 ms of Redis time), twice the alert's default threshold.
+LAG_COUNT_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Snapshot:
     streams: dict[str, StreamInfo] = field(default_factory=dict)
     queue_depths: dict[str, int] = field(default_factory=dict)
     gauges: queries.StoreGauges | None = None
+    redis_durability: health.RedisDurability | None = None
     up: dict[str, bool] = field(default_factory=dict)
 
 
@@ -134,6 +138,7 @@ def _read_redis(redis_client: redis.Redis, settings: Settings, snap: Snapshot) -
     names = list(STREAM_TOPICS)
     pipe = redis_client.pipeline(transaction=False)
     pipe.hgetall(keys.metrics(settings))
+    health.durability_reads(pipe)
     for name in names:
         key = stream_key(settings, name)
         pipe.xlen(key)
@@ -143,8 +148,9 @@ def _read_redis(redis_client: redis.Redis, settings: Settings, snap: Snapshot) -
     if isinstance(replies[0], Exception):
         raise replies[0]
     snap.counters = {_text(k): int(v) for k, v in replies[0].items()}
+    snap.redis_durability = health.durability_from(*replies[1:4])
     for i, name in enumerate(names):
-        length, quarantined, groups = replies[1 + 3 * i : 4 + 3 * i]
+        length, quarantined, groups = replies[4 + 3 * i : 7 + 3 * i]
         key = stream_key(settings, name)
         snap.streams[name] = StreamInfo(
             length=_int(length),
@@ -157,13 +163,18 @@ def _read_redis(redis_client: redis.Redis, settings: Settings, snap: Snapshot) -
 
 
 def _group(redis_client: redis.Redis, stream: str, info: dict[str, Any]) -> GroupInfo:
-    """A group as XINFO GROUPS reports it. Redis 7 reports ``lag`` itself (None
-    when entries it would count were trimmed or deleted); Redis 6.2 has no such
-    field, so the entries after the group's last-delivered id are counted."""
-    if "lag" in info:
-        lag = info["lag"]
-    else:
-        lag = scripts.run(redis_client, "stream_lag", [stream], [_text(info["last-delivered-id"])])
+    """A group as XINFO GROUPS reports it. Redis 7 reports ``lag`` itself, but
+    none once an entry the group has not read was deleted (erasure deletes
+    entries); Redis 6.2 has no such field. Then the entries after the group's
+    last-delivered id are counted, up to ``LAG_COUNT_LIMIT``."""
+    lag = info.get("lag")
+    if lag is None:
+        lag = scripts.run(
+            redis_client,
+            "stream_lag",
+            [stream],
+            [_text(info["last-delivered-id"]), LAG_COUNT_LIMIT],
+        )
     return GroupInfo(
         name=_text(info["name"]),
         pending=int(info.get("pending") or 0),

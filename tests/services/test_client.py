@@ -12,11 +12,14 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
+from celery.result import AsyncResult
 from kombu import Connection
 
 from services.client import VigilClient, answer, is_amqp, sender_app, task_queues
@@ -135,7 +138,7 @@ def _message(i: int) -> dict:
     }
 
 
-def _waited_past_apply(res, wait) -> float:
+def _waited_past_apply(res: AsyncResult, wait: Callable[[AsyncResult], Any]) -> float:
     """Seconds between the later of (answer stored, wait began) and the answer in hand."""
     started = time.time()
     value = wait(res)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+
+from stack.processes import RedisServer
+from tests.conftest import ROOT
 
 FREEZE_CHECK = """
 import gc
@@ -36,3 +40,62 @@ def test_a_worker_freezes_what_start_up_built(test_env):
     assert after_init >= 0.9 * before
     assert after_ready >= after_init + 50_000  # what was built after start-up, frozen too
     assert still_tracked < 0.01 * after_ready
+
+
+def test_a_worker_refuses_a_state_redis_that_evicts_and_health_names_it(
+    test_env, migrated, tmp_path
+):
+    """maxmemory-policy allkeys-lru loses bonds and dedupe state silently: the
+    worker exits at start-up naming the setting and the override, and
+    ``vigil health`` names it too; with the override the start-up check passes."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        server.client().config_set("maxmemory-policy", "allkeys-lru")
+        env = {**os.environ, **test_env, "VIGIL_REDIS_URL": server.url(0)}
+        worker = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "solo"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert worker.returncode != 0
+        said = worker.stdout + worker.stderr
+        assert "maxmemory-policy allkeys-lru" in said and "VIGIL_REDIS_ALLOW_EVICTION" in said
+        health = subprocess.run(
+            [sys.executable, "-m", "cli.main", "health", "--json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        report = json.loads(health.stdout)
+        assert health.returncode == 1
+        assert any("maxmemory-policy" in p for p in report["redis"]["problems"])
+        assert report["redis"]["maxmemory_policy"] == "allkeys-lru"
+        allowed = {**env, "VIGIL_REDIS_ALLOW_EVICTION": "1"}
+        assert not health_problems(allowed)
+    finally:
+        server.stop()
+
+
+def health_problems(env: dict[str, str]) -> list[str]:
+    """The state Redis's problems as the worker's start-up check sees them."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from services.core import health; "
+            "from services.core.settings import Settings; "
+            "print(json.dumps(health.check_redis(Settings())['problems']))",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(run.stdout)

@@ -139,6 +139,8 @@ def test_one_scrape_after_a_known_workload(celery_app, worker, state_redis, db, 
     assert sample(s, "vigil_stream_group_lag", stream="bond", group="ops") == 6
     assert sample(s, "vigil_dead_letters", task=names.INGEST_MESSAGE, reason="rejected") == 1
     assert sample(s, "vigil_dead_letters", task=names.INGEST_DETECTION, reason="rejected") == 1
+    assert sample(s, "vigil_dead_letters_created_total") == 2
+    assert sample(s, "vigil_state_redis_evicting", policy="noeviction") == 0
     assert sample(s, "vigil_outbox_pending") == 1
     assert 0 <= sample(s, "vigil_outbox_oldest_age_seconds") < 60
     assert sample(s, "vigil_correlator_runs_total") == 1
