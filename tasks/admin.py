@@ -60,7 +60,7 @@ def _request_id() -> str:
     return str(current_task.request.id or time.time_ns())
 
 
-@app.task(name=names.ADMIN_PING, ignore_result=False, time_limit=30, acks_late=False)
+@app.task(name=names.ADMIN_PING, ignore_result=False, acks_late=False)
 def ping() -> dict[str, Any]:
     """Prove a worker can reach its stores; records when this host last answered."""
     settings = get_settings()
@@ -69,7 +69,7 @@ def ping() -> dict[str, Any]:
     return {"status": "ok", "host": host, "checks": health.store_checks(settings)}
 
 
-@admin_task(names.ADMIN_SET_CAP, SetCapIn, time_limit=30)
+@admin_task(names.ADMIN_SET_CAP, SetCapIn)
 def set_cap(args: SetCapIn, settings: Settings) -> dict[str, Any]:
     bond = ledger.set_cap(
         get_redis(settings), settings, args.user_id, args.cap, request_id=_request_id()
@@ -77,7 +77,7 @@ def set_cap(args: SetCapIn, settings: Settings) -> dict[str, Any]:
     return {"status": "ok", "user_id": args.user_id, "cap": bond.daily_msg_cap}
 
 
-@admin_task(names.ADMIN_ADD_NOTE, AddNoteIn, time_limit=30)
+@admin_task(names.ADMIN_ADD_NOTE, AddNoteIn)
 def add_note(args: AddNoteIn, settings: Settings) -> dict[str, Any]:
     bond = ledger.add_note(
         get_redis(settings), settings, args.user_id, args.note, request_id=_request_id()
@@ -85,7 +85,7 @@ def add_note(args: AddNoteIn, settings: Settings) -> dict[str, Any]:
     return {"status": "ok", "user_id": args.user_id, "notes": len(bond.notes)}
 
 
-@admin_task(names.ADMIN_CLEAR_HISTORY, ClearHistoryIn, time_limit=30)
+@admin_task(names.ADMIN_CLEAR_HISTORY, ClearHistoryIn)
 def clear_history(args: ClearHistoryIn, settings: Settings) -> dict[str, Any]:
     removed = history.clear(get_redis(settings), settings, args.guild_id, args.user_id)
     return {"status": "ok", "user_id": args.user_id, "guild_id": args.guild_id, "removed": removed}

@@ -91,8 +91,9 @@ class BufferedTask(Batches):
     reject_on_worker_lost = True
     # The same retry budget as every other vigil task.
     max_retries = VigilTask.max_retries
-    # A countdown is held unacked in the worker: well under the visibility timeout.
-    retry_backoff_max = min(VigilTask.retry_backoff_max, 30)
+    # The cap of every other vigil task (VIGIL_RETRY_BACKOFF_MAX, which the
+    # settings check keeps under the visibility timeout).
+    retry_backoff_max = VigilTask.retry_backoff_max
     # "per_request": one task-succeeded per request; "per_buffer": one per buffer.
     task_events = "per_request"
 

@@ -32,9 +32,10 @@ _BUFFER = {
     "flush_every": _settings.ingest_flush_every,
     "flush_interval": _settings.ingest_flush_interval_s,
     "task_events": _settings.ingest_task_events,
-    # Hard limit per buffer, below the visibility timeout.
-    "time_limit": 60,
-    "soft_time_limit": 50,
+    # Per buffer, from the settings, whose check keeps them under the
+    # visibility timeout with room for the longest retry countdown.
+    "time_limit": _settings.task_time_limit,
+    "soft_time_limit": _settings.task_soft_time_limit,
 }
 
 
@@ -64,7 +65,7 @@ def message(self: BufferedTask, requests: list[SimpleRequest]) -> None:
     self.handle(requests, _message_pipeline)
 
 
-@app.task(name=names.INGEST_MESSAGES, time_limit=60, soft_time_limit=50)
+@app.task(name=names.INGEST_MESSAGES)
 def messages(messages: Any = None, **extra: Any) -> dict[str, Any]:
     """A bounded list of messages: the fast path for busy frontends."""
     settings = get_settings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,6 +115,42 @@ def test_every_task_time_limit_fits_under_the_visibility_timeout():
         assert limit + s.retry_backoff_max <= s.visibility_timeout, name
         if isinstance(task, VigilTask):
             assert task.retry_backoff_max <= s.retry_backoff_max, name
+
+
+EFFECTIVE_LIMITS = """
+import json
+import celeryconfig
+from tasks.app import app
+conf = (celeryconfig.task_time_limit, celeryconfig.task_soft_time_limit)
+print(json.dumps({
+    name: [task.time_limit or conf[0], task.soft_time_limit or conf[1], task.retry_backoff_max]
+    for name, task in app.tasks.items() if name.startswith("vigil.")
+}))
+"""
+
+
+def test_the_settings_govern_every_tasks_time_limits_and_backoff(test_env):
+    """Lowered limits reach every task, buffered ones included: no task keeps
+    a literal of its own that the settings check does not see."""
+    env = {
+        **os.environ,
+        **test_env,
+        "VIGIL_TASK_TIME_LIMIT": "20",
+        "VIGIL_TASK_SOFT_TIME_LIMIT": "15",
+        "VIGIL_RETRY_BACKOFF_MAX": "10",
+        "VIGIL_VISIBILITY_TIMEOUT": "40",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", EFFECTIVE_LIMITS],
+        cwd=Path(__file__).resolve().parents[3],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    limits = json.loads(run.stdout.strip().splitlines()[-1])
+    assert limits and all(value == [20, 15, 10] for value in limits.values()), limits
 
 
 @pytest.mark.parametrize(
