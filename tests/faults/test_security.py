@@ -3,6 +3,7 @@ into logs, results or events, and a Redis that requires a password."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
@@ -238,6 +239,7 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
         app.close()
     finally:
         # A result unsubscribes from its answer when it is collected: let the
-        # last one go while its server still runs.
+        # results (and the cycles that hold them) go while their server runs.
         res = None
+        gc.collect()
         server.kill()
