@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from services.core import health
+from services.core.settings import Settings
 from stack.processes import RedisServer
 from tests.conftest import ROOT
 
@@ -63,7 +65,7 @@ def test_a_worker_refuses_a_state_redis_that_evicts_and_health_names_it(
         assert worker.returncode != 0
         said = worker.stdout + worker.stderr
         assert "maxmemory-policy allkeys-lru" in said and "VIGIL_REDIS_ALLOW_EVICTION" in said
-        health = subprocess.run(
+        health_cli = subprocess.run(
             [sys.executable, "-m", "cli.main", "health", "--json"],
             cwd=ROOT,
             env=env,
@@ -71,31 +73,11 @@ def test_a_worker_refuses_a_state_redis_that_evicts_and_health_names_it(
             text=True,
             timeout=120,
         )
-        report = json.loads(health.stdout)
-        assert health.returncode == 1
+        report = json.loads(health_cli.stdout)
+        assert health_cli.returncode == 1
         assert any("maxmemory-policy" in p for p in report["redis"]["problems"])
         assert report["redis"]["maxmemory_policy"] == "allkeys-lru"
-        allowed = {**env, "VIGIL_REDIS_ALLOW_EVICTION": "1"}
-        assert not health_problems(allowed)
+        allowed = Settings(redis_url=server.url(0), redis_allow_eviction=True)
+        assert health.check_redis(allowed)["problems"] == []
     finally:
         server.stop()
-
-
-def health_problems(env: dict[str, str]) -> list[str]:
-    """The state Redis's problems as the worker's start-up check sees them."""
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import json; from services.core import health; "
-            "from services.core.settings import Settings; "
-            "print(json.dumps(health.check_redis(Settings())['problems']))",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(run.stdout)
