@@ -71,6 +71,9 @@ else:
         "unacked_restore_throttle": _settings.unacked_restore_throttle,
         # A worker killed during a sweep leaves the sweep lock held this long.
         "unacked_mutex_expire": _settings.unacked_mutex_expire,
+        # A dead worker's tasks come back once it is silent this long (broker.py).
+        "vigil_heartbeat_interval": _settings.broker_heartbeat_interval,
+        "vigil_owner_timeout": _settings.broker_owner_timeout,
     }
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}
 broker_connection_retry_on_startup = True

@@ -1,4 +1,4 @@
-"""vigil's Redis broker transport: kombu's Redis transport with five changes.
+"""vigil's Redis broker transport: kombu's Redis transport with six changes.
 
 Selected in ``celeryconfig`` with ``broker_transport = "services.core.broker:Transport"``
 when the broker URL is Redis; the URL keeps its ``redis://`` scheme because kombu
@@ -24,25 +24,41 @@ Changes relative to ``kombu.transport.redis`` (kombu 5.7.0, redis-py 8.x):
    Celery's ``ack_log_error`` does not catch, so the worker exited (kombu #582,
    #970, #1552; celery #9054). Restoring through such a channel deleted the
    unacked entry without requeueing it.
-4. Messages fetched in bulk. Stock kombu pays one BRPOP round trip plus one
-   unacked write per message. After each BRPOP that delivers, this channel
-   takes up to ``vigil_fetch_many - 1`` more (within the prefetch limit) with
-   ``broker_fetch.lua``, which pops them and records them as unacked in one
-   atomic step: one round trip for all of them, and no window in which a
-   killed worker loses one. The BRPOP itself keeps kombu's window for its
-   one message (kombu #305). Off with ``vigil_fetch_many=1`` or a
-   ``global_keyprefix`` (kombu prefixes only the first key of an EVALSHA).
-5. Acks together. ``QoS.acks_together()`` writes every ack made inside it in
+4. Fetches that never leave a task only in the worker. Stock kombu BRPOPs a
+   message and records it as unacked in a second step, so a worker killed in
+   between loses it (kombu #305). This channel sends ``broker_fetch.lua`` on
+   kombu's BRPOP connection instead: it pops up to ``vigil_fetch_many``
+   messages (within the prefetch limit) and records each as unacked, and as
+   owned by this consumer, in one atomic step; one round trip for all of
+   them. When a fetch finds nothing, the next command blocks without popping
+   (``BLMOVE key key RIGHT RIGHT``, which leaves the list as it was) on the
+   list most messages came from, and the fetch follows when it wakes. Lists
+   it does not block on are read within ``brpop_timeout`` (1 s). Messages
+   that are not kombu's go to the ``vigil_unreadable_key`` list with their
+   reason. Off (kombu's BRPOP) with ``vigil_fetch_many=1``, a
+   ``global_keyprefix`` (kombu prefixes only the first key of an EVALSHA),
+   without ack emulation, for no-ack consumers, or with prefetch disabled.
+5. Recovery in seconds. Each consumer beats every ``vigil_heartbeat_interval``
+   seconds from a thread of its own; every sweep (``unacked_restore_interval``)
+   first puts back, with ``broker_orphans.lua``, everything held by consumers
+   silent for ``vigil_owner_timeout`` seconds, on the server's clock. A live
+   worker's long task is never put back; the visibility timeout stays as the
+   backstop for entries no consumer owns.
+6. Acks together. ``QoS.acks_together()`` writes every ack made inside it in
    one round trip: a buffer of 100 requests (tasks/batching.py) is acked with
    one HDEL and one ZREM instead of 100 pipelines.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from queue import Empty
 from typing import Any
 
 import redis
@@ -142,7 +158,21 @@ class QoS(kombu_redis.QoS):
             pipe = client.pipeline(transaction=False)
             pipe.hdel(self.unacked_key, *tags)
             pipe.zrem(self.unacked_index_key, *tags)
+            pipe.hdel(self.channel._owned_key(self.channel.consumer_id), *tags)
             pipe.execute()
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        # kombu's restore and reject paths: the ownership record goes with them.
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        return pipe.hdel(self.channel._owned_key(self.channel.consumer_id), delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Each sweep first puts back what dead consumers held (their heartbeats
+        stopped), then, at kombu's throttle, anything unacked for longer than
+        the visibility timeout, the backstop."""
+        if self.channel._fetches_many():
+            self.channel.restore_orphans()
+        super().restore_visible(start, num, interval)
 
     def restore_unacked(self, client: redis.Redis | None = None) -> None:
         """Restore every locally unacked message, each independently.
@@ -173,19 +203,31 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
-    """Redis channel with a reused client and safe acks after detachment."""
+    """Redis channel: a reused client, safe acks after detachment, fetches that
+    record what they take atomically, and heartbeats that let other workers
+    put back what a dead one held."""
 
     QoS = QoS
 
     #: Transport option: keep stock MULTI/EXEC around unacked bookkeeping.
     vigil_transactional_unacked: bool = False
-    #: Transport option: most messages one BRPOP cycle delivers (1: stock).
+    #: Transport option: most messages one fetch takes (1: kombu's BRPOP).
     vigil_fetch_many: int = 100
+    #: Transport option: seconds between a consumer's heartbeats.
+    vigil_heartbeat_interval: float = 2.0
+    #: Transport option: seconds of silence after which a consumer is dead and
+    #: what it held goes back to its queues.
+    vigil_owner_timeout: float = 10.0
+    #: Transport option: the list that keeps messages that are not kombu's.
+    vigil_unreadable_key: str = "unreadable"
 
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
         "vigil_transactional_unacked",
         "vigil_fetch_many",
+        "vigil_heartbeat_interval",
+        "vigil_owner_timeout",
+        "vigil_unreadable_key",
     )
 
     _sync_client: redis.Redis | None = None
@@ -198,6 +240,14 @@ class Channel(kombu_redis.Channel):
         # Tags broker_fetch.lua already recorded as unacked (QoS.append skips them).
         self._recorded_unacked: dict[str, bool] = {}
         self._no_ack_queues: set[str] = set()
+        # The command outstanding on the BRPOP connection: ("fetch" | "wait", lists).
+        self._pending: tuple[str, list[tuple[str, str]]] | None = None
+        # True when the last fetch found nothing: the next command waits.
+        self._idle = False
+        self._fetched_from: dict[str, int] = {}
+        #: Names this channel's unacked messages in Redis; readable in redis-cli.
+        self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._heart = _Heart(self)
         super().__init__(*args, **kwargs)
 
     def _create_client(self, asynchronous: bool = False) -> redis.Redis:
@@ -245,18 +295,16 @@ class Channel(kombu_redis.Channel):
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         no_ack = kwargs.get("no_ack", args[0] if args else False)
         # No-ack consumers never call QoS.append, so nothing would remove an
-        # unacked entry broker_fetch.lua wrote: their queues are not fetched in bulk.
+        # unacked entry broker_fetch.lua wrote: a channel with one keeps
+        # kombu's BRPOP.
         if no_ack:
             self._no_ack_queues.add(queue)
         else:
             self._no_ack_queues.discard(queue)
-        return super().basic_consume(queue, *args, **kwargs)
-
-    def _brpop_read(self, **options: Any) -> bool:
-        delivered = super()._brpop_read(**options)
-        if delivered and self._fetches_many():
-            self._fetch_more()
-        return delivered
+        consumer = super().basic_consume(queue, *args, **kwargs)
+        if self._fetches_many():
+            self._heart.start()
+        return consumer
 
     def _fetches_many(self) -> bool:
         qos = self.qos
@@ -266,48 +314,129 @@ class Channel(kombu_redis.Channel):
             and isinstance(qos, QoS)
             and not self.global_keyprefix
             and not self.vigil_transactional_unacked
+            and not self._no_ack_queues
             # Celery's worker_disable_prefetch replaces can_consume on the
             # instance to take one message at a time: keep to that.
             and "can_consume" not in vars(qos)
         )
 
-    def _fetch_more(self) -> None:
-        """Up to ``vigil_fetch_many - 1`` more messages in one round trip, within
-        the prefetch limit, drained from the queues in the consume order."""
-        room = self.qos.can_consume_max_estimate()
-        limit = int(self.vigil_fetch_many) - 1
-        want = limit if room is None else min(room, limit)
-        queues = [
-            queue
-            for queue in self._queue_cycle.consume(len(self.active_queues))
-            if queue not in self._no_ack_queues
-        ]
-        if want <= 0 or not queues:
+    # -- fetching: never a moment when a task is only in this process ---------
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """Send this cycle's command on kombu's BRPOP connection: the fetch
+        script, or, when the last fetch found every list empty, a blocking
+        wait that pops nothing (``BLMOVE key key RIGHT RIGHT`` leaves the list
+        as it was and returns once it holds a message)."""
+        if not self._fetches_many():
+            self._pending = None
+            super()._brpop_start(timeout)
+            return
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
             return
         pairs = [
             (queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues
         ]
-        keys = [key for _, key in pairs] + [self.qos.unacked_key, self.qos.unacked_index_key]
-        with self.conn_or_acquire() as client:
-            reply = scripts.run(client, "broker_fetch", keys, [want, time.time()])
+        if self._idle:
+            key = self._wait_key([key for _, key in pairs])
+            wait = self.brpop_timeout if timeout is None else timeout
+            command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 0]
+            self._pending = ("wait", pairs)
+        else:
+            room = self.qos.can_consume_max_estimate()
+            limit = int(self.vigil_fetch_many)
+            want = limit if room is None else max(1, min(room, limit))
+            keys = [key for _, key in pairs] + [
+                self.qos.unacked_key,
+                self.qos.unacked_index_key,
+                self._owned_key(self.consumer_id),
+                self._owners_key,
+                self.vigil_unreadable_key,
+            ]
+            command = [
+                "EVALSHA",
+                scripts.sha("broker_fetch"),
+                len(keys),
+                *keys,
+                want,
+                time.time(),
+                self.consumer_id,
+            ]
+            self._pending = ("fetch", pairs)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(*command)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return super()._brpop_read(**options)
+        kind, pairs = pending
+        try:
+            try:
+                reply = self.client.parse_response(
+                    self.client.connection, "EVALSHA" if kind == "fetch" else "BLMOVE", **options
+                )
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except redis.exceptions.NoScriptError:
+                # Redis restarted or its script cache was flushed: load, fetch again.
+                with self.conn_or_acquire() as client:
+                    client.script_load(scripts.source("broker_fetch"))
+                raise Empty() from None
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+        if kind == "wait":
+            # Woken (or timed out): fetch next, whatever the wait said.
+            self._idle = False
+            raise Empty()
+        if not reply:
+            self._idle = True
+            raise Empty()
+        self._deliver_fetched(pairs, reply)
+        return True
+
+    def _wait_key(self, keys: list[str]) -> str:
+        """The list to block on: the one most messages came from lately (a
+        frontend that sends with a priority fills another list than the
+        queue's own), else the first queue's. Messages that reach the other
+        lists while it blocks are fetched when the wait ends, within
+        ``brpop_timeout`` (1 s)."""
+        busiest = max(keys, key=lambda key: self._fetched_from.get(key, 0))
+        return busiest if self._fetched_from.get(busiest) else keys[0]
+
+    def _deliver_fetched(self, pairs: list[tuple[str, str]], reply: list[Any]) -> None:
         fetched: list[tuple[str, str, Any]] = []
         unreadable: list[tuple[str, str, bytes]] = []
         for i in range(0, len(reply), 3):
             queue, key = pairs[int(reply[i]) - 1]
             tag, raw = bytes_to_str(reply[i + 1]), reply[i + 2]
+            if not tag:
+                logger.warning(
+                    "moved a message that is not a kombu message from %r to %r (%s)",
+                    key,
+                    self.vigil_unreadable_key,
+                    bytes_to_str(raw),
+                )
+                continue
+            self._count_fetch(key)
             try:
                 fetched.append((queue, tag, loads(bytes_to_str(raw))))
             except ValueError:
                 unreadable.append((key, tag, raw))
         if unreadable:
-            self._give_back(unreadable)
+            self._set_aside(unreadable)
+        for queue in dict.fromkeys(queue for queue, _, _ in fetched):
+            self._queue_cycle.rotate(queue)
         for position, (queue, tag, payload) in enumerate(fetched):
             self._recorded_unacked[tag] = True
             try:
                 self.connection._deliver(payload, queue)
             except Exception:
                 # Recorded as unacked but not taken here: put them back now rather
-                # than after the visibility timeout.
+                # than after the owner timeout.
                 rest = [later for _, later, _ in fetched[position + 1 :]]
                 if self._recorded_unacked.pop(tag, False):
                     rest.insert(0, tag)
@@ -319,16 +448,62 @@ class Channel(kombu_redis.Channel):
                 # ever ack its entry.
                 self.qos.forget([tag])
 
-    def _give_back(self, unreadable: list[tuple[str, str, bytes]]) -> None:
-        """Messages the script could read but Python's JSON cannot: back where
-        they were, unrecorded, so kombu's own path meets them as it would."""
+    def _count_fetch(self, key: str) -> None:
+        counts = self._fetched_from
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] > 10_000:  # forget slowly: halve every count
+            for name in counts:
+                counts[name] //= 2
+
+    def _set_aside(self, unreadable: list[tuple[str, str, bytes]]) -> None:
+        """Messages the script could read but Python's JSON cannot: out of the
+        unacked records and onto the unreadable list in one transaction."""
         with self.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=True)
             for key, tag, raw in unreadable:
+                logger.warning(
+                    "moved a message Python cannot decode from %r to %r",
+                    key,
+                    self.vigil_unreadable_key,
+                )
+                header = dumps({"queue": key, "reason": "not JSON to Python"})
                 pipe.hdel(self.qos.unacked_key, tag)
                 pipe.zrem(self.qos.unacked_index_key, tag)
-                pipe.rpush(key, raw)
+                pipe.hdel(self._owned_key(self.consumer_id), tag)
+                pipe.lpush(self.vigil_unreadable_key, header.encode() + b"\n" + raw)
             pipe.execute()
+
+    # -- ownership: a dead consumer's messages back within seconds -------------
+
+    @property
+    def _owners_key(self) -> str:
+        return f"{self.qos.unacked_key}:owners"
+
+    def _owned_key(self, consumer_id: str) -> str:
+        return f"{self.qos.unacked_key}:owned:{consumer_id}"
+
+    def beat(self) -> None:
+        """Tell other consumers this one is alive."""
+        with self.conn_or_acquire() as client:
+            scripts.run(client, "broker_heartbeat", [self._owners_key], [self.consumer_id])
+
+    def restore_orphans(self) -> int:
+        """Put back everything consumers silent for ``vigil_owner_timeout``
+        seconds still held; returns how many messages went back."""
+        with self.conn_or_acquire() as client:
+            _, restored = scripts.run(
+                client,
+                "broker_orphans",
+                [self._owners_key, self.qos.unacked_key, self.qos.unacked_index_key],
+                [float(self.vigil_owner_timeout), self._owned_key(""), 20],
+            )
+        if restored:
+            logger.warning(
+                "put back %d message(s) held by worker(s) silent for %s s",
+                restored,
+                self.vigil_owner_timeout,
+            )
+        return int(restored)
 
     def _do_restore_message(
         self,
@@ -346,10 +521,63 @@ class Channel(kombu_redis.Channel):
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
     def close(self) -> None:
+        self._heart.stop()
         try:
             super().close()
+            if self._heart.started:
+                self._forget_owner()
         finally:
             self._sync_client = None
+
+    def _forget_owner(self) -> None:
+        """Drop this consumer's records once nothing is left under them; what
+        could not be put back on close stays, for another worker's sweep."""
+        with suppress(*self.connection_errors), self.conn_or_acquire() as client:
+            if not client.hlen(self._owned_key(self.consumer_id)):
+                pipe = client.pipeline(transaction=False)
+                pipe.zrem(self._owners_key, self.consumer_id)
+                pipe.delete(self._owned_key(self.consumer_id))
+                pipe.execute()
+
+
+class _Heart:
+    """A channel's heartbeats, from a thread of its own: a worker whose event
+    loop is busy (a long task in the solo pool) is not taken for dead."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopped.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="vigil-broker-heartbeat", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        interval = float(self._channel.vigil_heartbeat_interval)
+        while True:
+            try:
+                self._channel.beat()
+            except Exception as exc:  # the consumer reports a lost broker itself
+                logger.debug("heartbeat not sent: %r", exc)
+            if self._stopped.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
 
 
 class Transport(kombu_redis.Transport):

@@ -23,7 +23,7 @@ from models.envelopes import ENVELOPE_ID_NAMESPACE
 _DIR = Path(__file__).parent / "redis_scripts"
 _HELPERS = "_bond.lua"
 # Scripts that run without the bond helpers (the broker transport's, the lag count).
-_STANDALONE = frozenset({"broker_fetch", "stream_lag"})
+_STANDALONE = frozenset({"broker_fetch", "broker_heartbeat", "broker_orphans", "stream_lag"})
 
 
 @cache

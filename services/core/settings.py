@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     unacked_restore_interval: int = Field(default=5, ge=1)
     unacked_restore_throttle: int = Field(default=1, ge=1)
     unacked_mutex_expire: int = Field(default=15, ge=1)
+    # Faster than the visibility timeout, for a worker that died: each worker
+    # beats every broker_heartbeat_interval seconds, and every sweep puts back
+    # what workers silent for broker_owner_timeout seconds held. A pause that
+    # long (a stalled VM) gets a live worker's tasks delivered again, which the
+    # tasks' idempotence absorbs; a busy worker keeps beating from its own thread.
+    broker_heartbeat_interval: float = Field(default=2.0, gt=0)
+    broker_owner_timeout: float = Field(default=10.0, gt=0)
     # Every task's hard limit (the pool child is killed) and soft limit
     # (SoftTimeLimitExceeded is raised in the task), unless a task sets lower ones.
     task_time_limit: int = Field(default=60, ge=1)
@@ -221,6 +228,12 @@ class Settings(BaseSettings):
                     f"VIGIL_{name.upper()} ({seconds} s) must be below VIGIL_VISIBILITY_TIMEOUT "
                     f"({self.visibility_timeout} s): lower it or raise the visibility timeout"
                 )
+        if self.broker_owner_timeout < 3 * self.broker_heartbeat_interval:
+            raise ValueError(
+                f"VIGIL_BROKER_OWNER_TIMEOUT ({self.broker_owner_timeout} s) must be at least "
+                f"three VIGIL_BROKER_HEARTBEAT_INTERVAL ({self.broker_heartbeat_interval} s): "
+                "one late heartbeat must not get a live worker's tasks delivered again"
+            )
         if self.task_time_limit + self.retry_backoff_max > self.visibility_timeout:
             raise ValueError(
                 f"VIGIL_TASK_TIME_LIMIT ({self.task_time_limit} s) + VIGIL_RETRY_BACKOFF_MAX "
@@ -246,6 +259,12 @@ class Settings(BaseSettings):
     def unacked_restore_period_s(self) -> int:
         """How often kombu actually sweeps for expired unacked messages."""
         return self.unacked_restore_interval * self.unacked_restore_throttle
+
+    @property
+    def dead_worker_redelivery_bound_s(self) -> float:
+        """Worst case, on a Redis broker, from a worker's death to the redelivery
+        of what it held: its silence judged dead, then one sweep period."""
+        return self.broker_owner_timeout + self.unacked_restore_interval
 
     @property
     def redelivery_bound_s(self) -> int:

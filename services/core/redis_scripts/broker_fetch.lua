@@ -1,38 +1,56 @@
--- Broker transport (services/core/broker.py): take up to ARGV[1] more messages
--- from the consumer's queue lists and record each as unacked in the same
--- atomic step, so a message is never out of both the queue and the unacked
--- hash (no window in which a killed worker loses it).
--- KEYS: the queue lists in the order to drain them, then the unacked hash and
---   the unacked index (sorted set)
--- ARGV[1]: how many at most; ARGV[2]: the time to index them under (seconds)
+-- Broker transport (services/core/broker.py): take up to ARGV[1] messages
+-- from the consumer's queue lists and record each as unacked, and as owned by
+-- the consumer ARGV[3], in the same atomic step. A message is never out of
+-- both the queue and the unacked hash, so no moment exists at which a killed
+-- worker holds the only copy (kombu's BRPOP has that moment: kombu #305).
+-- KEYS: the queue lists in the order to drain them, then the unacked hash,
+--   the unacked index (sorted set), the consumer's owned hash, the
+--   consumers' heartbeat index (sorted set) and the unreadable list
+-- ARGV[1]: how many at most; ARGV[2]: the time to index them under (seconds,
+--   kombu's clock for the visibility timeout); ARGV[3]: the consumer's id
 -- Returns a flat list: key position (1-based), delivery tag, raw message, ...
--- A message that is not a kombu JSON message with a delivery tag is pushed
--- back where it was, and fetching stops: the stock path takes it next.
-local unacked, index = KEYS[#KEYS - 1], KEYS[#KEYS]
+-- A message that is not a kombu JSON message with a delivery tag is moved to
+-- the unreadable list, as a JSON header (its queue list, the reason), a
+-- newline and its bytes: kept for an operator, never delivered.
+local n = #KEYS
+local unacked, index, owned, owners, unreadable =
+  KEYS[n - 4], KEYS[n - 3], KEYS[n - 2], KEYS[n - 1], KEYS[n]
 local want = tonumber(ARGV[1])
 local out = {}
 local taken = 0
-for k = 1, #KEYS - 2 do
+-- Fetching is a sign of life too (the heartbeat thread is the other one).
+local now = redis.call('TIME')
+redis.call('ZADD', owners, tonumber(now[1]) + tonumber(now[2]) / 1e6, ARGV[3])
+for k = 1, n - 5 do
   while taken < want do
     local raw = redis.call('RPOP', KEYS[k])
     if not raw then break end
     local ok, message = pcall(cjson.decode, raw)
     local props = ok and type(message) == 'table' and message.properties
     local tag = type(props) == 'table' and props.delivery_tag
-    if type(tag) ~= 'string' then
-      redis.call('RPUSH', KEYS[k], raw)
-      return out
+    if type(tag) ~= 'string' or tag == '' then
+      local reason = ok and 'no properties.delivery_tag' or 'not JSON'
+      redis.call('LPUSH', unreadable, cjson.encode({queue = KEYS[k], reason = reason}) .. '\n' .. raw)
+      out[#out + 1] = k
+      out[#out + 1] = ''
+      out[#out + 1] = reason
+      -- Counted, so a flood of them costs no more per call than messages do.
+      taken = taken + 1
+    else
+      local info = type(props.delivery_info) == 'table' and props.delivery_info or {}
+      -- What kombu's QoS.append writes: [message, exchange, routing_key], with
+      -- the message's own bytes kept as they are.
+      redis.call('HSET', unacked, tag, '[' .. raw .. ',' .. cjson.encode(info.exchange or '')
+        .. ',' .. cjson.encode(info.routing_key or '') .. ']')
+      redis.call('ZADD', index, ARGV[2], tag)
+      -- Where it came from and its length, so broker_orphans.lua can put the
+      -- original bytes back on the same list without decoding them.
+      redis.call('HSET', owned, tag, #raw .. ' ' .. KEYS[k])
+      out[#out + 1] = k
+      out[#out + 1] = tag
+      out[#out + 1] = raw
+      taken = taken + 1
     end
-    local info = type(props.delivery_info) == 'table' and props.delivery_info or {}
-    -- What kombu's QoS.append writes: [message, exchange, routing_key], with
-    -- the message's own bytes kept as they are.
-    redis.call('HSET', unacked, tag, '[' .. raw .. ',' .. cjson.encode(info.exchange or '') .. ','
-      .. cjson.encode(info.routing_key or '') .. ']')
-    redis.call('ZADD', index, ARGV[2], tag)
-    out[#out + 1] = k
-    out[#out + 1] = tag
-    out[#out + 1] = raw
-    taken = taken + 1
   end
   if taken >= want then break end
 end

@@ -7,6 +7,7 @@ broker database never touches them.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -28,6 +29,7 @@ def keys() -> dict[str, str]:
         "unacked_key": f"test-broker-unacked-{tag}",
         "unacked_index_key": f"test-broker-unacked-index-{tag}",
         "unacked_mutex_key": f"test-broker-unacked-mutex-{tag}",
+        "vigil_unreadable_key": f"test-broker-unreadable-{tag}",
     }
 
 
@@ -36,6 +38,9 @@ def broker_redis(test_env, keys) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(test_env["VIGIL_BROKER_URL"])
     yield client
     client.delete(*keys.values())
+    owned = list(client.scan_iter(match=f"{keys['unacked_key']}:*"))
+    if owned:
+        client.delete(*owned)
     client.close()
 
 
@@ -262,19 +267,36 @@ def test_fetched_unacked_messages_are_restored_on_close(connect, queue, keys, br
     assert broker_redis.zcard(keys["unacked_index_key"]) == 0
 
 
-def test_a_message_the_fetch_cannot_read_is_put_back_for_the_stock_path(
+def unreadable(broker_redis, keys) -> list[tuple[dict, bytes]]:
+    """The unreadable list's entries, oldest first: (header, raw bytes)."""
+    entries = broker_redis.lrange(keys["vigil_unreadable_key"], 0, -1)
+    out = []
+    for entry in reversed(entries):
+        header, _, raw = entry.partition(b"\n")
+        out.append((json.loads(header), raw))
+    return out
+
+
+def test_a_message_that_is_not_kombus_is_kept_aside_with_its_reason(
     connect, queue, keys, broker_redis
 ):
     publish(connect, queue, 2)
     broker_redis.lpush(keys["queue"], b"not json \xff")
+    broker_redis.lpush(keys["queue"], b'{"properties": {"delivery_tag": ""}}')
     publish(connect, queue, 2)
     conn = connect()
     received = consume(conn, queue, prefetch=100)
     conn.drain_events(timeout=5)
-    assert [m.decode()["i"] for m in received] == [0, 1]
-    assert broker_redis.llen(keys["queue"]) == 3
-    assert broker_redis.lindex(keys["queue"], -1) == b"not json \xff"  # next in line
-    assert broker_redis.hlen(keys["unacked_key"]) == 2
+    assert [m.decode()["i"] for m in received] == [0, 1, 0, 1]
+    assert broker_redis.llen(keys["queue"]) == 0
+    assert broker_redis.hlen(keys["unacked_key"]) == 4
+    assert unreadable(broker_redis, keys) == [
+        ({"queue": keys["queue"], "reason": "not JSON"}, b"not json \xff"),
+        (
+            {"queue": keys["queue"], "reason": "no properties.delivery_tag"},
+            b'{"properties": {"delivery_tag": ""}}',
+        ),
+    ]
 
 
 def test_fetch_many_one_is_stock(connect, queue, keys, broker_redis):
@@ -283,9 +305,12 @@ def test_fetch_many_one_is_stock(connect, queue, keys, broker_redis):
     assert broker_redis.llen(keys["queue"]) == 4
 
 
-def test_a_message_only_redis_json_reads_goes_back_unrecorded(connect, queue, keys, broker_redis):
+def test_a_message_only_redis_json_reads_is_kept_aside_unrecorded(
+    connect, queue, keys, broker_redis
+):
     """cjson in Redis accepts hex numbers, Python's json does not: such a message
-    is not recorded as unacked (a restore could never read it) but put back."""
+    is not left recorded as unacked (a restore could never read it) but moved
+    to the unreadable list in one transaction."""
     publish(connect, queue, 1)
     odd = (
         b'{"body": 0x10, "properties": {"delivery_tag": "odd-1",'
@@ -297,9 +322,14 @@ def test_a_message_only_redis_json_reads_goes_back_unrecorded(connect, queue, ke
     received = consume(conn, queue, prefetch=100)
     conn.drain_events(timeout=5)
     assert len(received) == 2  # the ones either side of it
-    assert broker_redis.lrange(keys["queue"], 0, -1) == [odd]
+    assert broker_redis.llen(keys["queue"]) == 0
     assert not broker_redis.hexists(keys["unacked_key"], "odd-1")
     assert broker_redis.zscore(keys["unacked_index_key"], "odd-1") is None
+    channel = conn.default_channel
+    assert not broker_redis.hexists(channel._owned_key(channel.consumer_id), "odd-1")
+    assert unreadable(broker_redis, keys) == [
+        ({"queue": keys["queue"], "reason": "not JSON to Python"}, odd)
+    ]
 
 
 def test_no_ack_consumers_are_not_fetched_in_bulk(connect, queue, keys, broker_redis):
@@ -334,3 +364,93 @@ def test_modes_that_take_one_at_a_time_are_kept(connect, queue, keys, broker_red
     conn.drain_events(timeout=5)
     assert len(received) == 1
     assert broker_redis.llen(keys["queue"]) == 4
+
+
+# -- no loss when a consumer dies, and its messages back within seconds -------
+
+
+def test_every_fetched_message_is_recorded_and_owned_in_the_same_step(
+    connect, queue, keys, broker_redis
+):
+    """The first message of a cycle too: nothing is ever only in the consumer."""
+    conn, received = one_cycle(connect, queue, published=1, prefetch=100)
+    assert len(received) == 1
+    channel = conn.default_channel
+    tag = received[0].delivery_tag
+    entry = broker_redis.hget(keys["unacked_key"], tag)
+    owned = broker_redis.hget(channel._owned_key(channel.consumer_id), tag).decode()
+    size, source = owned.split(" ", 1)
+    # The length of the message's own bytes inside the unacked entry, and its list.
+    assert source == keys["queue"]
+    assert json.loads(entry[1 : 1 + int(size)]) == received[0]._raw
+    received[0].ack()
+    assert broker_redis.hlen(channel._owned_key(channel.consumer_id)) == 0
+    assert broker_redis.hlen(keys["unacked_key"]) == 0
+
+
+def test_a_silent_consumers_messages_go_back_whole_and_a_live_ones_stay(
+    connect, queue, keys, broker_redis
+):
+    dead_conn, dead_received = one_cycle(connect, queue, published=30, prefetch=100)
+    dead = dead_conn.default_channel
+    dead_received[0].ack()
+    dead._heart.stop()
+    live_conn = connect()
+    live_received = consume(live_conn, queue, prefetch=100)
+    publish(connect, queue, 5)
+    live_conn.drain_events(timeout=5)
+    assert len(live_received) == 5
+    live = live_conn.default_channel
+    owners = f"{keys['unacked_key']}:owners"
+    # Not yet silent long enough: nothing moves.
+    assert live.restore_orphans() == 0
+    assert broker_redis.llen(keys["queue"]) == 0
+    # Silent for longer than the owner timeout (its last beat moved back in time).
+    broker_redis.zadd(owners, {dead.consumer_id: time.time() - dead.vigil_owner_timeout - 60})
+    assert live.restore_orphans() == 29
+    assert broker_redis.llen(keys["queue"]) == 29
+    # The original bytes, back at the end consumers take from, in fetch order
+    # (a hash this small keeps its insertion order).
+    back = [json.loads(raw) for raw in broker_redis.lrange(keys["queue"], 0, -1)[::-1]]
+    assert back == [m._raw for m in dead_received[1:]]
+    assert broker_redis.hlen(keys["unacked_key"]) == 5  # the live consumer's
+    assert broker_redis.zscore(owners, dead.consumer_id) is None
+    assert not broker_redis.exists(dead._owned_key(dead.consumer_id))
+    assert broker_redis.zscore(owners, live.consumer_id) is not None
+    # A late ack from the one taken for dead finds nothing to delete and harms nothing.
+    dead_received[1].ack()
+    assert broker_redis.llen(keys["queue"]) == 29
+    live_conn.drain_events(timeout=5)
+    assert len(live_received) == 34
+
+
+def test_the_heartbeat_keeps_a_consumer_alive_while_it_blocks(connect, queue, keys, broker_redis):
+    conn = connect()
+    conn.transport_options["vigil_heartbeat_interval"] = 0.2
+    consume(conn, queue, prefetch=100)
+    channel = conn.default_channel
+    owners = f"{keys['unacked_key']}:owners"
+    deadline = time.monotonic() + 5
+    while broker_redis.zscore(owners, channel.consumer_id) is None:
+        assert time.monotonic() < deadline, "no heartbeat"
+        time.sleep(0.05)
+    first = broker_redis.zscore(owners, channel.consumer_id)
+    time.sleep(0.6)
+    assert broker_redis.zscore(owners, channel.consumer_id) > first
+    conn.release()
+    assert broker_redis.zscore(owners, channel.consumer_id) is None
+
+
+def test_an_idle_consumer_blocks_without_popping_and_wakes_for_one_message(
+    connect, queue, keys, broker_redis
+):
+    conn = connect()
+    received = consume(conn, queue, prefetch=100)
+    with pytest.raises(TimeoutError):
+        conn.drain_events(timeout=1.5)  # fetch found nothing, then the wait timed out
+    publish(connect, queue, 1)
+    started = time.monotonic()
+    while not received:
+        conn.drain_events(timeout=5)
+    assert time.monotonic() - started < 0.5
+    assert broker_redis.hexists(keys["unacked_key"], received[0].delivery_tag)

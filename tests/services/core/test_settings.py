@@ -80,6 +80,7 @@ def test_shipped_delivery_settings_hold_the_bounds(monkeypatch):
             monkeypatch.delenv(name)
     s = Settings()
     assert s.redelivery_bound_s <= 120
+    assert s.dead_worker_redelivery_bound_s <= 20
     assert s.unacked_restore_period_s <= 10
     assert s.unacked_mutex_expire < s.visibility_timeout
     assert s.task_soft_time_limit < s.task_time_limit
@@ -99,6 +100,8 @@ def test_celeryconfig_uses_the_delivery_settings():
         s.unacked_restore_period_s
     )
     assert options["unacked_mutex_expire"] == s.unacked_mutex_expire
+    assert options["vigil_heartbeat_interval"] == s.broker_heartbeat_interval
+    assert options["vigil_owner_timeout"] == s.broker_owner_timeout
     assert celeryconfig.task_time_limit == s.task_time_limit
     assert celeryconfig.task_default_delivery_mode == "persistent"
 
