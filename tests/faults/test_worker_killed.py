@@ -30,9 +30,7 @@ SHAPES = {"singles": (0, 0, 10_000), "batches": (100, 100, 0)}
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_kill9_mid_burst_loses_nothing_doubles_nothing_recovers_in_30s(
-    fresh, procs, broker, shape
-):
+def test_kill9_mid_burst_loses_nothing_doubles_nothing_recovers_in_30s(fresh, procs, broker, shape):
     kind = broker["kind"]
     batch_count, per_batch, single_count = SHAPES[shape]
     total = batch_count * per_batch + single_count
