@@ -422,6 +422,11 @@ class Channel(kombu_redis.Channel):
                 )
                 continue
             self._count_fetch(key)
+            if tag.startswith("?"):
+                adopted = self._judge(key, tag, raw)
+                if adopted is not None:
+                    fetched.append((queue, *adopted))
+                continue
             try:
                 fetched.append((queue, tag, loads(bytes_to_str(raw))))
             except ValueError:
@@ -454,6 +459,38 @@ class Channel(kombu_redis.Channel):
         if counts[key] > 10_000:  # forget slowly: halve every count
             for name in counts:
                 counts[name] //= 2
+
+    def _judge(self, key: str, field: str, raw: bytes) -> tuple[str, Any] | None:
+        """A message cjson could not decode, held under ``field``: if Python reads
+        it as a kombu message, record it as the script records the others (one
+        transaction) and return (tag, payload); else set it aside."""
+        owned = self._owned_key(self.consumer_id)
+        try:
+            payload = loads(bytes_to_str(raw))
+            tag = payload["properties"]["delivery_tag"]
+            info = payload["properties"].get("delivery_info") or {}
+            if not isinstance(tag, str) or not tag or not isinstance(info, dict):
+                raise ValueError("no delivery tag")
+        except (ValueError, TypeError, KeyError, AttributeError):
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=True)
+                pipe.hdel(owned, field)
+                header = dumps({"queue": key, "reason": "not a kombu message"})
+                pipe.lpush(self.vigil_unreadable_key, header.encode() + b"\n" + raw)
+                pipe.execute()
+            logger.warning("moved a message that is not a kombu message from %r", key)
+            return None
+        exchange = dumps(info.get("exchange") or "").encode()
+        routing_key = dumps(info.get("routing_key") or "").encode()
+        entry = b"[" + raw + b"," + exchange + b"," + routing_key + b"]"
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(self.qos.unacked_key, tag, entry)
+            pipe.zadd(self.qos.unacked_index_key, {tag: time.time()})
+            pipe.hset(owned, tag, f"{len(raw)} {key}")
+            pipe.hdel(owned, field)
+            pipe.execute()
+        return tag, payload
 
     def _set_aside(self, unreadable: list[tuple[str, str, bytes]]) -> None:
         """Messages the script could read but Python's JSON cannot: out of the

@@ -9,9 +9,10 @@
 -- ARGV[1]: how many at most; ARGV[2]: the time to index them under (seconds,
 --   kombu's clock for the visibility timeout); ARGV[3]: the consumer's id
 -- Returns a flat list: key position (1-based), delivery tag, raw message, ...
--- A message that is not a kombu JSON message with a delivery tag is moved to
--- the unreadable list, as a JSON header (its queue list, the reason), a
--- newline and its bytes: kept for an operator, never delivered.
+-- JSON that is not a kombu message with a delivery tag is moved to the
+-- unreadable list, as a JSON header (its queue list, the reason), a newline
+-- and its bytes: kept for an operator, never delivered. What cjson cannot
+-- decode at all is held for Python to judge (below).
 local n = #KEYS
 local unacked, index, owned, owners, unreadable =
   KEYS[n - 4], KEYS[n - 3], KEYS[n - 2], KEYS[n - 1], KEYS[n]
@@ -28,8 +29,19 @@ for k = 1, n - 5 do
     local ok, message = pcall(cjson.decode, raw)
     local props = ok and type(message) == 'table' and message.properties
     local tag = type(props) == 'table' and props.delivery_tag
-    if type(tag) ~= 'string' or tag == '' then
-      local reason = ok and 'no properties.delivery_tag' or 'not JSON'
+    if not ok then
+      -- JSON cjson refuses (a lone surrogate escape, deep nesting) may still be
+      -- a message Python reads: held under a provisional field of the owned
+      -- hash with its list and bytes, for Python to record or set aside (and
+      -- for broker_orphans.lua to put back if this consumer dies first).
+      local field = '?' .. now[1] .. '.' .. now[2] .. ':' .. taken
+      redis.call('HSET', owned, field, KEYS[k] .. '\n' .. raw)
+      out[#out + 1] = k
+      out[#out + 1] = field
+      out[#out + 1] = raw
+      taken = taken + 1
+    elseif type(tag) ~= 'string' or tag == '' then
+      local reason = 'no properties.delivery_tag'
       redis.call('LPUSH', unreadable, cjson.encode({queue = KEYS[k], reason = reason}) .. '\n' .. raw)
       out[#out + 1] = k
       out[#out + 1] = ''

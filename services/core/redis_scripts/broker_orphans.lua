@@ -22,14 +22,23 @@ for _, id in ipairs(dead) do
   -- nearest the end consumers take from (a large one's order is arbitrary).
   for i = #records - 1, 1, -2 do
     local tag = records[i]
-    local size, source = string.match(records[i + 1], '^(%d+) (.*)$')
-    local entry = redis.call('HGET', unacked, tag)
-    if entry and size then
-      redis.call('RPUSH', source, string.sub(entry, 2, 1 + tonumber(size)))
-      restored = restored + 1
+    if string.sub(tag, 1, 1) == '?' then
+      -- Held for Python to judge (broker_fetch.lua): list, newline, bytes.
+      local source, raw = string.match(records[i + 1], '^([^\n]*)\n(.*)$')
+      if source then
+        redis.call('RPUSH', source, raw)
+        restored = restored + 1
+      end
+    else
+      local size, source = string.match(records[i + 1], '^(%d+) (.*)$')
+      local entry = redis.call('HGET', unacked, tag)
+      if entry and size then
+        redis.call('RPUSH', source, string.sub(entry, 2, 1 + tonumber(size)))
+        restored = restored + 1
+      end
+      redis.call('HDEL', unacked, tag)
+      redis.call('ZREM', index, tag)
     end
-    redis.call('HDEL', unacked, tag)
-    redis.call('ZREM', index, tag)
   end
   redis.call('DEL', owned)
   redis.call('ZREM', owners, id)

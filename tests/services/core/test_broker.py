@@ -290,8 +290,9 @@ def test_a_message_that_is_not_kombus_is_kept_aside_with_its_reason(
     assert [m.decode()["i"] for m in received] == [0, 1, 0, 1]
     assert broker_redis.llen(keys["queue"]) == 0
     assert broker_redis.hlen(keys["unacked_key"]) == 4
-    assert unreadable(broker_redis, keys) == [
-        ({"queue": keys["queue"], "reason": "not JSON"}, b"not json \xff"),
+    # Python judges what cjson cannot decode; the script sets aside the rest.
+    assert sorted(unreadable(broker_redis, keys), key=lambda entry: entry[1]) == [
+        ({"queue": keys["queue"], "reason": "not a kombu message"}, b"not json \xff"),
         (
             {"queue": keys["queue"], "reason": "no properties.delivery_tag"},
             b'{"properties": {"delivery_tag": ""}}',
@@ -303,6 +304,47 @@ def test_fetch_many_one_is_stock(connect, queue, keys, broker_redis):
     _, received = one_cycle(connect, queue, published=5, prefetch=100, vigil_fetch_many=1)
     assert len(received) == 1
     assert broker_redis.llen(keys["queue"]) == 4
+
+
+def test_json_redis_refuses_but_python_reads_is_delivered_and_recorded(
+    connect, queue, keys, broker_redis
+):
+    """Lua's cjson refuses a lone surrogate escape (a hostile frontend's text in a
+    header); Python reads it: the message is delivered, recorded and owned."""
+    publish(connect, queue, 1)
+    with connect(None) as conn, conn.Producer() as producer:
+        producer.publish(
+            {"i": 1},
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            headers={"kwargsrepr": "\ud83d"},
+        )
+    conn = connect()
+    received = consume(conn, queue, prefetch=100)
+    conn.drain_events(timeout=5)
+    assert [m.decode()["i"] for m in received] == [0, 1]
+    channel = conn.default_channel
+    owned = broker_redis.hgetall(channel._owned_key(channel.consumer_id))
+    assert sorted(owned) == sorted(m.delivery_tag.encode() for m in received)
+    odd = received[1]
+    entry = broker_redis.hget(keys["unacked_key"], odd.delivery_tag)
+    size = int(owned[odd.delivery_tag.encode()].split(b" ")[0])
+    assert json.loads(entry[1 : 1 + size]) == odd._raw
+    odd.ack()
+    assert not broker_redis.hexists(keys["unacked_key"], odd.delivery_tag)
+    assert broker_redis.llen(keys["vigil_unreadable_key"]) == 0
+
+
+def test_a_dead_consumers_message_held_for_python_goes_back(connect, queue, keys, broker_redis):
+    conn = connect()
+    channel = conn.default_channel
+    owners = f"{keys['unacked_key']}:owners"
+    broker_redis.hset(f"{keys['unacked_key']}:owned:gone", "?1.2:0", f"{keys['queue']}\nraw\nbytes")
+    broker_redis.zadd(owners, {"gone": time.time() - 600})
+    assert channel.restore_orphans() == 1
+    assert broker_redis.lrange(keys["queue"], 0, -1) == [b"raw\nbytes"]
+    assert broker_redis.zscore(owners, "gone") is None
 
 
 def test_a_message_only_redis_json_reads_is_kept_aside_unrecorded(

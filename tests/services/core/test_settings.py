@@ -173,3 +173,10 @@ def test_delivery_limits_over_the_visibility_timeout_name_the_setting(monkeypatc
         Settings()
     assert named in str(err.value)
     assert "VIGIL_VISIBILITY_TIMEOUT" in str(err.value) or "SOFT" in named
+
+
+def test_owner_timeout_must_outlast_three_heartbeats():
+    """One late heartbeat must not get a live worker's tasks delivered again."""
+    with pytest.raises(ValidationError, match="VIGIL_BROKER_OWNER_TIMEOUT"):
+        Settings(broker_heartbeat_interval=5, broker_owner_timeout=10)
+    assert Settings(broker_heartbeat_interval=2, broker_owner_timeout=6).broker_owner_timeout == 6
