@@ -129,10 +129,15 @@ class Found:
                 f"{self.name}`, {redeclare}"
             )
         if self.exchange not in (MISSING, *ROUTING_EXCHANGES):
+            what = (
+                "a headers exchange"
+                if self.exchange == "headers"
+                else "in a form vigil cannot match (transient, auto-delete, or another type)"
+            )
             return (
-                f"exchange {self.name!r} is a {self.exchange} exchange and cannot route routing "
-                f"key {self.name!r} to its queue, so publishes to it are lost (publishes through "
-                f"the default exchange still arrive): `{ctl} delete_exchange {self.name}`, "
+                f"exchange {self.name!r} is {what} and may not route routing key "
+                f"{self.name!r} to its queue, so publishes to it may be lost (through the "
+                f"default exchange they still arrive): `{ctl} delete_exchange {self.name}`, "
                 f"{redeclare}"
             )
         return None
