@@ -37,10 +37,11 @@ result_accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-# Queues, routed by task-name prefix. On RabbitMQ they are quorum queues on
-# topic exchanges (services/client.py says why); Celery then turns off global
-# QoS (quorum queues refuse it) and sends retry countdowns through RabbitMQ's
-# native delayed delivery instead of holding them in the worker.
+# Queues, routed by task-name prefix. On RabbitMQ they are declared as plain
+# Celery clients declare them, and a worker adopts what the vhost already holds
+# (services/core/declarations.py): for a quorum queue Celery then turns off
+# global QoS (quorum queues refuse it), and retry countdowns wait in RabbitMQ's
+# delay queues instead of in the worker.
 task_queues = _task_queues(broker_url)
 worker_detect_quorum_queues = True
 task_default_queue = names.QUEUE_INGEST

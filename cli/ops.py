@@ -76,7 +76,7 @@ def health(as_json: AsJson = False) -> None:
     emit(report, as_json, _render_health)
     if not all(report[k]["ok"] for k in ("broker", "redis", "postgres")):
         raise typer.Exit(EXIT_UNREACHABLE)
-    if not report["workers"]["ok"] or report["redis"].get("problems"):
+    if not report["workers"]["ok"] or any(report[k].get("problems") for k in ("broker", "redis")):
         raise typer.Exit(EXIT_NOT_FOUND)
 
 

@@ -5,9 +5,11 @@ and Celery; batches go out through one producer connection. Frontends in other
 languages publish the same JSON kwargs (see README, "Task contract").
 
 The queue declarations live here too (``task_queues``), because a sender
-declares the queue it publishes to and must declare it exactly as the workers
-do: on RabbitMQ a quorum queue redeclared as classic fails with
-PRECONDITION_FAILED. ``celeryconfig`` takes them from here.
+declares the queue it publishes to and RabbitMQ refuses (PRECONDITION_FAILED)
+a declaration that differs from the existing queue. On RabbitMQ they are what
+a Celery app configured with the broker URL alone declares, so vigil, plain
+Celery frontends and celery-node agree whichever starts first
+(services/core/declarations.py says why). ``celeryconfig`` takes them from here.
 """
 
 from __future__ import annotations
@@ -16,15 +18,14 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from itertools import islice
 from typing import Any
-from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.result import AsyncResult
 from kombu import Exchange, Queue
 
+from services.core import declarations
+from services.core.declarations import is_amqp
 from tasks import names
-
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 MESSAGE_TASK = names.INGEST_MESSAGE
 BATCH_TASK = names.INGEST_MESSAGES
@@ -41,30 +42,16 @@ def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield chunk
 
 
-def is_amqp(broker_url: str) -> bool:
-    """True for a RabbitMQ (AMQP 0-9-1) broker URL."""
-    return urlsplit(broker_url).scheme in AMQP_SCHEMES
-
-
 def task_queues(broker_url: str) -> tuple[Queue, ...]:
     """vigil's queues as workers and senders declare them on this broker.
 
-    On RabbitMQ: durable quorum queues (replicated, and what RabbitMQ 4 keeps
-    for durable work) bound to topic exchanges, which Celery's native delayed
-    delivery needs for retry countdowns on quorum queues (it refuses direct
-    exchanges). On Redis: plain queues on direct exchanges, as before.
+    On RabbitMQ: what plain Celery declares (durable, no x-queue-type, on a
+    durable direct exchange named like the queue), so the vhost's default
+    queue type decides quorum or classic; workers adopt queues that exist in
+    another form. On Redis: plain queues on direct exchanges.
     """
     if is_amqp(broker_url):
-        return tuple(
-            Queue(
-                queue,
-                Exchange(queue, type="topic", durable=True),
-                routing_key=queue,
-                durable=True,
-                queue_arguments={"x-queue-type": "quorum"},
-            )
-            for queue in names.QUEUES
-        )
+        return tuple(declarations.plain_queue(queue) for queue in names.QUEUES)
     return tuple(Queue(queue, Exchange(queue), routing_key=queue) for queue in names.QUEUES)
 
 
@@ -80,9 +67,14 @@ def sender_app(
     *,
     name: str = "vigil-client",
     cls: type[Celery] = Celery,
+    adopt: bool = False,
 ) -> Celery:
     """A Celery app that only sends vigil tasks by name: JSON both ways, persistent
-    messages, vigil's queue declarations and, on RabbitMQ, publisher confirms."""
+    messages, vigil's queue declarations and, on RabbitMQ, publisher confirms.
+
+    ``adopt`` (RabbitMQ): probe the vhost now and publish to the queues as they
+    exist, never redeclaring them, as workers do; for a vhost that still holds
+    another form of them (vigil's earlier quorum queues on topic exchanges)."""
     app = cls(name, set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
@@ -97,6 +89,8 @@ def sender_app(
         broker_transport_options=publish_transport_options(broker_url),
         broker_connection_retry_on_startup=True,
     )
+    if adopt and is_amqp(broker_url):
+        declarations.adopt(app, names.QUEUES)
     return app
 
 

@@ -6,16 +6,18 @@ import gc
 
 import click
 from celery.signals import (
+    beat_init,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
 )
 
-from services.core import health
+from services.core import declarations, health
 from services.core.clients import close_all, reset_after_fork
 from services.core.settings import get_settings
 from services.ingest import detector
+from tasks import names
 from tasks.base import VigilCelery
 
 app = VigilCelery("vigil")
@@ -61,6 +63,20 @@ def _refuse_unsafe_stores(**_: object) -> None:
             raise SystemExit(f"vigil worker not started: {result['error']}")
         for problem in result.get("problems", ()):
             raise SystemExit(f"vigil worker not started: {problem}")
+
+
+@worker_init.connect
+@beat_init.connect
+def _adopt_broker_declarations(**_: object) -> None:
+    """On RabbitMQ, take vigil's queues as the vhost holds them (created in the
+    plain form when missing) before anything declares them; a queue in a form
+    Celery cannot consume is named with its fix and left out, the others are
+    served (services/core/declarations.py)."""
+    if not declarations.is_amqp(app.conf.broker_url):
+        return
+    for found in declarations.adopt(app, names.QUEUES):
+        if found.problem:
+            declarations.log.error("vigil: %s", found.problem)
 
 
 def running_under_flower() -> bool:

@@ -13,6 +13,7 @@ from celery.worker import request as _request
 from celery.worker.consumer import consumer as _consumer
 from sqlalchemy.exc import OperationalError
 
+from services.core import declarations
 from services.core.clients import session_factory
 from services.core.errors import TransientError
 from services.core.settings import get_settings
@@ -142,3 +143,22 @@ class VigilCelery(Celery):
             warnings.warn(problem, TimeLimitWarning, stacklevel=2)
         opts.setdefault("base", VigilTask)
         return super().task(*args, **opts)
+
+    def send_task(  # type: ignore[override]
+        self,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        countdown: float | None = None,
+        eta: Any = None,
+        **options: Any,
+    ):
+        """A countdown to a quorum queue on a direct exchange goes through
+        Celery's delay queues (services/core/declarations.py says why)."""
+        if countdown or eta:
+            queue = self.amqp.router.route(dict(options), name, args, kwargs).get("queue")
+            delayed = declarations.delayed_publish(self, queue, countdown, eta)
+            if delayed:
+                options.update(delayed, queue=queue)
+                countdown = eta = None
+        return super().send_task(name, args, kwargs, countdown=countdown, eta=eta, **options)

@@ -5,6 +5,7 @@
 //
 //   npm install
 //   node send.js redis://127.0.0.1:6379/0 [COUNT]
+//   node send.js amqp://user:pass@127.0.0.1:5672/vigil [COUNT]
 //
 // Prints one JSON line: how many messages were sent, and the reasons of the
 // one deliberately bad payload it refused.
@@ -12,6 +13,7 @@
 
 const fs = require("fs");
 const path = require("path");
+const { randomUUID } = require("crypto");
 const Ajv2020 = require("ajv/dist/2020");
 const addFormats = require("ajv-formats");
 const celery = require("celery-node");
@@ -49,23 +51,26 @@ async function main() {
     ? []
     : validateMessage.errors.map((e) => `${e.instancePath} ${e.message}`);
 
-  const client = celery.createClient(brokerUrl, brokerUrl);
-  client.conf.CELERY_QUEUE = QUEUE;
+  // The queue as the third argument: celery-node declares it (durable, no
+  // arguments, as vigil and plain Celery do) instead of a queue "celery".
+  const client = celery.createClient(brokerUrl, brokerUrl, QUEUE);
   await client.isReady();
-  const task = client.createTask(TASK);
-  let sent = 0;
+  const published = [];
   for (let i = 0; i < count; i++) {
     const kwargs = message(i);
     if (!validateMessage(kwargs)) {
       throw new Error(`payload ${i} refused: ${JSON.stringify(validateMessage.errors)}`);
     }
-    task.applyAsync([], kwargs);
-    sent++;
+    // What task.applyAsync() sends, published here so that each publish can be
+    // awaited: applyAsync keeps its promise to itself, and disconnecting
+    // before it settles drops the message (on RabbitMQ the channel closes
+    // while the queue's declaration is still on its way).
+    const { headers, properties, body } = client.createTaskMessage(randomUUID(), TASK, [], kwargs);
+    published.push(client.broker.publish(body, "", QUEUE, headers, properties));
   }
-  // celery-node publishes once the broker is ready (a promise it keeps to
-  // itself): let those run before the connection's QUIT is queued behind them.
-  await new Promise((resolve) => setImmediate(resolve));
+  await Promise.all(published);
   await client.disconnect();
+  const sent = published.length;
   console.log(JSON.stringify({ sent, refused }));
 }
 

@@ -10,8 +10,10 @@ import redis
 from kombu import Connection
 from sqlalchemy import text
 
+from services.core import declarations
 from services.core.clients import broker_url, get_engine, get_redis
 from services.core.settings import Settings
+from tasks import names
 
 REDIS_AUTH_HINT = (
     "authentication failed: check VIGIL_REDIS_PASSWORD (or VIGIL_REDIS_PASSWORD_FILE) "
@@ -184,9 +186,16 @@ def check_postgres(settings: Settings) -> dict[str, Any]:
 
 
 def check_broker(settings: Settings) -> dict[str, Any]:
-    def run() -> None:
+    """Reachable and, on RabbitMQ, ``problems``: a vigil queue the vhost holds
+    in a form the workers cannot consume (probed, nothing declared)."""
+
+    def run() -> dict[str, Any] | None:
         with Connection(broker_url(settings), connect_timeout=5) as conn:
             conn.ensure_connection(max_retries=1)
+            if conn.transport.driver_type != "amqp":
+                return None
+            found = declarations.probe(conn, names.QUEUES)
+            return {"problems": [f.problem for f in found if f.problem]}
 
     return _timed(run, REDIS_AUTH_HINT)
 

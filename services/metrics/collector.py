@@ -169,6 +169,16 @@ def _store_families(snap: Snapshot) -> Iterator[Metric]:
         for queue, n in sorted(snap.queue_depths.items()):
             depth.add_metric([queue], n)
         yield depth
+        if snap.queue_unusable:
+            unusable = GaugeMetricFamily(
+                "vigil_queue_unusable",
+                "1 when RabbitMQ holds the queue in a form workers cannot consume "
+                "(vigil health names it and the fix)",
+                labels=["queue"],
+            )
+            for queue, flag in sorted(snap.queue_unusable.items()):
+                unusable.add_metric([queue], flag)
+            yield unusable
     g = snap.gauges
     if g is None:
         return

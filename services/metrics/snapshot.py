@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import STREAM_TOPICS
-from services.core import health, keys, scripts
+from services.core import declarations, health, keys, scripts
 from services.core.settings import Settings
 from services.envelopes.consumers import quarantine_key
 from services.envelopes.streams import stream_key
@@ -61,6 +61,8 @@ class Snapshot:
     counters: dict[str, int] = field(default_factory=dict)
     streams: dict[str, StreamInfo] = field(default_factory=dict)
     queue_depths: dict[str, int] = field(default_factory=dict)
+    # RabbitMQ: 1 for a queue the vhost holds in a form workers cannot consume.
+    queue_unusable: dict[str, int] = field(default_factory=dict)
     gauges: queries.StoreGauges | None = None
     redis_durability: health.RedisDurability | None = None
     up: dict[str, bool] = field(default_factory=dict)
@@ -77,6 +79,7 @@ class BrokerQueues:
         self._lock = threading.Lock()
         self._redis: redis.Redis | None = None
         self._amqp: Connection | None = None
+        self.unusable: dict[str, int] = {}
 
     def depths(self) -> dict[str, int]:
         with self._lock:
@@ -114,6 +117,8 @@ class BrokerQueues:
                         # Not declared yet (no worker ever started): nothing queued.
                         out[queue] = 0
                         channel = self._amqp.default_channel
+                found = declarations.probe(self._amqp, self.queues)
+                self.unusable = {f.name: int(f.problem is not None) for f in found}
                 return out
             except self._connection_errors():
                 self.close()
@@ -215,6 +220,7 @@ def read(
     if broker is not None:
         try:
             snap.queue_depths = broker.depths()
+            snap.queue_unusable = dict(broker.unusable)
             snap.up["broker"] = True
         except Exception as exc:  # any transport's error: the scrape goes on
             log.warning("metrics: broker unreadable (%s)", type(exc).__name__)

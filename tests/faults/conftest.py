@@ -4,8 +4,9 @@ process groups so a ``kill -9`` takes the pool children with the parent.
 
 Nothing here touches the machine's shared Redis or PostgreSQL: other test runs
 may be using them while these servers are being killed. On RabbitMQ the tests
-use a vhost of their own (``vigil-faults``), since a shared vhost may hold
-queues named ``ingest``/``admin``/``periodic`` declared differently.
+use a vhost of their own (``vigil-faults``, or ``VIGIL_TEST_AMQP_URL``'s),
+re-created each session, since a shared vhost may hold queues named
+``ingest``/``admin``/``periodic`` declared differently.
 
 Workers run with the shipped delivery settings (visibility timeout, restore
 sweep, time limits): nothing here shortens them.
@@ -233,16 +234,21 @@ def _amqp_answers() -> bool:
         return False
 
 
-def _ensure_vhost() -> None:
-    """Create the tests' vhost (and guest's rights on it) when rabbitmqctl can."""
+@pytest.fixture(scope="session")
+def amqp_vhost() -> str:
+    """The tests' vhost, deleted and re-created once a session with a quorum
+    default queue type (the README's production setup), so no queue declared
+    in another form by an earlier run or version is left in it."""
     vhost = urlsplit(AMQP_URL).path.lstrip("/") or "/"
     if vhost == "/" or shutil.which("rabbitmqctl") is None:
-        return
+        return vhost
     for argv in (
-        ["rabbitmqctl", "add_vhost", vhost],
+        ["rabbitmqctl", "delete_vhost", vhost],
+        ["rabbitmqctl", "add_vhost", vhost, "--default-queue-type", "quorum"],
         ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
     ):
         subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    return vhost
 
 
 def _amqp_drained() -> bool:
@@ -265,9 +271,9 @@ def broker(request, fresh):
         }
     if not _amqp_answers():
         pytest.skip(f"no RabbitMQ at {AMQP_URL}")
-    _ensure_vhost()
+    request.getfixturevalue("amqp_vhost")
     with Connection(AMQP_URL) as conn:
-        # Declared as the worker declares them (quorum queues), then emptied.
+        # Declared as the worker and plain Celery declare them, then emptied.
         for queue in task_queues(AMQP_URL):
             bound = queue(conn.default_channel)
             bound.declare()

@@ -1,7 +1,7 @@
 """services.client: queue declarations per broker, persistent messages, confirms.
 
-The RabbitMQ test publishes through a vhost of its own (quorum queues cannot be
-redeclared over classic queues of the same name in a shared vhost).
+The RabbitMQ test publishes through a vhost of its own, re-created with a
+quorum default queue type (a shared vhost may hold the queues in another form).
 """
 
 from __future__ import annotations
@@ -26,19 +26,23 @@ from services.client import VigilClient, answer, is_amqp, sender_app, task_queue
 from tasks import names
 
 AMQP_URL = os.environ.get(
-    "VIGIL_TEST_CLIENT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/vigil-client-test"
+    "VIGIL_TEST_CLIENT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/vigil-amqp-client"
 )
 
 
-def test_amqp_queues_are_quorum_queues_on_topic_exchanges():
+def test_amqp_queues_are_declared_as_plain_celery_declares_them():
     queues = {queue.name: queue for queue in task_queues("amqp://guest@rabbit:5672//")}
     assert set(queues) == set(names.QUEUES)
-    for queue in queues.values():
-        assert queue.queue_arguments == {"x-queue-type": "quorum"}
-        assert queue.durable and queue.exchange.durable
-        # Celery's native delayed delivery (retry countdowns on quorum queues)
-        # refuses direct exchanges.
-        assert queue.exchange.type == "topic"
+    plain = Celery("plain", broker="amqp://guest@rabbit:5672//", set_as_current=False)
+    for name, queue in queues.items():
+        # What a Celery app with the broker URL alone declares for queue=name.
+        default = plain.amqp.queues[name]
+        assert not queue.queue_arguments and not default.queue_arguments
+        assert queue.durable and default.durable
+        assert queue.exchange.type == default.exchange.type == "direct"
+        assert queue.exchange.name == default.exchange.name == name
+        assert queue.routing_key == default.routing_key == name
+        assert queue.exchange.durable and default.exchange.durable
 
 
 def test_redis_queues_stay_plain():
@@ -79,14 +83,15 @@ def _rabbitmq_vhost() -> str:
     vhost = parts.path.lstrip("/")
     if shutil.which("rabbitmqctl"):
         for argv in (
-            ["rabbitmqctl", "add_vhost", vhost],
+            ["rabbitmqctl", "delete_vhost", vhost],
+            ["rabbitmqctl", "add_vhost", vhost, "--default-queue-type", "quorum"],
             ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
         ):
             subprocess.run(argv, capture_output=True, timeout=60, check=False)
     return vhost
 
 
-def test_client_publishes_persistent_messages_to_quorum_queues_with_confirms():
+def test_client_publishes_persistent_messages_with_confirms():
     _rabbitmq_vhost()
     client = VigilClient(AMQP_URL)
     message_id = uuid.uuid4().hex
@@ -107,7 +112,8 @@ def test_client_publishes_persistent_messages_to_quorum_queues_with_confirms():
             assert message.headers["task"] == names.INGEST_MESSAGE
             assert message.properties["delivery_mode"] == 2
             assert message.payload[1]["message_id"] == message_id
-            # Declaring again with the client's arguments is accepted: same queue type.
+            # The vhost's default type made it a quorum queue, and declaring it
+            # as plain Celery does (no x-queue-type) is still accepted.
             declared = conn.default_channel.queue_declare(
                 queue=names.QUEUE_INGEST,
                 durable=True,
@@ -115,6 +121,7 @@ def test_client_publishes_persistent_messages_to_quorum_queues_with_confirms():
                 arguments={"x-queue-type": "quorum"},
             )
             assert declared.queue == names.QUEUE_INGEST
+            task_queues(AMQP_URL)[0](conn.default_channel).declare()
     finally:
         client.app.close()
 
