@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from celery.schedules import crontab
 
-from services.client import is_amqp, publish_transport_options
-from services.client import task_queues as _task_queues
 from services.core.clients import broker_url as _broker_url
 from services.core.clients import redis_url as _redis_url
 from services.core.settings import get_settings
 from tasks import names
+from vigil_client import is_amqp, publish_transport_options
+from vigil_client import task_queues as _task_queues
 
 _settings = get_settings()
 
@@ -42,7 +42,7 @@ enable_utc = True
 # (services/core/declarations.py): for a quorum queue Celery then turns off
 # global QoS (quorum queues refuse it), and retry countdowns wait in RabbitMQ's
 # delay queues instead of in the worker.
-task_queues = _task_queues(broker_url)
+task_queues = _task_queues()
 worker_detect_quorum_queues = True
 task_default_queue = names.QUEUE_INGEST
 task_routes = {f"vigil.{queue}.*": {"queue": queue, "routing_key": queue} for queue in names.QUEUES}

@@ -23,7 +23,6 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
-from services.client import sender_app
 from services.core.clients import broker_url, get_redis, redis_url, session_factory
 from services.core.settings import (
     DEFAULT_DATABASE_URL,
@@ -34,6 +33,7 @@ from services.core.settings import (
 from stack.discovery import answers, app_database_url
 from tasks.base import redact_kwargs
 from tasks.names import QUEUE_ADMIN
+from vigil_client import sender_app
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1

@@ -31,11 +31,11 @@ from pydantic import BaseModel
 from redis.client import NEVER_DECODE
 
 from models.envelopes import STREAM_TOPICS
-from services.client import VigilClient, answer, sender_app
 from services.core import clients
 from services.core.settings import Settings
 from services.envelopes import streams
 from tasks import names
+from vigil_client import VigilClient, answer, sender_app
 
 GUILDS = ("night-owls", "speedrun-club", "study-hall", "pixel-artists")
 BATCH_SIZE = 50

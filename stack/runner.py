@@ -34,7 +34,6 @@ from typing import IO, TypeVar
 import httpx
 from celery import Celery
 
-from services.client import sender_app
 from services.core import clients, health
 from services.core.network import is_loopback
 from services.core.settings import Settings, get_settings
@@ -56,6 +55,7 @@ from stack.processes import (
     WorkerProcess,
     celery_command,
 )
+from vigil_client import sender_app
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from services.core.settings import get_settings
 from services.ingest import detector
 from tasks import names
 from tasks.base import VigilCelery
+from vigil_client import is_amqp
 
 app = VigilCelery("vigil")
 app.config_from_object("celeryconfig")
@@ -72,7 +73,7 @@ def _adopt_broker_declarations(**_: object) -> None:
     plain form when missing) before anything declares them; a queue in a form
     Celery cannot consume is named with its fix and left out, the others are
     served (services/core/declarations.py)."""
-    if not declarations.is_amqp(app.conf.broker_url):
+    if not is_amqp(app.conf.broker_url):
         return
     for found in declarations.adopt(app, names.QUEUES):
         if found.problem:

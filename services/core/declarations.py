@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.utils.time import maybe_make_aware
@@ -64,9 +63,10 @@ from kombu.transport.native_delayed_delivery import (
     logger as native_delayed_logger,
 )
 
+from vigil_client import plain_queue
+
 log = logging.getLogger(__name__)
 
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 # What a probe can find.
 MISSING = "missing"
@@ -80,16 +80,6 @@ USABLE_QUEUES = frozenset({CLASSIC, QUORUM})
 ROUTING_EXCHANGES = ("direct", "topic", "fanout")
 EXCHANGE_TYPES = (*ROUTING_EXCHANGES, "headers")
 DELAY_TOP_EXCHANGE = level_name(27)
-
-
-def is_amqp(broker_url: str) -> bool:
-    """True for a RabbitMQ (AMQP 0-9-1) broker URL."""
-    return urlsplit(broker_url).scheme in AMQP_SCHEMES
-
-
-def plain_queue(name: str) -> Queue:
-    """The queue as a Celery client configured with the broker URL alone declares it."""
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from services.client import sender_app, task_queues
 from stack import processes
 from stack.embedded import EmbeddedPostgres, spare_port
 from tests.helpers import wait_for
+from vigil_client import sender_app, task_queues
 
 __all__ = ["wait_for"]  # the fault tests import it from here
 
@@ -274,7 +274,7 @@ def broker(request, fresh):
     request.getfixturevalue("amqp_vhost")
     with Connection(AMQP_URL) as conn:
         # Declared as the worker and plain Celery declare them, then emptied.
-        for queue in task_queues(AMQP_URL):
+        for queue in task_queues():
             bound = queue(conn.default_channel)
             bound.declare()
             bound.purge()

@@ -1,4 +1,4 @@
-"""services.client: queue declarations per broker, persistent messages, confirms.
+"""vigil_client (the frontend client): queue declarations per broker, persistent messages, confirms.
 
 The RabbitMQ test publishes through a vhost of its own, re-created with a
 quorum default queue type (a shared vhost may hold the queues in another form).
@@ -22,8 +22,8 @@ from celery import Celery
 from celery.result import AsyncResult
 from kombu import Connection
 
-from services.client import VigilClient, answer, is_amqp, sender_app, task_queues
 from tasks import names
+from vigil_client import VigilClient, answer, is_amqp, sender_app, task_queues
 
 AMQP_URL = os.environ.get(
     "VIGIL_TEST_CLIENT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/vigil-amqp-client"
@@ -31,7 +31,7 @@ AMQP_URL = os.environ.get(
 
 
 def test_amqp_queues_are_declared_as_plain_celery_declares_them():
-    queues = {queue.name: queue for queue in task_queues("amqp://guest@rabbit:5672//")}
+    queues = {queue.name: queue for queue in task_queues()}
     assert set(queues) == set(names.QUEUES)
     plain = Celery("plain", broker="amqp://guest@rabbit:5672//", set_as_current=False)
     for name, queue in queues.items():
@@ -43,12 +43,6 @@ def test_amqp_queues_are_declared_as_plain_celery_declares_them():
         assert queue.exchange.name == default.exchange.name == name
         assert queue.routing_key == default.routing_key == name
         assert queue.exchange.durable and default.exchange.durable
-
-
-def test_redis_queues_stay_plain():
-    for queue in task_queues("redis://127.0.0.1:6379/1"):
-        assert not queue.queue_arguments
-        assert queue.exchange.type == "direct"
 
 
 @pytest.mark.parametrize(
@@ -69,7 +63,7 @@ def test_sender_app_confirms_and_persists_on_rabbitmq():
     app = sender_app("amqp://guest@rabbit:5672//")
     assert app.conf.broker_transport_options == {"confirm_publish": True}
     assert app.conf.task_default_delivery_mode == "persistent"
-    assert app.conf.task_queues == task_queues("amqp://guest@rabbit:5672//")
+    assert app.conf.task_queues == task_queues()
     redis_app = sender_app("redis://127.0.0.1:6379/1")
     assert "confirm_publish" not in redis_app.conf.broker_transport_options
 
@@ -97,7 +91,7 @@ def test_client_publishes_persistent_messages_with_confirms():
     message_id = uuid.uuid4().hex
     try:
         with Connection(AMQP_URL) as conn:
-            for queue in task_queues(AMQP_URL):
+            for queue in task_queues():
                 queue(conn.default_channel).declare()
                 queue(conn.default_channel).purge()
         client.message(message_id=message_id, user_id="u1", text="hello", sent_at=None)
@@ -105,7 +99,7 @@ def test_client_publishes_persistent_messages_with_confirms():
             # The producer's channel is in confirm mode: publish waited for the broker.
             assert conn.transport_options.get("confirm_publish") is True
         with Connection(AMQP_URL) as conn:
-            queue = task_queues(AMQP_URL)[0](conn.default_channel)
+            queue = task_queues()[0](conn.default_channel)
             assert queue.name == names.QUEUE_INGEST
             message = queue.get(no_ack=True)
             assert message is not None
@@ -121,7 +115,7 @@ def test_client_publishes_persistent_messages_with_confirms():
                 arguments={"x-queue-type": "quorum"},
             )
             assert declared.queue == names.QUEUE_INGEST
-            task_queues(AMQP_URL)[0](conn.default_channel).declare()
+            task_queues()[0](conn.default_channel).declare()
     finally:
         client.app.close()
 

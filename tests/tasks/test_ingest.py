@@ -9,9 +9,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from services.bonds import ledger
-from services.client import VigilClient
 from services.core import dedupe, keys
 from tests.helpers import wait_for
+from vigil_client import VigilClient
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 # Keys a redelivery may add that are not user state: counters, dedupe, task results.

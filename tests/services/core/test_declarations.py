@@ -35,7 +35,6 @@ from typer.testing import CliRunner
 
 from cli.main import app as cli_app
 from services.bonds import ledger
-from services.client import sender_app, task_queues
 from services.core import declarations, health
 from services.core.settings import get_settings
 from services.metrics import collector
@@ -44,6 +43,7 @@ from tasks import names
 from tasks.base import VigilCelery
 from tests.conftest import ROOT
 from tests.helpers import wait_for
+from vigil_client import sender_app, task_queues
 
 RABBIT = os.environ.get("VIGIL_TEST_RABBIT", "guest:guest@127.0.0.1:5672")
 PER_SIDE = 200  # messages a plain Celery client sends before and after the workers start
@@ -264,7 +264,7 @@ def worker_app(url: str) -> Celery:
     app.conf.update(
         broker_url=url,
         broker_transport=None,  # celeryconfig chose vigil's Redis transport for the tests' Redis
-        task_queues=task_queues(url),
+        task_queues=task_queues(),
         broker_transport_options={"confirm_publish": True},
     )
     declarations.adopt(app, names.QUEUES)
@@ -326,7 +326,9 @@ def test_earlier_quorum_queues_on_topic_exchanges_are_adopted(
             )
             earlier(conn.default_channel).declare()
     worker = workers.start(url)
-    client = sender_app(url, adopt=True)
+    client = sender_app(url)
+    # What a sender of vigil's own (CLI, demo) does on such a vhost: adopt, never redeclare.
+    declarations.adopt(client, names.QUEUES)
     try:
         for i in range(PER_SIDE):
             client.send_task(names.INGEST_MESSAGE, kwargs=message(i, "old"), ignore_result=True)

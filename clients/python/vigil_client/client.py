@@ -1,15 +1,16 @@
-"""Enqueue helper for Python frontends.
+"""The synchronous client for Python frontends.
 
-Sends by task name only, so a frontend needs nothing of vigil but this module
+Sends by task name only, so a frontend needs nothing of vigil but this package
 and Celery; batches go out through one producer connection. Frontends in other
 languages publish the same JSON kwargs (see README, "Task contract").
 
 The queue declarations live here too (``task_queues``), because a sender
 declares the queue it publishes to and RabbitMQ refuses (PRECONDITION_FAILED)
-a declaration that differs from the existing queue. On RabbitMQ they are what
-a Celery app configured with the broker URL alone declares, so vigil, plain
-Celery frontends and celery-node agree whichever starts first
-(services/core/declarations.py says why). ``celeryconfig`` takes them from here.
+a declaration that differs from the existing queue. They are what a Celery app
+configured with the broker URL alone declares, so vigil, plain Celery
+frontends and celery-node agree whichever starts first (the worker's
+services/core/declarations.py says why). vigil's ``celeryconfig`` takes them
+from here.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from itertools import islice
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.result import AsyncResult
 from kombu import Exchange, Queue
 
-from services.core import declarations
-from services.core.declarations import is_amqp
-from tasks import names
+from vigil_client import names
+
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 MESSAGE_TASK = names.INGEST_MESSAGE
 BATCH_TASK = names.INGEST_MESSAGES
@@ -42,17 +44,25 @@ def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield chunk
 
 
-def task_queues(broker_url: str) -> tuple[Queue, ...]:
-    """vigil's queues as workers and senders declare them on this broker.
+def is_amqp(broker_url: str) -> bool:
+    """True for a RabbitMQ (AMQP 0-9-1) broker URL."""
+    return urlsplit(broker_url).scheme in AMQP_SCHEMES
 
-    On RabbitMQ: what plain Celery declares (durable, no x-queue-type, on a
-    durable direct exchange named like the queue), so the vhost's default
-    queue type decides quorum or classic; workers adopt queues that exist in
-    another form. On Redis: plain queues on direct exchanges.
+
+def plain_queue(name: str) -> Queue:
+    """The queue as a Celery client configured with the broker URL alone declares it."""
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+
+
+def task_queues() -> tuple[Queue, ...]:
+    """vigil's queues as workers and senders declare them, on either broker.
+
+    What plain Celery declares (durable, no x-queue-type, on a durable direct
+    exchange named like the queue): on RabbitMQ the vhost's default queue type
+    decides quorum or classic, and workers adopt queues that exist in another
+    form.
     """
-    if is_amqp(broker_url):
-        return tuple(declarations.plain_queue(queue) for queue in names.QUEUES)
-    return tuple(Queue(queue, Exchange(queue), routing_key=queue) for queue in names.QUEUES)
+    return tuple(plain_queue(queue) for queue in names.QUEUES)
 
 
 def publish_transport_options(broker_url: str) -> dict[str, Any]:
@@ -67,14 +77,9 @@ def sender_app(
     *,
     name: str = "vigil-client",
     cls: type[Celery] = Celery,
-    adopt: bool = False,
 ) -> Celery:
     """A Celery app that only sends vigil tasks by name: JSON both ways, persistent
-    messages, vigil's queue declarations and, on RabbitMQ, publisher confirms.
-
-    ``adopt`` (RabbitMQ): probe the vhost now and publish to the queues as they
-    exist, never redeclaring them, as workers do; for a vhost that still holds
-    another form of them (vigil's earlier quorum queues on topic exchanges)."""
+    messages, vigil's queue declarations and, on RabbitMQ, publisher confirms."""
     app = cls(name, set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
@@ -83,14 +88,12 @@ def sender_app(
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        task_queues=task_queues(broker_url),
+        task_queues=task_queues(),
         task_default_queue=names.QUEUE_INGEST,
         task_default_delivery_mode="persistent",
         broker_transport_options=publish_transport_options(broker_url),
         broker_connection_retry_on_startup=True,
     )
-    if adopt and is_amqp(broker_url):
-        declarations.adopt(app, names.QUEUES)
     return app
 
 
