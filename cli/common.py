@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
+from services.core import declarations
 from services.core.clients import broker_url, get_redis, redis_url, session_factory
 from services.core.settings import (
     DEFAULT_DATABASE_URL,
@@ -32,8 +33,8 @@ from services.core.settings import (
 )
 from stack.discovery import answers, app_database_url
 from tasks.base import redact_kwargs
-from tasks.names import QUEUE_ADMIN
-from vigil_client import sender_app
+from tasks.names import QUEUE_ADMIN, QUEUES
+from vigil_client import is_amqp, sender_app
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -123,7 +124,12 @@ def sessions(settings: Settings | None = None) -> sessionmaker[Session]:
 
 @functools.cache
 def _sender(broker: str, results: str) -> Celery:
-    return sender_app(broker, results, name="vigil-cli")
+    app = sender_app(broker, results, name="vigil-cli")
+    if is_amqp(broker):
+        # Publish to the queues as they exist (an upgraded vhost's earlier quorum
+        # queues on topic exchanges), as workers do, never redeclaring them.
+        declarations.adopt(app, QUEUES)
+    return app
 
 
 def cli_app(settings: Settings | None = None) -> Celery:

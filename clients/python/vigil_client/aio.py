@@ -41,6 +41,13 @@ class AsyncVigilClient:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, partial(call, *args, **kwargs))
 
+    async def connect(self) -> None:
+        """Connect to the broker now, on the client's thread: the first connection
+        imports the transport and builds the producer pool, which holds Python's
+        interpreter lock for tens of milliseconds. ``async with`` calls it, so a
+        bot pays that at start-up rather than on its first message."""
+        await self._run(self.sync.connect)
+
     async def message(self, **fields: Any) -> AsyncResult:
         """Enqueue one message (``message_id`` is the idempotency key)."""
         return await self._run(self.sync.message, **fields)
@@ -59,6 +66,7 @@ class AsyncVigilClient:
         self._thread.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncVigilClient:
+        await self.connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -130,6 +130,16 @@ class VigilClient:
         self.app = app or sender_app(broker_url or "redis://127.0.0.1:6379/0")
         self.keep_results = keep_results
 
+    def connect(self) -> None:
+        """Connect to the broker and declare vigil's queues now (what the first
+        send would do), rather than on the first send."""
+        with self.app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=3)
+            for queue in self.app.amqp.queues.values():
+                producer.maybe_declare(queue)
+        # Built lazily on the first send otherwise: the router and the result backend.
+        _ = self.app.amqp.router, self.app.backend
+
     def _send(self, name: str, kwargs: dict[str, Any], producer=None):
         shown = {k: kwargs[k] for k in ("message_id", "detection_id", "user_id") if k in kwargs}
         return self.app.send_task(
