@@ -133,7 +133,7 @@ def detection_args(
     settings: Settings,
     det: DetectionIn,
     *,
-    marker: str,
+    cause: str,
     history: dict[str, Any] | None,
     stamp: int,
     dedupe_entry: tuple[str, str] | None = None,
@@ -141,8 +141,8 @@ def detection_args(
 ) -> scripts.Item:
     """Keys and own arguments of one detection for ``apply_detection.lua``.
 
-    ``marker`` is the pre-upgrade marker key: the cause of the envelope ids (so
-    they stay what they were) and read in case it is still there.
+    ``cause`` is what the envelope ids derive from: the name the id's marker key
+    had before the per-user dedupe hashes, so the ids stay what they were.
     ``dedupe_entry`` is the (hash, field) that records the detection applied,
     by default its own id in the user's detection hash; a message passes its
     message's entry. ``stamp`` is its first-seen stamp (``dedupe.stamp``).
@@ -160,6 +160,7 @@ def detection_args(
         "correlation_id": det.message_id or det.detection_id,
         "field": dedupe_field,
         "stamp": stamp,
+        "cause": cause,
         "detection": {
             "phase": det.phase,
             "risk_level": det.risk_level,
@@ -178,7 +179,6 @@ def detection_args(
         keys.bond(settings, det.user_id),
         keys.events(settings, det.user_id),
         dedupe_key,
-        marker,
         keys.history(settings, det.guild_id, det.user_id),
         settings.stream_bond,
     ]

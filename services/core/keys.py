@@ -33,10 +33,9 @@ def history_pattern(settings: Settings, user_id: str) -> str:
 
 
 def message_marker(settings: Settings, platform: str, message_id: str) -> str:
-    """The per-message marker key written before dedupe moved to per-user hashes.
-
-    Still the cause of a message's envelope ids (so they did not change), and
-    read by the scripts so a message redelivered across the upgrade is known."""
+    """The name of the per-message marker key used before dedupe moved to per-user
+    hashes. No such key is written or read any more; a message's envelope ids
+    still derive from this name, so they did not change."""
     return f"{settings.vigil_prefix}seen:msg:{platform}:{message_id}"
 
 

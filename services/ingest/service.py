@@ -171,7 +171,7 @@ class IngestService:
             ledger.detection_args(
                 self.settings,
                 det,
-                marker=keys.message_marker(self.settings, msg.platform, msg.message_id),
+                cause=keys.message_marker(self.settings, msg.platform, msg.message_id),
                 history=entry,
                 stamp=dedupe.stamp(now, i),
                 dedupe_entry=self._dedupe_entry(msg),
@@ -206,13 +206,10 @@ class IngestService:
         )
 
     def _gate_item(self, msg: MessageIn, now: float, position: int) -> scripts.Item:
-        # The pre-upgrade marker key: read if still there, and the envelope ids' cause.
-        marker = keys.message_marker(self.settings, msg.platform, msg.message_id)
         dedupe_key, dedupe_field = self._dedupe_entry(msg)
         item_keys = [
             keys.bond(self.settings, msg.user_id),
             dedupe_key,
-            marker,
             keys.history(self.settings, msg.guild_id, msg.user_id),
             self.settings.stream_bond,
         ]
@@ -223,6 +220,7 @@ class IngestService:
             "message_id": msg.message_id,
             "field": dedupe_field,
             "stamp": dedupe.stamp(now, position),
+            "cause": keys.message_marker(self.settings, msg.platform, msg.message_id),
         }
         return item_keys, doc
 
@@ -237,7 +235,7 @@ class IngestService:
             ledger.detection_args(
                 self.settings,
                 det,
-                marker=keys.detection_marker(self.settings, det.detection_id),
+                cause=keys.detection_marker(self.settings, det.detection_id),
                 history=None,
                 stamp=dedupe.stamp(now, i),
             )

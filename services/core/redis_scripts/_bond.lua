@@ -99,14 +99,11 @@ local function dedupe_live(raw, d)
   return DEDUPE_STATE[code], stamp
 end
 
--- The id's live state and first-seen stamp; else the state its pre-upgrade
--- marker key holds (a redelivery across the upgrade), with no stamp.
-local function dedupe_get(key, legacy_key, field, d)
-  local state, stamp = dedupe_live(redis.call('HGET', key, field), d)
-  if state then return state, stamp end
-  local legacy = redis.call('GET', legacy_key)
-  if legacy == 'counted' or legacy == 'limited' or legacy == 'done' then return legacy, nil end
-  return nil, nil
+-- The id's live state and first-seen stamp, or nil. (Per-message marker keys
+-- from before the per-user hashes expired within the dedupe window of the
+-- upgrade: nothing reads them.)
+local function dedupe_get(key, field, d)
+  return dedupe_live(redis.call('HGET', key, field), d)
 end
 
 local function dedupe_prune(key, d)

@@ -1,7 +1,7 @@
 -- Round trip 2 of a batch: apply each detection to the bond, its events,
 -- history and stream, all or nothing per detection, exactly once per dedupe entry.
--- KEYS: 6 per detection: bond, events, dedupe hash, pre-upgrade marker (the
---   envelope ids' cause), history, bond_stream; then the metrics hash
+-- KEYS: 5 per detection: bond, events, dedupe hash, history, bond_stream; then
+--   the metrics hash
 --   (run_batch in _bond.lua and services/core/scripts.py)
 -- ARGV[1]: JSON array, one object per detection; ARGV[3]: what they share
 --   (services/bonds/ledger.py: detection_args, detection_shared)
@@ -9,8 +9,8 @@
 -- a.count_message: the gate did not count this message (its user had no cap),
 -- so the apply counts it, unless another delivery's gate has since.
 
-local function apply(a, bond_key, events_key, dedupe_key, legacy_key, history_key, stream)
-  local seen, first_seen = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
+local function apply(a, bond_key, events_key, dedupe_key, history_key, stream)
+  local seen, first_seen = dedupe_get(dedupe_key, a.field, a.dedupe)
   -- 'limited': another delivery of this message was rate-limited (a cap set
   -- while this one ran): that is its outcome.
   if seen == 'done' or seen == 'limited' then
@@ -39,7 +39,7 @@ local function apply(a, bond_key, events_key, dedupe_key, legacy_key, history_ke
     })
     publish(stream, a.maxlen, {
       schema_version = '1', topic = 'bond.phase_transition',
-      envelope_id = envelope_id(legacy_key, 'bond.phase_transition'),
+      envelope_id = envelope_id(a.cause, 'bond.phase_transition'),
       published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
       payload = {user_id = a.user_id, guild_id = guild, from_phase = old, to_phase = d.phase,
                  confidence = d.confidence, primary_signal = d.primary_signal},
@@ -59,7 +59,7 @@ local function apply(a, bond_key, events_key, dedupe_key, legacy_key, history_ke
     })
     publish(stream, a.maxlen, {
       schema_version = '1', topic = 'bond.risk_change',
-      envelope_id = envelope_id(legacy_key, 'bond.risk_change'),
+      envelope_id = envelope_id(a.cause, 'bond.risk_change'),
       published_at = a.published_at, correlation_id = a.correlation_id, meta = {},
       payload = {user_id = a.user_id, guild_id = guild, from_risk = old, to_risk = d.risk_level},
     })
@@ -97,4 +97,4 @@ local function apply(a, bond_key, events_key, dedupe_key, legacy_key, history_ke
   return {'applied', table.concat(changed, ','), tostring(stored)}
 end
 
-return run_batch(apply, 6)
+return run_batch(apply, 5)

@@ -3,7 +3,7 @@
 -- A user without a cap has nothing to enforce here: their message is counted by
 -- apply_detection.lua, which writes the bond anyway, so the gate writes nothing
 -- (the bond's encode and SET are most of a gate's cost).
--- KEYS: 5 per message: bond, dedupe hash, pre-upgrade marker, history, bond_stream;
+-- KEYS: 4 per message: bond, dedupe hash, history, bond_stream;
 --   then the metrics hash (run_batch in _bond.lua and services/core/scripts.py)
 -- ARGV[1]: JSON array, one object per message; ARGV[3]: what they share
 --   (services/ingest/service.py: _gate_item; services/bonds/ledger.py: detection_shared)
@@ -16,8 +16,8 @@ local function context(history_key, limit)
   return redis.call('ZRANGE', history_key, -limit, -1)
 end
 
-local function gate(a, bond_key, dedupe_key, legacy_key, history_key, stream)
-  local marker = dedupe_get(dedupe_key, legacy_key, a.field, a.dedupe)
+local function gate(a, bond_key, dedupe_key, history_key, stream)
+  local marker = dedupe_get(dedupe_key, a.field, a.dedupe)
   if marker == 'done' or marker == 'limited' then
     count_metric('messages:duplicate')
     return {'duplicate', marker}
@@ -38,7 +38,7 @@ local function gate(a, bond_key, dedupe_key, legacy_key, history_key, stream)
     redis.call('SET', bond_key, encode_bond(bond))
     dedupe_set(dedupe_key, a.field, 'limited', a.stamp, a.dedupe)
     publish(stream, a.maxlen, {
-      schema_version = '1', envelope_id = envelope_id(legacy_key, 'message.rate_limited'),
+      schema_version = '1', envelope_id = envelope_id(a.cause, 'message.rate_limited'),
       topic = 'message.rate_limited',
       published_at = a.published_at, correlation_id = a.message_id, meta = {},
       payload = {user_id = a.user_id, guild_id = a.guild_id, platform = a.platform,
@@ -55,4 +55,4 @@ local function gate(a, bond_key, dedupe_key, legacy_key, history_key, stream)
   return {'accepted', tostring(count + 1), context(history_key, a.context_limit)}
 end
 
-return run_batch(gate, 5)
+return run_batch(gate, 4)

@@ -39,7 +39,7 @@ def _apply(state_redis, settings, det: DetectionIn, now: float | None = None):
     call = ledger.detection_args(
         settings,
         det,
-        marker=keys.detection_marker(settings, det.detection_id),
+        cause=keys.detection_marker(settings, det.detection_id),
         history=None,
         stamp=dedupe.stamp(now, 0),
     )
