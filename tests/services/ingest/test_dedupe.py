@@ -244,6 +244,7 @@ def test_marker_keys_from_before_the_per_user_hashes_are_not_read(state_redis, d
     old_detection = {**detection(0), "detection_id": "old-det"}
     assert statuses(svc.detections([old_detection])) == ["accepted"]
 
+
 def test_a_long_id_takes_a_short_field(state_redis, db, settings):
     long_id = "x" * 128
     svc = service(state_redis, db, settings)
