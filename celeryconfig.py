@@ -19,10 +19,10 @@ _settings = get_settings()
 
 broker_url = _broker_url(_settings)
 # On a Redis broker, vigil's transport: one reused client per channel and late
-# acks that survive a broker reconnect (services/core/broker.py). amqp keeps
+# acks that survive a broker reconnect (worker/broker.py). amqp keeps
 # kombu's default.
 if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
-    broker_transport = "services.core.broker:Transport"
+    broker_transport = "worker.broker:Transport"
 # Results are off by default (task_ignore_result); tasks that a caller waits on
 # (the demo, tests, the CLI) store their small JSON outcome here.
 result_backend = _redis_url(_settings)
@@ -53,7 +53,7 @@ task_routes = {f"vigil.{queue}.*": {"queue": queue, "routing_key": queue} for qu
 task_acks_late = True
 task_reject_on_worker_lost = True
 task_default_delivery_mode = "persistent"
-# Prefetch: buffered ingest tasks (tasks/batching.py) need a full buffer
+# Prefetch: buffered ingest tasks (worker/batching.py) need a full buffer
 # reserved while every pool process runs one, so by default 2 x flush_every
 # messages per process (never 0, which means unlimited).
 worker_prefetch_multiplier = (

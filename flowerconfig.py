@@ -14,6 +14,6 @@ _root = _os.path.dirname(_os.path.abspath(__file__))
 if _root not in _sys.path:
     _sys.path.insert(0, _root)
 
-from tasks.flower_guard import install_from_config as _install  # noqa: E402
+from worker.flower_guard import install_from_config as _install  # noqa: E402
 
 _install()

@@ -144,7 +144,7 @@ def flower_command(
         "tasks", "flower", f"--address={address}", f"--port={settings.flower_port}"
     )
     # Without a login this is local-only on loopback (checked above): say so to
-    # the guard in tasks/flower_guard.py, which refuses an anonymous Flower otherwise.
+    # the guard in worker/flower_guard.py, which refuses an anonymous Flower otherwise.
     env = {"FLOWER_BASIC_AUTH": basic_auth} if basic_auth else {"VIGIL_FLOWER_LOCAL_ONLY": "1"}
     return argv, env
 

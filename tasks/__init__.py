@@ -9,7 +9,7 @@ if running_under_flower():
     # `celery -A tasks flower` imports this package before Flower reads its
     # options: make that Flower ask for a login and bind loopback. Only Flower
     # imports the guard and Flower's own option definitions.
-    from tasks import flower_guard
+    from worker import flower_guard
 
     flower_guard.install()
 

@@ -32,7 +32,7 @@ from services.deadletters import store
 from services.erasure import service as erasure_service
 from tasks import names
 from tasks.app import app
-from tasks.base import redact_kwargs
+from worker.base import redact_kwargs
 
 Handler = Callable[[Any, Settings], dict[str, Any]]
 

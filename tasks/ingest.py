@@ -5,7 +5,7 @@ dict (``accepted``, ``duplicate``, ``rate_limited``, ``rejected`` with reasons);
 nothing in it, in logs or in Flower carries message text.
 
 ``vigil.ingest.message`` and ``vigil.ingest.detection`` are buffered
-(tasks/batching.py): the worker runs the pipeline once per buffer of requests,
+(worker/batching.py): the worker runs the pipeline once per buffer of requests,
 each request keeping its own result, dead letter and late ack.
 """
 
@@ -22,7 +22,7 @@ from services.ingest import detector
 from services.ingest.service import IngestService
 from tasks import names
 from tasks.app import app
-from tasks.batching import BufferedTask
+from worker.batching import BufferedTask
 
 _settings = get_settings()
 # Per buffered task: flush at this many requests, or this long after the first.

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from services.core import declarations
 from services.core.clients import broker_url, get_engine, get_redis
 from services.core.settings import Settings
-from tasks import names
+from vigil_client import names
 
 REDIS_AUTH_HINT = (
     "authentication failed: check VIGIL_REDIS_PASSWORD (or VIGIL_REDIS_PASSWORD_FILE) "

@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     retry_backoff_max: int = Field(default=30, ge=1)
     retry_max_retries: int = Field(default=40, ge=0)
 
-    # Buffered single-message ingest (tasks/batching.py). A worker holds
+    # Buffered single-message ingest (worker/batching.py). A worker holds
     # vigil.ingest.message / vigil.ingest.detection requests and runs the
     # pipeline once per buffer: when it holds ingest_flush_every requests, and
     # every ingest_flush_interval_s for what it holds. Under load buffers fill
@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
     flower_basic_auth: str | None = Field(default=None, repr=False)
-    # Flower without a login, allowed only on loopback (tasks/flower_guard.py).
+    # Flower without a login, allowed only on loopback (worker/flower_guard.py).
     flower_local_only: bool = False
 
     @model_validator(mode="before")

@@ -65,7 +65,7 @@ def _only(snap: dict, prefix: str) -> dict:
 
 
 def _retries(log: str) -> int:
-    """Retries logged: Celery's for a plain task, tasks/batching.py's for a buffer."""
+    """Retries logged: Celery's for a plain task, worker/batching.py's for a buffer."""
     return log.count("Retry in") + log.count("retrying each request")
 
 

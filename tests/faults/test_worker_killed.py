@@ -5,7 +5,7 @@ Run on both brokers vigil supports, with the shipped delivery settings, for
 messages. With RabbitMQ the broker itself holds unacked deliveries and
 redelivers them when the connection drops. With Redis, vigil's transport
 records every task it fetches as unacked, and as owned by the worker, in the
-same step as the pop (services/core/broker.py), and puts back what a worker
+same step as the pop (worker/broker.py), and puts back what a worker
 silent for ``VIGIL_BROKER_OWNER_TIMEOUT`` held. Either way nothing may be lost,
 nothing counted twice, and everything applied within 30 s of the kill.
 """

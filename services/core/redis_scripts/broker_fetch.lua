@@ -1,4 +1,4 @@
--- Broker transport (services/core/broker.py): take up to ARGV[1] messages
+-- Broker transport (worker/broker.py): take up to ARGV[1] messages
 -- from the consumer's queue lists and record each as unacked, and as owned by
 -- the consumer ARGV[3], in the same atomic step. A message is never out of
 -- both the queue and the unacked hash, so no moment exists at which a killed

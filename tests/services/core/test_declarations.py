@@ -40,10 +40,10 @@ from services.core.settings import get_settings
 from services.metrics import collector
 from stack.processes import WorkerProcess
 from tasks import names
-from tasks.base import VigilCelery
 from tests.conftest import ROOT
 from tests.helpers import wait_for
 from vigil_client import sender_app, task_queues
+from worker.base import VigilCelery
 
 RABBIT = os.environ.get("VIGIL_TEST_RABBIT", "guest:guest@127.0.0.1:5672")
 PER_SIDE = 200  # messages a plain Celery client sends before and after the workers start

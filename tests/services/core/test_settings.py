@@ -108,7 +108,7 @@ def test_celeryconfig_uses_the_delivery_settings():
 
 def test_every_task_time_limit_fits_under_the_visibility_timeout():
     from tasks.app import app
-    from tasks.base import VigilTask
+    from worker.base import VigilTask
 
     s = Settings()
     for name, task in app.tasks.items():

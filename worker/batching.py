@@ -50,7 +50,7 @@ from celery_batches.trace import apply_batches_task
 
 from services.core.clients import session_factory
 from services.deadletters import store
-from tasks.base import TRANSIENT_ERRORS, VigilTask, redact_kwargs
+from worker.base import TRANSIENT_ERRORS, VigilTask, redact_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class BufferedTask(Batches):
     """A celery-batches task with per-request results, retries, dead letters and
     events. The task body calls :meth:`handle` with its pipeline."""
 
-    Request = "tasks.base:RedactedRequest"
+    Request = "worker.base:RedactedRequest"
     acks_late = True
     reject_on_worker_lost = True
     # The same retry budget as every other vigil task.
@@ -385,7 +385,7 @@ class BufferedTask(Batches):
 
 def acknowledge_together(requests: Sequence[Request]) -> None:
     """Ack a settled buffer: in one round trip per channel when the transport
-    can (vigil's Redis transport, services/core/broker.py), else one by one."""
+    can (vigil's Redis transport, worker/broker.py), else one by one."""
     with ExitStack() as stack:
         joined: set[int] = set()
         for request in requests:

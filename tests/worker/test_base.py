@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks import app
-from tasks.base import VigilCelery, redact_kwargs
+from worker.base import VigilCelery, redact_kwargs
 
 
 def test_task_without_explicit_name_fails_at_import():

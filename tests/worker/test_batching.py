@@ -1,4 +1,4 @@
-"""Buffered ``vigil.ingest.message`` / ``.detection`` (tasks/batching.py) on real
+"""Buffered ``vigil.ingest.message`` / ``.detection`` (worker/batching.py) on real
 workers, with a private broker and state ``redis-server`` per test so a test
 can stop the store or stall it while a buffer runs."""
 

@@ -1,4 +1,4 @@
-"""Canaries: every upstream internal tasks/upstream.py lists still is what vigil
+"""Canaries: every upstream internal worker/upstream.py lists still is what vigil
 expects, in the installed Celery, kombu, celery-batches and Flower."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.upstream import INTERNALS, Internal
+from worker.upstream import INTERNALS, Internal
 
 ROOT = Path(__file__).resolve().parents[2]
 

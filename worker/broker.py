@@ -1,6 +1,6 @@
 """vigil's Redis broker transport: kombu's Redis transport with six changes.
 
-Selected in ``celeryconfig`` with ``broker_transport = "services.core.broker:Transport"``
+Selected in ``celeryconfig`` with ``broker_transport = "worker.broker:Transport"``
 when the broker URL is Redis; the URL keeps its ``redis://`` scheme because kombu
 >= 5.7 refuses ``.``/``:`` in a transport name taken from the scheme (kombu #2641).
 
@@ -45,7 +45,7 @@ Changes relative to ``kombu.transport.redis`` (kombu 5.7.0, redis-py 8.x):
    worker's long task is never put back; the visibility timeout stays as the
    backstop for entries no consumer owns.
 6. Acks together. ``QoS.acks_together()`` writes every ack made inside it in
-   one round trip: a buffer of 100 requests (tasks/batching.py) is acked with
+   one round trip: a buffer of 100 requests (worker/batching.py) is acked with
    one HDEL and one ZREM instead of 100 pipelines.
 """
 

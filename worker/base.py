@@ -79,7 +79,7 @@ _consumer.dump_body = _redacted_body
 class VigilTask(Task):
     """Base for every vigil task."""
 
-    Request = "tasks.base:RedactedRequest"
+    Request = "worker.base:RedactedRequest"
     typing = False
     autoretry_for = TRANSIENT_ERRORS
     retry_backoff = 2

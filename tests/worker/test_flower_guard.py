@@ -21,7 +21,7 @@ import pytest
 from celery.bin.celery import celery as celery_group
 
 from stack.embedded import spare_port
-from tasks.app import running_under_flower
+from worker.signals import running_under_flower
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = Path(sys.executable).with_name("celery")

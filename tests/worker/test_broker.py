@@ -15,10 +15,10 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from services.core import broker
 from tasks import names
+from worker import broker
 
-TRANSPORT = "services.core.broker:Transport"
+TRANSPORT = "worker.broker:Transport"
 
 
 @pytest.fixture

@@ -2,14 +2,14 @@
 worker runtime relies on, in one list.
 
 Each entry names the upstream object, what vigil expects of it and where vigil
-uses it. ``tests/tasks/test_upstream.py`` checks every entry against the
+uses it. ``tests/worker/test_upstream.py`` checks every entry against the
 installed libraries; an upgrade that changes one fails there with the entry's
 text, before a worker misbehaves. Each of these libraries is pinned to the
 minor version the list was checked against (pyproject.toml). To upgrade one:
-raise its pin, run ``make test ARGS=tests/tasks/test_upstream.py``, and for
+raise its pin, run ``make test ARGS=tests/worker/test_upstream.py``, and for
 each failure read the upstream change and adapt the code the entry names.
 
-kombu (the Redis transport, ``services/core/broker.py``):
+kombu (the Redis transport, ``worker/broker.py``):
 - ``Channel._create_client``, ``_connparams``, ``_get_pool``: one reused client
   per channel, and connection parameters kept for a detached channel.
 - ``Channel._brpop_start`` / ``_brpop_read``, ``_in_poll``, ``_brpop_sent_at``,
@@ -29,18 +29,18 @@ kombu (the Redis transport, ``services/core/broker.py``):
 - ``native_delayed_delivery``'s warning for direct exchanges
   (``services/core/declarations.py`` filters it for queues it binds itself).
 
-Celery (``tasks/base.py``):
+Celery (``worker/base.py``):
 - ``worker.request.Request._argsrepr`` / ``_kwargsrepr``: what events and
   Flower show, replaced by a redacted form.
 - ``worker.consumer.consumer.dump_body``: the formatter of bodies Celery logs
   for unknown or undecodable messages, replaced so no message text is logged.
 
-celery-batches (``tasks/batching.py``):
+celery-batches (``worker/batching.py``):
 - ``Batches._tref``, ``_buffer``, ``_pending``, ``_pool``, ``_do_flush``,
   ``flush(requests)`` and ``celery_batches.trace.apply_batches_task``: the flush
   timer re-armed after a reconnect, buffers settled per request.
 
-Flower (``tasks/flower_guard.py``):
+Flower (``worker/flower_guard.py``):
 - ``flower.command`` parses the command line, then its config file, then the
   command line again; the guard acts on the last parse.
 """
@@ -97,7 +97,7 @@ class Internal:
         return found
 
 
-_BROKER = "services/core/broker.py"
+_BROKER = "worker/broker.py"
 _REDIS = "kombu.transport.redis"
 _VIRTUAL = "kombu.transport.virtual.base"
 
@@ -167,37 +167,37 @@ INTERNALS: tuple[Internal, ...] = (
     # Celery.
     Internal(
         "celery.worker.request:Request.__init__",
-        "tasks/base.py (RedactedRequest)",
+        "worker/base.py (RedactedRequest)",
         source_has=("self._argsrepr", "self._kwargsrepr"),
     ),
     Internal(
         "celery.worker.request:Request",
-        "tasks/base.py (RedactedRequest)",
+        "worker/base.py (RedactedRequest)",
         source_has=("return self._argsrepr", "return self._kwargsrepr", "self._argsrepr,"),
     ),
-    # The module, not the attribute: tasks/base.py has replaced the attribute.
+    # The module, not the attribute: worker/base.py has replaced the attribute.
     Internal(
         "celery.worker.consumer.consumer:",
-        "tasks/base.py (no message text in logs)",
+        "worker/base.py (no message text in logs)",
         source_has=("def dump_body(m, body):", "dump_body(message, body)"),
     ),
     # celery-batches.
     Internal(
         "celery_batches:Batches",
-        "tasks/batching.py",
+        "worker/batching.py",
         source_has=("self._tref", "self._buffer", "self._pending", "self._pool"),
     ),
-    Internal("celery_batches:Batches._do_flush", "tasks/batching.py", ("self",)),
-    Internal("celery_batches:Batches.flush", "tasks/batching.py", ("self", "requests")),
+    Internal("celery_batches:Batches._do_flush", "worker/batching.py", ("self",)),
+    Internal("celery_batches:Batches.flush", "worker/batching.py", ("self", "requests")),
     Internal(
         "celery_batches.trace:apply_batches_task",
-        "tasks/batching.py",
+        "worker/batching.py",
         ("task", "args", "loglevel", "logfile"),
     ),
     # Flower.
     Internal(
         "flower.command:apply_options",
-        "tasks/flower_guard.py (acts on the last of three parses)",
+        "worker/flower_guard.py (acts on the last of three parses)",
         source_has=("parse_command_line", "parse_config_file"),
     ),
 )
