@@ -10,6 +10,10 @@ from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import redis
+
+from services.core import dedupe, keys
+from services.core.settings import Settings
 from tasks import names
 
 
@@ -131,3 +135,33 @@ class DetectorServer:
                 pass
 
         return Handler
+
+
+def message_state(
+    redis_client: redis.Redis,
+    settings: Settings,
+    platform: str,
+    user_id: str,
+    message_id: str,
+    now: float | None = None,
+) -> str | None:
+    """``counted``, ``limited``, ``done`` or None for one message id."""
+    raw = redis_client.hget(
+        keys.message_dedupe(settings, platform, user_id), keys.dedupe_field(message_id)
+    )
+    return dedupe.decode(raw, settings, now)
+
+
+def detection_state(
+    redis_client: redis.Redis,
+    settings: Settings,
+    platform: str,
+    user_id: str,
+    detection_id: str,
+    now: float | None = None,
+) -> str | None:
+    """``done`` or None for one detection id."""
+    raw = redis_client.hget(
+        keys.detection_dedupe(settings, platform, user_id), keys.dedupe_field(detection_id)
+    )
+    return dedupe.decode(raw, settings, now)

@@ -75,15 +75,6 @@ def list_bonds(
     return cursor, bonds
 
 
-def all_bonds(redis_client: redis.Redis, settings: Settings) -> list[Bond]:
-    cursor, out = 0, []
-    while True:
-        cursor, page = list_bonds(redis_client, settings, cursor=cursor, count=500)
-        out.extend(page)
-        if cursor == 0:
-            return out
-
-
 def get_events(
     redis_client: redis.Redis, settings: Settings, user_id: str, limit: int = 50
 ) -> list[BondEvent]:

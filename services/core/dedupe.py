@@ -17,7 +17,6 @@ from typing import Any
 
 import redis
 
-from services.core import keys
 from services.core.settings import Settings
 
 STATES = {1: "counted", 2: "limited", 3: "done"}
@@ -51,36 +50,6 @@ def decode(raw: str | bytes | None, settings: Settings, now: float | None = None
     if now_ms - stamp_ms >= settings.dedupe_window_s * 1000:
         return None
     return STATES.get(code)
-
-
-def message_state(
-    redis_client: redis.Redis,
-    settings: Settings,
-    platform: str,
-    user_id: str,
-    message_id: str,
-    now: float | None = None,
-) -> str | None:
-    """``counted``, ``limited``, ``done`` or None for one message id."""
-    raw = redis_client.hget(
-        keys.message_dedupe(settings, platform, user_id), keys.dedupe_field(message_id)
-    )
-    return decode(raw, settings, now)
-
-
-def detection_state(
-    redis_client: redis.Redis,
-    settings: Settings,
-    platform: str,
-    user_id: str,
-    detection_id: str,
-    now: float | None = None,
-) -> str | None:
-    """``done`` or None for one detection id."""
-    raw = redis_client.hget(
-        keys.detection_dedupe(settings, platform, user_id), keys.dedupe_field(detection_id)
-    )
-    return decode(raw, settings, now)
 
 
 def states(

@@ -70,21 +70,6 @@ def publish(redis_client: redis.Redis, settings: Settings, envelope: Envelope) -
     return as_text(entry_id)
 
 
-def publish_many(
-    redis_client: redis.Redis, settings: Settings, envelopes: list[Envelope]
-) -> list[str]:
-    """Publish a batch in one round trip (not atomically: see ``services.envelopes.outbox``)."""
-    pipe = redis_client.pipeline(transaction=False)
-    for envelope in envelopes:
-        pipe.xadd(
-            stream_key_of_topic(settings, envelope.topic),
-            {"data": envelope.model_dump_json()},
-            maxlen=settings.stream_maxlen,
-            approximate=True,
-        )
-    return [as_text(entry_id) for entry_id in pipe.execute()]
-
-
 # Decoding -------------------------------------------------------------------
 
 

@@ -15,6 +15,16 @@ from stack import demo
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
+def all_bonds(state_redis, settings) -> list:
+    """Every bond, page by page, as ``vigil bond list`` reads them."""
+    cursor, out = 0, []
+    while True:
+        cursor, page = ledger.list_bonds(state_redis, settings, cursor=cursor, count=500)
+        out.extend(page)
+        if cursor == 0:
+            return out
+
+
 def test_plan_has_every_role_and_no_text_outside_payloads():
     p = demo.plan(8, 60, seed=1, now=NOW, run_id="abc123")
     sent = [m for b in p.batches for m in b] + p.singles
@@ -47,7 +57,7 @@ def test_demo_summary_matches_the_stores(vigil, state_redis, db, settings, worke
     assert env.get("bond.phase_transition", 0) == report["phase_transitions"] > 0
     events = [
         e
-        for b in ledger.all_bonds(state_redis, settings)
+        for b in all_bonds(state_redis, settings)
         for e in ledger.get_events(state_redis, settings, b.user_id, limit=500)
     ]
     assert sum(e.event_type == "phase_transition" for e in events) == report["phase_transitions"]

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from services.core import dedupe
-from tests.helpers import capture_events
+from tests.helpers import capture_events, message_state
 
 from .conftest import BROKER_DB, STATE_DB, RedisServer, broker_drained, make_app, wait_for
 
@@ -90,7 +89,7 @@ def test_pickle_message_is_refused_without_executing(fresh, app, procs, tmp_path
     app.send_task("vigil.ingest.message", kwargs=_message("after-pickle"), queue="ingest")
     state_redis = fresh.redis.client(STATE_DB)
     settings = fresh.settings()
-    state = lambda mid: dedupe.message_state(state_redis, settings, "discord", "u1", mid)  # noqa: E731
+    state = lambda mid: message_state(state_redis, settings, "discord", "u1", mid)  # noqa: E731
     wait_for(lambda: state("after-pickle") == "done", what="next message")
     wait_for(lambda: broker_drained(fresh), timeout=30, what="the pickle message gone")
     assert worker.alive
@@ -188,10 +187,7 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
             "vigil.ingest.message", kwargs=_message("pw-file"), queue="ingest", ignore_result=False
         )
         assert res.get(timeout=60)["status"] == "accepted"
-        assert (
-            dedupe.message_state(state_redis, fresh.settings(), "discord", "u1", "pw-file")
-            == "done"
-        )
+        assert message_state(state_redis, fresh.settings(), "discord", "u1", "pw-file") == "done"
         w1.stop()
 
         # Password inside the URLs.

@@ -11,10 +11,9 @@ from sqlalchemy import select
 
 from models.tables import DeadLetter
 from services.bonds import ledger
-from services.core import dedupe
 from services.deadletters import store
 from tasks import names
-from tests.helpers import VALID_DETECTION, DetectorServer, wait_for
+from tests.helpers import VALID_DETECTION, DetectorServer, message_state, wait_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 BRPOP_TIMEOUT_S = 1  # kombu's Redis transport default
@@ -136,8 +135,7 @@ def test_batch_items_rejected_by_the_detector_replay_through_the_single_message_
     assert replay(celery_app, ids) == {"status": "ok", "replayed": ids, "skipped": []}
     wait_for(
         lambda: all(
-            dedupe.message_state(state_redis, settings, "discord", m["user_id"], m["message_id"])
-            == "done"
+            message_state(state_redis, settings, "discord", m["user_id"], m["message_id"]) == "done"
             for m in batch
         ),
         timeout=60,

@@ -26,10 +26,10 @@ from sqlalchemy import func, select
 
 from models.payloads import ID_PATTERN
 from models.tables import Actor, AttributionState, DeadLetter, Identity, Observation, Outbox
-from services.core import dedupe, keys
+from services.core import keys
 from services.core.settings import Settings
 from tasks import names
-from tests.helpers import INGEST_TASKS
+from tests.helpers import INGEST_TASKS, message_state
 
 pytestmark = pytest.mark.faults
 
@@ -440,10 +440,7 @@ def test_hostile_payloads_through_the_worker(state_redis, db, settings, worker, 
         },
     )
     deadline = time.monotonic() + 60
-    while (
-        dedupe.message_state(state_redis, settings, "discord", "survivor", "after-hostile")
-        != "done"
-    ):
+    while message_state(state_redis, settings, "discord", "survivor", "after-hostile") != "done":
         assert time.monotonic() < deadline, "the worker stopped processing"
         time.sleep(0.2)
     log = worker.log_path.read_text(errors="replace")

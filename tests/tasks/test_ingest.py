@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.bonds import ledger
 from services.core import dedupe, keys
-from tests.helpers import wait_for
+from tests.helpers import message_state, wait_for
 from vigil_client import VigilClient
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -151,9 +151,7 @@ def test_frontend_in_another_language_publishes_raw_protocol(
             retry=True,
         )
     wait_for(
-        lambda: (
-            dedupe.message_state(state_redis, settings, "discord", "polyglot", "raw-1") == "done"
-        ),
+        lambda: message_state(state_redis, settings, "discord", "polyglot", "raw-1") == "done",
         what="raw message applied",
     )
     assert ledger.load(state_redis, settings, "polyglot").phase == "concern"

@@ -25,12 +25,11 @@ from sqlalchemy import select
 
 from models.tables import DeadLetter
 from services.bonds import ledger
-from services.core import dedupe
 from services.core.settings import Settings
 from stack.processes import RedisServer, WorkerProcess
 from tasks import names
 from tests.conftest import start_test_worker
-from tests.helpers import DetectorServer, capture_events, wait_for
+from tests.helpers import DetectorServer, capture_events, message_state, wait_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -336,9 +335,7 @@ def test_item_that_kills_its_pool_process_fails_no_other_request(private, db):
             assert ledger.load(private.state_redis, private.settings, user).daily_msg_count == 1
         # Never applied and, its user having no cap, never counted: a replay does both.
         poison_user = users[int(poison.split("-")[1])]
-        state = dedupe.message_state(
-            private.state_redis, private.settings, "discord", poison_user, poison
-        )
+        state = message_state(private.state_redis, private.settings, "discord", poison_user, poison)
         assert (
             state is None
             and ledger.load(private.state_redis, private.settings, poison_user) is None

@@ -17,13 +17,12 @@ from hypothesis import strategies as st
 
 from models.history import StoredMessage
 from models.payloads import MessageIn
-from services.core import dedupe
 from services.core.errors import TransientError
 from services.core.settings import Settings
 from services.ingest import detector
 from services.ingest.detector import DetectorFailed, HttpDetector, LexiconDetector
 from tasks import names
-from tests.helpers import DetectorServer, wait_for
+from tests.helpers import DetectorServer, message_state, wait_for
 
 
 @pytest.fixture
@@ -153,7 +152,7 @@ def test_worker_reuses_one_detector_connection_per_process_and_closes_it_at_shut
         )
     wait_for(
         lambda: all(
-            dedupe.message_state(state_redis, settings, "discord", f"conn-user-{i % 3}", message_id)
+            message_state(state_redis, settings, "discord", f"conn-user-{i % 3}", message_id)
             == "done"
             for i, message_id in enumerate(ids)
         ),

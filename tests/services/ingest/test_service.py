@@ -14,14 +14,13 @@ from models.envelopes import parse_envelope
 from models.payloads import DetectionIn, MessageIn
 from models.tables import DeadLetter, Outbox
 from services.bonds import history, ledger
-from services.core import dedupe
 from services.core.clients import get_engine
 from services.core.settings import Settings
 from services.envelopes import outbox
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
 from tasks import names
-from tests.helpers import INGEST_TASKS, wait_for
+from tests.helpers import INGEST_TASKS, detection_state, message_state, wait_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -283,7 +282,7 @@ def test_worker_started_with_max_text_chars_enforces_it(
     for message in (msg(1, "a" * 100), msg(2, "secret " + "a" * 94)):
         celery_app.send_task(names.INGEST_MESSAGE, kwargs=message, queue=queue)
     wait_for(
-        lambda: dedupe.message_state(state_redis, settings, "discord", "u1", "m1") == "done",
+        lambda: message_state(state_redis, settings, "discord", "u1", "m1") == "done",
         timeout=30,
         what="the 100-character message applied",
     )
@@ -291,7 +290,7 @@ def test_worker_started_with_max_text_chars_enforces_it(
     assert (row.task_name, row.reason) == (names.INGEST_MESSAGE, "rejected")
     assert json.loads(row.details) == ["text: String should have at most 100 characters"]
     assert json.loads(row.payload)["message_id"] == "m2"
-    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m2") is None
+    assert message_state(state_redis, settings, "discord", "u1", "m2") is None
 
 
 def observed(i: int, user: str = "relay-user") -> dict:
@@ -328,8 +327,7 @@ def test_outbox_relay_failure_does_not_fail_the_detection(state_redis, db, setti
     [outcome] = svc.detections([observed(2)]).outcomes
     assert (outcome["status"], outcome["attribution_changes"]) == ("accepted", 1)
     assert (
-        dedupe.detection_state(state_redis, settings, "discord", "relay-user", "relay-user-d2")
-        == "done"
+        detection_state(state_redis, settings, "discord", "relay-user", "relay-user-d2") == "done"
     )
     assert [row.published_at for row in outbox_rows(db)] == [None]  # left for the sweep
     [warning] = [rec for rec in caplog.records if "relay" in rec.getMessage()]
@@ -381,7 +379,7 @@ def test_detection_task_succeeds_when_its_relay_fails_and_the_sweep_publishes(
     celery_app.send_task(names.INGEST_DETECTION, kwargs=observed(2))
     wait_for(
         lambda: (
-            dedupe.detection_state(state_redis, settings, "discord", "relay-user", "relay-user-d2")
+            detection_state(state_redis, settings, "discord", "relay-user", "relay-user-d2")
             == "done"
         ),
         timeout=30,

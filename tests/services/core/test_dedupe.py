@@ -16,7 +16,7 @@ from services.core.health import compact_hash_limit
 from services.core.settings import Settings
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
-from tests.helpers import INGEST_TASKS
+from tests.helpers import INGEST_TASKS, detection_state, message_state
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 NOW = T0.timestamp()
@@ -94,7 +94,7 @@ def test_detection_duplicates_are_keyed_by_user(state_redis, db, settings):
         "duplicate",
     ]
     assert statuses(svc.detections([detection(1)], now=NOW + 60)) == ["duplicate"]
-    assert dedupe.detection_state(state_redis, settings, "discord", "u1", "d1", now=NOW) == "done"
+    assert detection_state(state_redis, settings, "discord", "u1", "d1", now=NOW) == "done"
     # The same detection id for another user is that user's own detection.
     assert statuses(svc.detections([detection(1, user="u2")], now=NOW)) == ["accepted"]
 
@@ -105,7 +105,7 @@ def test_rate_limited_stays_rate_limited_on_redelivery(state_redis, db, settings
     assert statuses(svc.messages([msg(1), msg(2)], now=NOW)) == ["accepted", "rate_limited"]
     ledger.set_cap(state_redis, settings, "u1", 0)  # even with room now, m2 stays what it was
     assert statuses(svc.messages([msg(2)], now=NOW + 1)) == ["duplicate"]
-    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m2", now=NOW) == "limited"
+    assert message_state(state_redis, settings, "discord", "u1", "m2", now=NOW) == "limited"
     limited = [
         e for e in bond_stream(state_redis, settings) if e["topic"] == "message.rate_limited"
     ]
@@ -162,13 +162,13 @@ def test_redelivery_between_gate_and_apply_counts_once(state_redis, db, settings
         service(state_redis, db, settings, DiesAfterGate()).messages(
             [msg(1, text="I feel hopeless")]
         )
-    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m1") == "counted"
+    assert message_state(state_redis, settings, "discord", "u1", "m1") == "counted"
     assert count(state_redis, settings) == 1 and phase_changes(state_redis, settings) == 0
     svc = service(state_redis, db, settings)
     assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["accepted"]
     assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["duplicate"]
     assert count(state_redis, settings) == 1
-    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m1") == "done"
+    assert message_state(state_redis, settings, "discord", "u1", "m1") == "done"
     assert phase_changes(state_redis, settings) == 1
 
 
@@ -179,7 +179,7 @@ def test_an_uncapped_users_message_is_counted_by_the_apply(state_redis, db, sett
         service(state_redis, db, settings, DiesAfterGate()).messages(
             [msg(1, text="I feel hopeless")]
         )
-    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m1") is None
+    assert message_state(state_redis, settings, "discord", "u1", "m1") is None
     assert (
         ledger.load(state_redis, settings, "u1") is None
         and bond_stream(state_redis, settings) == []
@@ -189,7 +189,7 @@ def test_an_uncapped_users_message_is_counted_by_the_apply(state_redis, db, sett
     assert statuses(svc.messages(batch)) == ["accepted", "accepted", "duplicate"]
     assert statuses(svc.messages([msg(1, text="I feel hopeless")])) == ["duplicate"]
     assert count(state_redis, settings) == 2
-    assert dedupe.message_state(state_redis, settings, "discord", "u1", "m1") == "done"
+    assert message_state(state_redis, settings, "discord", "u1", "m1") == "done"
     assert phase_changes(state_redis, settings) == 1
 
 
@@ -227,7 +227,7 @@ def test_a_cap_set_between_gate_and_apply_counts_the_message_once(
     assert racing.second == [second]
     assert first == ["duplicate"]
     assert count(state_redis, settings) == counted
-    state = dedupe.message_state(state_redis, settings, "discord", "u1", "m1")
+    state = message_state(state_redis, settings, "discord", "u1", "m1")
     assert state == ("done" if second == "accepted" else "limited")
     topics = [e["topic"] for e in bond_stream(state_redis, settings)]
     assert topics.count("message.rate_limited") == (second == "rate_limited")
