@@ -23,7 +23,6 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +30,7 @@ from models.history import StoredMessage
 from models.payloads import DetectionIn, MessageIn, reasons_of, text_limit
 from services.attribution import service as attribution
 from services.bonds import history, ledger
-from services.core import dedupe, keys, scripts
+from services.core import dedupe, keys, replies, scripts
 from services.core.settings import Settings
 from services.deadletters import store
 from services.envelopes import outbox
@@ -128,24 +127,24 @@ class IngestService:
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None, bool]] = []
         # Messages earlier in this batch are context for later ones of the same user.
         local_context: dict[tuple[str | None, str], list[StoredMessage]] = defaultdict(list)
-        for (i, msg), gate in zip(valid, gates, strict=True):
-            if isinstance(gate, ResponseError):
-                outcomes[i] = self._reject(batch, i, msg, [f"state: {str(gate)[:120]}"])
+        for (i, msg), raw in zip(valid, gates, strict=True):
+            gate = replies.gate(raw)
+            if isinstance(gate, replies.Failed):
+                outcomes[i] = self._reject(batch, i, msg, [f"state: {gate.reason}"])
                 continue
-            verdict = gate[0]
-            if verdict == "duplicate":
+            if isinstance(gate, replies.Duplicate):
                 outcomes[i] = {"status": "duplicate", "message_id": msg.message_id}
                 continue
-            if verdict == "rate_limited":
+            if isinstance(gate, replies.RateLimited):
                 outcomes[i] = {
                     "status": "rate_limited",
                     "message_id": msg.message_id,
-                    "cap": int(gate[1]),
-                    "count": int(gate[2]),
+                    "cap": gate.cap,
+                    "count": gate.count,
                 }
                 continue
             ctx_key = (msg.guild_id, msg.user_id)
-            context = history.context_of(gate[2]) + local_context[ctx_key]
+            context = history.context_of(gate.context) + local_context[ctx_key]
             context = context[-self.context_limit :] if self.context_limit else []
             try:
                 det = self.detector.detect(msg, context)
@@ -164,7 +163,7 @@ class IngestService:
                     )
                 )
             # An uncapped user's message is counted by the apply, not the gate.
-            to_apply.append((i, msg, det, entry, gate[1] == "uncounted"))
+            to_apply.append((i, msg, det, entry, not gate.counted))
 
         self._attribution([det for _, _, det, _, _ in to_apply])
         calls = [
@@ -300,12 +299,13 @@ class IngestService:
         return dict(changed)
 
     @staticmethod
-    def _applied(reply: Any, ident: str, det: DetectionIn, key: str = "message_id") -> dict:
-        if isinstance(reply, ResponseError):
-            return {"status": "rejected", key: ident, "reasons": [f"state: {str(reply)[:120]}"]}
-        if reply[0] == "duplicate":
+    def _applied(raw: Any, ident: str, det: DetectionIn, key: str = "message_id") -> dict:
+        reply = replies.apply(raw)
+        if isinstance(reply, replies.Failed):
+            return {"status": "rejected", key: ident, "reasons": [f"state: {reply.reason}"]}
+        if isinstance(reply, replies.Duplicate):
             return {"status": "duplicate", key: ident}
-        changed = reply[1].split(",") if reply[1] else []
+        changed = reply.changed
         return {
             "status": "accepted",
             key: ident,
@@ -313,7 +313,7 @@ class IngestService:
             "phase": det.phase,
             "phase_changed": "phase" in changed,
             "risk_changed": "risk" in changed,
-            "stored": reply[2] == "1",
+            "stored": reply.stored,
         }
 
     @staticmethod

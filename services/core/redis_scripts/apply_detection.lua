@@ -5,7 +5,7 @@
 --   (run_batch in _bond.lua and services/core/scripts.py)
 -- ARGV[1]: JSON array, one object per detection; ARGV[3]: what they share
 --   (services/bonds/ledger.py: detection_args, detection_shared)
--- Returns one reply per detection: {'duplicate'} | {'applied', changed, stored} | {'error', reason}
+-- Returns one reply per detection (decoded in services/core/replies.py): {'duplicate'} | {'applied', changed, stored} | {'error', reason}
 -- a.count_message: the gate did not count this message (its user had no cap),
 -- so the apply counts it, unless another delivery's gate has since.
 

@@ -7,7 +7,7 @@
 --   then the metrics hash (run_batch in _bond.lua and services/core/scripts.py)
 -- ARGV[1]: JSON array, one object per message; ARGV[3]: what they share
 --   (services/ingest/service.py: _gate_item; services/bonds/ledger.py: detection_shared)
--- Returns one reply per message: {'duplicate', marker} | {'rate_limited', cap, count}
+-- Returns one reply per message (decoded in services/core/replies.py): {'duplicate', marker} | {'rate_limited', cap, count}
 --   | {'accepted', count_or_'redelivered'_or_'uncounted', context} | {'error', reason}
 
 local function context(history_key, limit)
