@@ -74,7 +74,7 @@ def _refuse_unsafe_stores(**_: object) -> None:
     settings = get_settings()
     for check in (health.check_redis, health.check_postgres):
         result = check(settings)
-        if not result["ok"] and "authentication failed" in result["error"]:
+        if not result["ok"] and result.get("auth_failed"):
             raise SystemExit(f"vigil worker not started: {result['error']}")
         for problem in result.get("problems", ()):
             raise SystemExit(f"vigil worker not started: {problem}")

@@ -42,10 +42,12 @@ def _timed(check, auth_hint: str | None = None) -> dict[str, Any]:
         detail = check()
     except Exception as exc:  # a health check reports failures, it does not raise
         error = f"{type(exc).__name__}: {str(exc)[:200]}"
-        if auth_hint and _is_auth_error(exc):
+        refused = bool(auth_hint) and _is_auth_error(exc)
+        if refused:
             # Name the setting to fix, not just the server's complaint.
             error = f"{auth_hint} ({error})"
-        return {"ok": False, "error": error}
+        # auth_failed: a wrong password never heals by retrying (workers stop on it).
+        return {"ok": False, "error": error, "auth_failed": refused}
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1), **(detail or {})}
 
 
