@@ -35,7 +35,6 @@ from services.core import keys
 from services.core.settings import Settings
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
-from tasks import names
 
 RESULTS = Path(__file__).parent / "results" / "dedupe_memory.json"
 BATCH = 500
@@ -141,14 +140,7 @@ def run(users: int, per_user: int, heavy: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
         proc, client = start_redis(workdir)
         try:
-            svc = IngestService(
-                client,
-                settings,
-                sessions,
-                LexiconDetector(),
-                message_task=names.INGEST_MESSAGE,
-                detection_task=names.INGEST_DETECTION,
-            )
+            svc = IngestService(client, settings, sessions, LexiconDetector())
             now = time.time()
             total = users * per_user
             ids = [FIRST_ID + n for n in range(total)]

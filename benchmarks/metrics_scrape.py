@@ -154,14 +154,7 @@ def use_scripts(counting: bool) -> None:
 
 def message_path(settings: Settings, sessions, rounds: int, per_round: int) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    service = IngestService(
-        client,
-        settings,
-        sessions,
-        LexiconDetector(),
-        message_task=names.INGEST_MESSAGE,
-        detection_task=names.INGEST_DETECTION,
-    )
+    service = IngestService(client, settings, sessions, LexiconDetector())
     sent_at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC).isoformat()
     results: dict[str, list[float]] = {"with_counters": [], "without_counters": []}
 

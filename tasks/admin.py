@@ -32,6 +32,7 @@ from services.deadletters import store
 from services.erasure import service as erasure_service
 from tasks import names
 from tasks.app import app
+from worker import settle
 from worker.base import redact_kwargs
 
 Handler = Callable[[Any, Settings], dict[str, Any]]
@@ -47,7 +48,7 @@ def admin_task(name: str, model: type[BaseModel], **opts: Any) -> Callable[[Hand
                 args = model.model_validate(payload)
             except ValueError as exc:
                 reasons = reasons_of(exc)
-                store.reject(session_factory(get_settings()), name, [(payload, reasons)])
+                settle.reject(name, [(payload, reasons)])
                 return {"status": "rejected", "reasons": reasons}
             return fn(args, get_settings())
 

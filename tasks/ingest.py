@@ -17,11 +17,11 @@ from celery_batches import SimpleRequest
 
 from services.core.clients import get_redis, session_factory
 from services.core.settings import get_settings
-from services.deadletters import store
 from services.ingest import detector
 from services.ingest.service import IngestService
 from tasks import names
 from tasks.app import app
+from worker import settle
 from worker.batching import BufferedTask
 
 _settings = get_settings()
@@ -39,15 +39,15 @@ _BUFFER = {
 }
 
 
-def _service() -> IngestService:
+def _service() -> settle.Ingest:
     settings = get_settings()
-    return IngestService(
-        get_redis(settings),
-        settings,
-        session_factory(settings),
-        detector.for_process(settings),
-        message_task=names.INGEST_MESSAGE,
-        detection_task=names.INGEST_DETECTION,
+    return settle.Ingest(
+        IngestService(
+            get_redis(settings),
+            settings,
+            session_factory(settings),
+            detector.for_process(settings),
+        )
     )
 
 
@@ -77,11 +77,7 @@ def messages(messages: Any = None, **extra: Any) -> dict[str, Any]:
     elif not 1 <= len(messages) <= settings.max_batch:
         reasons.append(f"messages: expected 1 to {settings.max_batch} items, got {len(messages)}")
     if reasons:
-        store.reject(
-            session_factory(settings),
-            names.INGEST_MESSAGES,
-            [({"messages": messages, **extra}, reasons)],
-        )
+        settle.reject(names.INGEST_MESSAGES, [({"messages": messages, **extra}, reasons)])
         return {"status": "rejected", "reasons": reasons}
     return _service().messages(messages).summary()
 

@@ -14,7 +14,6 @@ import redis
 
 from services.core import dedupe, keys
 from services.core.settings import Settings
-from tasks import names
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 120.0, what: str = "condition"):
@@ -51,7 +50,6 @@ def capture_events(app, stop: threading.Event, out: list[dict[str, Any]]) -> thr
 
 
 # What the ingest tasks pass to IngestService: the tasks a rejected item replays through.
-INGEST_TASKS = {"message_task": names.INGEST_MESSAGE, "detection_task": names.INGEST_DETECTION}
 
 
 # What the loopback detector answers when it is up: a valid detection body.

@@ -14,10 +14,9 @@ from celery.worker.consumer import consumer as _consumer
 from sqlalchemy.exc import OperationalError
 
 from services.core import declarations
-from services.core.clients import session_factory
 from services.core.errors import TransientError
 from services.core.settings import get_settings
-from services.deadletters import store
+from worker import settle
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class VigilTask(Task):
             if isinstance(exc, (*TRANSIENT_ERRORS, MaxRetriesExceededError))
             else "error"
         )
-        store.keep_failed(session_factory(), self.name, task_id, reason, exc, kwargs)
+        settle.fail(self.name, task_id, reason, exc, kwargs)
 
 
 class TimeLimitWarning(RuntimeWarning):

@@ -48,8 +48,7 @@ from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
-from services.core.clients import session_factory
-from services.deadletters import store
+from worker import settle
 from worker.base import TRANSIENT_ERRORS, VigilTask, redact_kwargs
 
 logger = logging.getLogger(__name__)
@@ -324,9 +323,7 @@ class BufferedTask(Batches):
     def _dead_letter(
         self, request: SimpleRequest | Request, reason: str, exc: BaseException
     ) -> bool:
-        return store.keep_failed(
-            session_factory(), self.name, request.id, reason, exc, request.kwargs
-        )
+        return settle.fail(self.name, request.id, reason, exc, request.kwargs)
 
     def _send_events(self, requests: Sequence[SimpleRequest], runtime: float) -> None:
         """``task-succeeded`` events, published together, with ids only (never

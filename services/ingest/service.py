@@ -1,5 +1,5 @@
-"""The ingest pipeline shared by ``vigil.ingest.message``, ``vigil.ingest.messages``
-and ``vigil.ingest.detection``.
+"""The ingest pipeline shared by the ingest tasks (single messages, batches of
+them, detections).
 
 Per batch, whatever its size: one Redis round trip to dedupe, count against
 the daily cap and fetch history context (``ingest_gate.lua``; a user without a
@@ -32,7 +32,6 @@ from services.attribution import service as attribution
 from services.bonds import history, ledger
 from services.core import dedupe, keys, replies, scripts
 from services.core.settings import Settings
-from services.deadletters import store
 from services.envelopes import outbox
 from services.ingest.detector import Detector, DetectorFailed
 from services.metrics import counters
@@ -91,19 +90,13 @@ class IngestService:
         settings: Settings,
         sessions: sessionmaker[Session],
         detector: Detector,
-        *,
-        message_task: str,
-        detection_task: str,
     ) -> None:
-        """``message_task`` and ``detection_task`` name the tasks that take one
-        message or one detection: a rejected item is dead-lettered under that
-        name with its own payload, so replay sends it where it can succeed."""
+        """What it rejects it answers and sets aside (``Batch.rejected``) with
+        reasons; the worker runtime decides where that is kept."""
         self.redis_client = redis_client
         self.settings = settings
         self.sessions = sessions
         self.detector = detector
-        self.message_task = message_task
-        self.detection_task = detection_task
         wanted = getattr(detector, "context_limit", None)
         limit = settings.history_context_limit
         self.context_limit = limit if wanted is None else min(limit, wanted)
@@ -189,12 +182,6 @@ class IngestService:
             outcomes[i] = self._applied(reply, msg.message_id, det)
             if outcomes[i]["status"] == "rejected":
                 self._reject(batch, i, msg, outcomes[i]["reasons"])
-        store.reject(
-            self.sessions,
-            self.message_task,
-            batch.rejected,
-            counter=self._rejected_counter(counters.MESSAGES),
-        )
         return batch
 
     def _dedupe_entry(self, msg: MessageIn) -> tuple[str, str]:
@@ -254,20 +241,9 @@ class IngestService:
                 outcomes[i]["attribution_changes"] = changes
             if outcomes[i]["status"] == "rejected":
                 self._reject(batch, i, det, outcomes[i]["reasons"])
-        store.reject(
-            self.sessions,
-            self.detection_task,
-            batch.rejected,
-            counter=self._rejected_counter(counters.DETECTIONS),
-        )
         return batch
 
     # -- shared -----------------------------------------------------------------
-
-    def _rejected_counter(self, family: str) -> counters.Counter:
-        return counters.counter(
-            self.redis_client, self.settings, counters.outcome(family, "rejected")
-        )
 
     def _attribution(self, dets: list[DetectionIn]) -> dict[str, int]:
         """Observations go to PostgreSQL in one transaction, before the Redis

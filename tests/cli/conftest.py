@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
-from tests.helpers import INGEST_TASKS
+from worker.settle import Ingest
 
 
 class Vigil:
@@ -83,4 +83,4 @@ def alternating(user: str, n: int = 6) -> list[dict]:
 @pytest.fixture
 def ingest(state_redis, db, settings) -> IngestService:
     """The real pipeline, in process: fills the stores the commands read."""
-    return IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
+    return Ingest(IngestService(state_redis, settings, db, LexiconDetector()))

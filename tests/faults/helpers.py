@@ -13,7 +13,6 @@ from celery import Celery
 
 from services.core import dedupe
 from tasks.names import INGEST_MESSAGE, INGEST_MESSAGES, QUEUE_INGEST
-from tests.helpers import INGEST_TASKS
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 TEXTS = (
@@ -96,15 +95,14 @@ def run_reference(stack, batches, singles) -> dict[str, Any]:
     from services.core.clients import get_redis
     from services.ingest.detector import LexiconDetector
     from services.ingest.service import IngestService
+    from worker.settle import Ingest
 
     from .conftest import REFERENCE_DB
 
     settings = stack.settings(db=REFERENCE_DB)
     state_redis = get_redis(settings)
     state_redis.flushdb()
-    service = IngestService(
-        state_redis, settings, stack.sessions(), LexiconDetector(), **INGEST_TASKS
-    )
+    service = Ingest(IngestService(state_redis, settings, stack.sessions(), LexiconDetector()))
     for batch in batches:
         service.messages(batch)
     for message in singles:

@@ -29,7 +29,7 @@ from models.tables import Actor, AttributionState, DeadLetter, Identity, Observa
 from services.core import keys
 from services.core.settings import Settings
 from tasks import names
-from tests.helpers import INGEST_TASKS, message_state
+from tests.helpers import message_state
 
 pytestmark = pytest.mark.faults
 
@@ -331,8 +331,9 @@ def _assert_untouched(state_redis, sessions) -> None:
 def _service(state_redis, settings, db):
     from services.ingest.detector import LexiconDetector
     from services.ingest.service import IngestService
+    from worker.settle import Ingest
 
-    return IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
+    return Ingest(IngestService(state_redis, settings, db, LexiconDetector()))
 
 
 def test_hostile_payloads_through_the_service(state_redis, db, settings):

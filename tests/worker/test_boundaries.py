@@ -43,3 +43,30 @@ def test_imports_go_downwards(folder, allowed):
         if roots - allowed
     }
     assert found == {}
+
+
+def test_the_domain_names_no_task():
+    """Which task a payload is dead-lettered under is the runtime's call
+    (worker/settle.py): no task name appears in services/ code (prose aside)."""
+    found = []
+    for path in sorted((ROOT / "services").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and node.value.startswith(("vigil.ingest.", "vigil.admin.", "vigil.periodic."))
+            ):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+        if "names.INGEST_" in path.read_text() or "names.ADMIN_" in path.read_text():
+            found.append(str(path.relative_to(ROOT)))
+    assert found == []

@@ -16,7 +16,8 @@ from services.core.health import compact_hash_limit
 from services.core.settings import Settings
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
-from tests.helpers import INGEST_TASKS, detection_state, message_state
+from tests.helpers import detection_state, message_state
+from worker.settle import Ingest
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 NOW = T0.timestamp()
@@ -43,8 +44,8 @@ def detection(i: int, user: str = "u1", phase: str = "concern") -> dict[str, Any
     }
 
 
-def service(state_redis, db, settings: Settings, detector: Any = None) -> IngestService:
-    return IngestService(state_redis, settings, db, detector or LexiconDetector(), **INGEST_TASKS)
+def service(state_redis, db, settings: Settings, detector: Any = None) -> Ingest:
+    return Ingest(IngestService(state_redis, settings, db, detector or LexiconDetector()))
 
 
 def statuses(batch) -> list[str]:
@@ -281,8 +282,8 @@ def _race(env: dict[str, str], batches: list[list[dict[str, Any]]], start: Any, 
     from services.core.clients import get_redis, session_factory
 
     settings = Settings()
-    svc = IngestService(
-        get_redis(settings), settings, session_factory(settings), LexiconDetector(), **INGEST_TASKS
+    svc = Ingest(
+        IngestService(get_redis(settings), settings, session_factory(settings), LexiconDetector())
     )
     start.wait()
     for batch in batches:

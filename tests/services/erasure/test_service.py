@@ -8,13 +8,13 @@ from services.core import keys
 from services.erasure.service import erase_user
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
-from tests.helpers import INGEST_TASKS
+from worker.settle import Ingest
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
 def test_erasure_removes_the_users_dedupe_state(state_redis, db, settings):
-    svc = IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
+    svc = Ingest(IngestService(state_redis, settings, db, LexiconDetector()))
     for user in ("gone", "kept"):
         svc.messages(
             [

@@ -20,7 +20,8 @@ from services.envelopes import outbox
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
 from tasks import names
-from tests.helpers import INGEST_TASKS, detection_state, message_state, wait_for
+from tests.helpers import detection_state, message_state, wait_for
+from worker.settle import Ingest
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -49,7 +50,7 @@ class Recording(LexiconDetector):
 
 @pytest.fixture
 def svc(state_redis, db, settings):
-    return IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
+    return Ingest(IngestService(state_redis, settings, db, LexiconDetector()))
 
 
 def stream(state_redis, settings):
@@ -58,7 +59,7 @@ def stream(state_redis, settings):
 
 def test_history_seed_behaviour(state_redis, db, settings):
     s = Settings(history_max_messages=5)
-    svc = IngestService(state_redis, s, db, LexiconDetector(), **INGEST_TASKS)
+    svc = Ingest(IngestService(state_redis, s, db, LexiconDetector()))
     long = "I feel sad " + "x" * 900
     svc.messages([msg(0, "hello there")] + [msg(i, long) for i in range(1, 9)])
     assert not history.exists(state_redis, s, "g1", "u2")
@@ -77,7 +78,7 @@ def test_history_seed_behaviour(state_redis, db, settings):
 
 def test_history_threshold_is_a_setting(state_redis, db):
     s = Settings(history_min_severity="medium")
-    svc = IngestService(state_redis, s, db, LexiconDetector(), **INGEST_TASKS)
+    svc = Ingest(IngestService(state_redis, s, db, LexiconDetector()))
     svc.messages([msg(1, "I feel sad"), msg(2, "I feel hopeless and worthless")])
     assert [m.message_id for m in history.get(state_redis, s, "g1", "u1")] == ["m2"]
 
@@ -99,7 +100,7 @@ def test_reads_seed_written_history_and_gives_it_oldest_first(state_redis, db, s
             },
         )
     det = Recording()
-    IngestService(state_redis, settings, db, det, **INGEST_TASKS).messages(
+    Ingest(IngestService(state_redis, settings, db, det)).messages(
         [msg(5, "sad"), msg(6, "sad again")]
     )
     assert det.contexts[0] == ["seed1", "seed2"]
@@ -186,7 +187,7 @@ def test_hostile_message_is_rejected_and_kept(state_redis, db, svc, bad):
 
 
 def test_detection_task_payload(state_redis, db, settings):
-    svc = IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
+    svc = Ingest(IngestService(state_redis, settings, db, LexiconDetector()))
     det = {
         "detection_id": "d1",
         "user_id": "u9",
@@ -225,7 +226,7 @@ def test_every_envelope_written_by_the_scripts_matches_the_contract(state_redis,
 
     ledger.set_cap(state_redis, settings, "u1", 2)
     ledger.add_note(state_redis, settings, "u1", "checked in")
-    svc = IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
+    svc = Ingest(IngestService(state_redis, settings, db, LexiconDetector()))
     svc.messages([msg(1, "sad"), msg(2, "I want to die", guild=None), msg(3)])
     entries = [f["data"] for _, f in state_redis.xrange(settings.stream_bond)]
     topics = {json.loads(e)["topic"] for e in entries}
@@ -258,17 +259,15 @@ def dead_letter_rows(db) -> list[DeadLetter]:
 
 
 def test_text_limit_is_the_max_text_chars_setting(state_redis, db):
-    limited = IngestService(
-        state_redis, Settings(max_text_chars=100), db, LexiconDetector(), **INGEST_TASKS
+    limited = Ingest(
+        IngestService(state_redis, Settings(max_text_chars=100), db, LexiconDetector())
     )
     out = limited.messages([msg(1, "a" * 100), msg(2, "secret " + "a" * 94)]).outcomes
     assert [o["status"] for o in out] == ["accepted", "rejected"]
     assert out[1]["reasons"] == ["text: String should have at most 100 characters"]
     [row] = dead_letter_rows(db)
     assert row.task_name == names.INGEST_MESSAGE and "secret" not in row.details
-    roomy = IngestService(
-        state_redis, Settings(max_text_chars=9000), db, LexiconDetector(), **INGEST_TASKS
-    )
+    roomy = Ingest(IngestService(state_redis, Settings(max_text_chars=9000), db, LexiconDetector()))
     assert roomy.messages([msg(3, "a" * 8500)]).outcomes[0]["status"] == "accepted"
 
 

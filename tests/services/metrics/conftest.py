@@ -12,7 +12,7 @@ from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
 from services.metrics import collector, exporter
 from tasks.names import QUEUES
-from tests.helpers import INGEST_TASKS
+from worker.settle import Ingest
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -50,4 +50,4 @@ def scrape(exporter_url) -> Callable[[], Samples]:
 @pytest.fixture
 def ingest_service(state_redis, db, settings):
     """The real pipeline, in process."""
-    return IngestService(state_redis, settings, db, LexiconDetector(), **INGEST_TASKS)
+    return Ingest(IngestService(state_redis, settings, db, LexiconDetector()))
