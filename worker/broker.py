@@ -68,7 +68,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from services.core import scripts
+from services.core import keys, scripts
 
 __all__ = ["Channel", "QoS", "Transport"]
 
@@ -219,7 +219,7 @@ class Channel(kombu_redis.Channel):
     #: what it held goes back to its queues.
     vigil_owner_timeout: float = 10.0
     #: Transport option: the list that keeps messages that are not kombu's.
-    vigil_unreadable_key: str = "unreadable"
+    vigil_unreadable_key: str = keys.BROKER_UNREADABLE
 
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,

@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 
 from services.core.settings import Settings
 
+# On a Redis broker: messages on vigil's queues that are not Celery messages,
+# set aside by the worker's transport with their reason (worker/broker.py).
+BROKER_UNREADABLE = "unreadable"
 DM_GUILD = "@dm"  # history of direct messages; '@' cannot start a valid guild id
 
 

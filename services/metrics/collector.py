@@ -169,16 +169,24 @@ def _store_families(snap: Snapshot) -> Iterator[Metric]:
         for queue, n in sorted(snap.queue_depths.items()):
             depth.add_metric([queue], n)
         yield depth
-        if snap.queue_unusable:
-            unusable = GaugeMetricFamily(
-                "vigil_queue_unusable",
-                "1 when RabbitMQ holds the queue in a form workers cannot consume "
-                "(vigil health names it and the fix)",
-                labels=["queue"],
-            )
-            for queue, flag in sorted(snap.queue_unusable.items()):
-                unusable.add_metric([queue], flag)
-            yield unusable
+        # Declared on both brokers (alerts refer to them); samples where they apply.
+        unusable = GaugeMetricFamily(
+            "vigil_queue_unusable",
+            "1 when RabbitMQ holds the queue in a form workers cannot consume "
+            "(vigil health names it and the fix)",
+            labels=["queue"],
+        )
+        for queue, flag in sorted(snap.queue_unusable.items()):
+            unusable.add_metric([queue], flag)
+        yield unusable
+        unreadable = GaugeMetricFamily(
+            "vigil_broker_unreadable",
+            "Messages on a Redis broker's queues that were not Celery messages, "
+            "set aside with their reason and never delivered",
+        )
+        if snap.broker_unreadable is not None:
+            unreadable.add_metric([], snap.broker_unreadable)
+        yield unreadable
     g = snap.gauges
     if g is None:
         return

@@ -63,6 +63,8 @@ class Snapshot:
     queue_depths: dict[str, int] = field(default_factory=dict)
     # RabbitMQ: 1 for a queue the vhost holds in a form workers cannot consume.
     queue_unusable: dict[str, int] = field(default_factory=dict)
+    # Redis broker: messages set aside as not Celery's (None on RabbitMQ).
+    broker_unreadable: int | None = None
     gauges: queries.StoreGauges | None = None
     redis_durability: health.RedisDurability | None = None
     up: dict[str, bool] = field(default_factory=dict)
@@ -80,6 +82,7 @@ class BrokerQueues:
         self._redis: redis.Redis | None = None
         self._amqp: Connection | None = None
         self.unusable: dict[str, int] = {}
+        self.unreadable: int | None = None
 
     def depths(self) -> dict[str, int]:
         with self._lock:
@@ -100,7 +103,10 @@ class BrokerQueues:
         for lists in names.values():
             for name in lists:
                 pipe.llen(name)
-        lengths = iter(pipe.execute())
+        pipe.llen(keys.BROKER_UNREADABLE)
+        *replies, unreadable = pipe.execute()
+        self.unreadable = int(unreadable)
+        lengths = iter(replies)
         return {queue: sum(next(lengths) for _ in lists) for queue, lists in names.items()}
 
     def _amqp_depths(self) -> dict[str, int]:
@@ -221,6 +227,7 @@ def read(
         try:
             snap.queue_depths = broker.depths()
             snap.queue_unusable = dict(broker.unusable)
+            snap.broker_unreadable = broker.unreadable
             snap.up["broker"] = True
         except Exception as exc:  # any transport's error: the scrape goes on
             log.warning("metrics: broker unreadable (%s)", type(exc).__name__)

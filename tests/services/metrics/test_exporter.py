@@ -7,12 +7,16 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import redis
 
 from models.envelopes import make_envelope
 from services.attribution import correlator
 from services.bonds import ledger
+from services.core import keys
 from services.envelopes import consumers, outbox
+from services.metrics import collector, snapshot
 from tasks import names
+from tasks.names import QUEUES
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 CALM = "hello there friend"  # builtin detector: dormant, low risk, not stored
@@ -157,3 +161,23 @@ def test_labels_carry_no_user_ids_or_text(
     body = httpx.get(exporter_url, timeout=10).text
     assert "77001" not in body
     assert "hopeless" not in body
+
+
+def test_messages_set_aside_on_the_redis_broker_are_counted(test_env):
+    """The transport's unreadable list (worker/broker.py) is an exporter gauge."""
+    broker = redis.Redis.from_url(test_env["VIGIL_BROKER_URL"])
+    broker.delete(keys.BROKER_UNREADABLE)
+    queues = snapshot.BrokerQueues(test_env["VIGIL_BROKER_URL"], QUEUES)
+    try:
+        queues.depths()
+        assert queues.unreadable == 0
+        broker.lpush(keys.BROKER_UNREADABLE, b'{"queue": "ingest", "reason": "not JSON"}\nxx')
+        queues.depths()
+        assert queues.unreadable == 1
+        snap = snapshot.Snapshot(taken_at=0.0, up={"broker": True}, broker_unreadable=1)
+        served = {metric.name: metric for metric in collector.families(snap)}
+        assert [s.value for s in served["vigil_broker_unreadable"].samples] == [1]
+    finally:
+        broker.delete(keys.BROKER_UNREADABLE)
+        queues.close()
+        broker.close()
