@@ -30,6 +30,8 @@ def script_args(settings: Settings, now: float) -> dict[str, Any]:
             "window_ms": settings.dedupe_window_s * 1000,
             "max": settings.dedupe_max_per_user,
             "slack": max(1, settings.dedupe_max_per_user // 4),
+            "horizon_ms": settings.dedupe_horizon_s * 1000,
+            "flood_max": settings.dedupe_flood_max_per_user,
         },
     }
 

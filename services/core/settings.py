@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     # default) so each hash stays compact; `vigil health` warns otherwise.
     dedupe_window_s: int = Field(default=7 * 86_400, ge=60)
     dedupe_max_per_user: int = Field(default=100, ge=4, le=100_000)
+    # Whatever a user's rate, every id seen in the last dedupe_horizon_s is
+    # kept (it covers a broker's redelivery and the retries), up to
+    # dedupe_flood_max_per_user ids, a bound only a flood reaches.
+    dedupe_horizon_s: int = Field(default=900, ge=60)
+    dedupe_flood_max_per_user: int = Field(default=5_000, ge=4, le=1_000_000)
 
     # Dead letters.
     dead_letter_retention_days: int = Field(default=30, ge=1)
@@ -233,6 +238,16 @@ class Settings(BaseSettings):
                 f"VIGIL_BROKER_OWNER_TIMEOUT ({self.broker_owner_timeout} s) must be at least "
                 f"three VIGIL_BROKER_HEARTBEAT_INTERVAL ({self.broker_heartbeat_interval} s): "
                 "one late heartbeat must not get a live worker's tasks delivered again"
+            )
+        if self.dedupe_flood_max_per_user < self.dedupe_max_per_user:
+            raise ValueError(
+                f"VIGIL_DEDUPE_FLOOD_MAX_PER_USER ({self.dedupe_flood_max_per_user}) must be at "
+                f"least VIGIL_DEDUPE_MAX_PER_USER ({self.dedupe_max_per_user})"
+            )
+        if self.dedupe_horizon_s > self.dedupe_window_s:
+            raise ValueError(
+                f"VIGIL_DEDUPE_HORIZON_S ({self.dedupe_horizon_s} s) must be within "
+                f"VIGIL_DEDUPE_WINDOW_S ({self.dedupe_window_s} s)"
             )
         if self.task_time_limit + self.retry_backoff_max > self.visibility_timeout:
             raise ValueError(

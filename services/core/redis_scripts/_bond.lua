@@ -84,9 +84,13 @@ end
 
 -- Dedupe state (keys.message_dedupe / detection_dedupe; read by services/ingest/dedupe.py):
 -- one hash per (platform, user), field = id, value = stamp_ms * 4 + state code, where
--- stamp_ms is when the id was first seen. d = {now_ms, window_ms, max, slack}.
--- An entry older than the window counts as absent; past max + slack entries the
--- hash is pruned to its newest max live ones, so its size is bounded per user.
+-- stamp_ms is when the id was first seen. d = {now_ms, window_ms, max, slack,
+-- horizon_ms, flood_max}. An entry older than the window counts as absent.
+-- Past max + slack entries the hash is pruned to its newest max live ones, but
+-- an entry younger than the horizon is kept (a redelivery or a replay of it
+-- must be recognised whatever the user's rate) unless the hash holds more than
+-- flood_max: so the size is bounded per user, by max normally, by flood_max
+-- (plus slack) in a flood.
 local DEDUPE_STATE = {'counted', 'limited', 'done'}
 local DEDUPE_CODE = {counted = 1, limited = 2, done = 3}
 
@@ -110,15 +114,23 @@ local function dedupe_prune(key, d)
   local flat = redis.call('HGETALL', key)
   local live, drop = {}, {}
   for i = 1, #flat, 2 do
-    if dedupe_live(flat[i + 1], d) then
-      live[#live + 1] = {flat[i], tonumber(flat[i + 1])}
+    local state, stamp = dedupe_live(flat[i + 1], d)
+    if state then
+      live[#live + 1] = {flat[i], stamp}
     else
       drop[#drop + 1] = flat[i]
     end
   end
   if #live > d.max then
     table.sort(live, function(x, y) return x[2] < y[2] end)
-    for i = 1, #live - d.max do drop[#drop + 1] = live[i][1] end
+    local left = #live
+    for i = 1, #live do
+      if left <= d.max then break end
+      -- Oldest first; the young stop it unless the flood bound is passed.
+      if d.now_ms - live[i][2] < d.horizon_ms and left <= d.flood_max then break end
+      drop[#drop + 1] = live[i][1]
+      left = left - 1
+    end
   end
   for i = 1, #drop, 500 do
     redis.call('HDEL', key, unpack(drop, i, math.min(i + 499, #drop)))
@@ -132,7 +144,12 @@ local function dedupe_set(key, field, state, stamp, d, first_seen)
   redis.call('HSET', key, field, string.format('%.0f', (first_seen or stamp) * 4 + DEDUPE_CODE[state]))
   if first_seen then return end
   redis.call('PEXPIRE', key, d.window_ms)
-  if redis.call('HLEN', key) > d.max + d.slack then dedupe_prune(key, d) end
+  -- Past max + slack, prune once every slack new ids: a hash kept large by its
+  -- young entries is not read whole on every message.
+  local size = redis.call('HLEN', key)
+  if size > d.max + d.slack and (size - d.max - d.slack) % d.slack == 1 % d.slack then
+    dedupe_prune(key, d)
+  end
 end
 
 -- Envelope ids: uuid5(namespace, cause .. '\31' .. topic), the same as

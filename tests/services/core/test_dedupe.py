@@ -125,21 +125,58 @@ def test_past_the_window_a_message_is_accepted_again(state_redis, db, settings):
 
 
 def test_past_the_cap_the_oldest_ids_are_accepted_again(state_redis, db):
-    """Documented limit: only a user's last dedupe_max_per_user ids are kept for sure."""
+    """Documented limit: past the horizon, only a user's last dedupe_max_per_user
+    ids are kept for sure."""
     small = Settings(dedupe_max_per_user=8)  # pruned past 8 + 2 back to the newest 8
     svc = service(state_redis, db, small)
     svc.messages([msg(i) for i in range(11)], now=NOW)
     key = keys.message_dedupe(small, "discord", "u1")
-    assert set(state_redis.hkeys(key)) == {f"m{i}" for i in range(3, 11)}
-    assert statuses(svc.messages([msg(i) for i in range(3, 11)], now=NOW + 1)) == ["duplicate"] * 8
-    assert statuses(svc.messages([msg(0)], now=NOW + 2)) == ["accepted"]
+    # All within the horizon: every one is kept, whatever the cap.
+    assert set(state_redis.hkeys(key)) == {f"m{i}" for i in range(11)}
+    later = NOW + small.dedupe_horizon_s + 1
+    svc.messages([msg(11), msg(12)], now=later)
+    assert set(state_redis.hkeys(key)) == {f"m{i}" for i in range(5, 13)}
+    assert (
+        statuses(svc.messages([msg(i) for i in range(5, 13)], now=later + 1)) == ["duplicate"] * 8
+    )
+    assert statuses(svc.messages([msg(0)], now=later + 2)) == ["accepted"]
+
+
+def test_a_replay_within_the_horizon_is_recognised_whatever_the_rate(state_redis, db, settings):
+    """One user's 1,000 messages (cap 100) sent, then the same 1,000 again: the
+    second time every one is a duplicate, nothing counts and nothing is
+    published again, though 1,000 is ten times the per-user cap of ids."""
+    ledger.set_cap(state_redis, settings, "u1", 100)
+    svc = service(state_redis, db, settings)
+    burst = [msg(i, text="hello") for i in range(1_000)]
+    first = [statuses(svc.messages(burst[i : i + 100], now=NOW)) for i in range(0, 1_000, 100)]
+    assert sum(s.count("accepted") for s in first) == 100
+    published = bond_stream(state_redis, settings)
+    assert [e["topic"] for e in published].count("message.rate_limited") == 900
+    replay_at = NOW + settings.dedupe_horizon_s - 60
+    again = [
+        statuses(svc.messages(burst[i : i + 100], now=replay_at)) for i in range(0, 1_000, 100)
+    ]
+    assert all(s == ["duplicate"] * 100 for s in again)
+    assert bond_stream(state_redis, settings) == published
+    assert count(state_redis, settings) == 100
+
+
+def test_a_flood_is_bounded_by_the_flood_cap(state_redis, db):
+    small = Settings(dedupe_max_per_user=8, dedupe_flood_max_per_user=20)
+    svc = service(state_redis, db, small)
+    svc.messages([msg(i, text="hello") for i in range(50)], now=NOW)
+    key = keys.message_dedupe(small, "discord", "u1")
+    kept = set(state_redis.hkeys(key))
+    # At most the flood cap plus one slack's worth, and the newest are the ones kept.
+    assert 20 <= len(kept) <= 22 and {f"m{i}" for i in range(30, 50)} <= kept
 
 
 def test_pruning_keeps_arrival_order_across_batches(state_redis, db):
     small = Settings(dedupe_max_per_user=8)
     svc = service(state_redis, db, small)
-    for i in range(20):  # one message a call, 10 ms apart
-        svc.messages([msg(i)], now=NOW + i / 100)
+    for i in range(20):  # one message a call, a quarter of the horizon apart
+        svc.messages([msg(i)], now=NOW + i * small.dedupe_horizon_s / 4)
     key = keys.message_dedupe(small, "discord", "u1")
     kept = set(state_redis.hkeys(key))
     assert len(kept) <= 10 and {f"m{i}" for i in range(12, 20)} <= kept
@@ -257,12 +294,17 @@ def test_a_long_id_takes_a_short_field(state_redis, db, settings):
 
 def test_one_users_dedupe_memory_is_bounded_whatever_the_message_count(state_redis, db, settings):
     svc = service(state_redis, db, settings)
-    for start in range(0, 5_000, 500):
+
+    def send(user: str, first: int, n: int, now: float) -> None:
         batch = [
-            {**msg(i, text="hello"), "message_id": str(1_187_654_321_000_000_000 + i)}
-            for i in range(start, start + 500)
+            {**msg(i, user=user, text="hello"), "message_id": str(1_187_654_321_000_000_000 + i)}
+            for i in range(first, first + n)
         ]
-        svc.messages(batch, now=NOW + start)
+        svc.messages(batch, now=now)
+
+    # A steady user: 5,000 ids, 100 per horizon. The hash keeps the last 100 to 125.
+    for n, start in enumerate(range(0, 5_000, 100)):
+        send("u1", start, 100, NOW + n * (settings.dedupe_horizon_s + 1))
     key = keys.message_dedupe(settings, "discord", "u1")
     cap = settings.dedupe_max_per_user
     assert settings.dedupe_max_per_user <= state_redis.hlen(key) <= cap + cap // 4
@@ -271,6 +313,18 @@ def test_one_users_dedupe_memory_is_bounded_whatever_the_message_count(state_red
         # listpack on Redis 7, ziplist on 6.2: the compact encoding either way.
         assert state_redis.object("encoding", key) in ("listpack", "ziplist")
         assert state_redis.memory_usage(key) < 3_000  # about 20 bytes an entry
+
+    # A flood: 5,000 ids within the horizon are all kept (the flood cap), at a
+    # cost measured here; once they are older than the horizon, new ids trim
+    # the hash back to the last 100 to 125.
+    flood = keys.message_dedupe(settings, "discord", "flood")
+    for start in range(0, 5_000, 500):
+        send("flood", start, 500, NOW + start / 10)
+    assert state_redis.hlen(flood) == settings.dedupe_flood_max_per_user == 5_000
+    flood_bytes = state_redis.memory_usage(flood)
+    assert flood_bytes < 600_000, flood_bytes  # about 100 bytes an id
+    send("flood", 5_000, 100, NOW + settings.dedupe_horizon_s + 600)
+    assert cap <= state_redis.hlen(flood) <= cap + cap // 4
     assert state_redis.keys("vigil:seen:*") == []
 
 
