@@ -159,11 +159,13 @@ class QoS(kombu_redis.QoS):
             pipe.hdel(self.unacked_key, *tags)
             pipe.zrem(self.unacked_index_key, *tags)
             pipe.hdel(self.channel._owned_key(self.channel.consumer_id), *tags)
+            pipe.hdel(self.channel._owner_of_key, *tags)
             pipe.execute()
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         # kombu's restore and reject paths: the ownership record goes with them.
         pipe = super()._remove_from_indices(delivery_tag, pipe)
+        pipe.hdel(self.channel._owner_of_key, delivery_tag)
         return pipe.hdel(self.channel._owned_key(self.channel.consumer_id), delivery_tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
@@ -340,7 +342,8 @@ class Channel(kombu_redis.Channel):
         if self._idle:
             key = self._wait_key([key for _, key in pairs])
             wait = self.brpop_timeout if timeout is None else timeout
-            command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 0]
+            # Never 0 (block forever): the other lists are read when it ends.
+            command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 1]
             self._pending = ("wait", pairs)
         else:
             room = self.qos.can_consume_max_estimate()
@@ -352,6 +355,7 @@ class Channel(kombu_redis.Channel):
                 self._owned_key(self.consumer_id),
                 self._owners_key,
                 self.vigil_unreadable_key,
+                self._owner_of_key,
             ]
             command = [
                 "EVALSHA",
@@ -408,8 +412,8 @@ class Channel(kombu_redis.Channel):
         return busiest if self._fetched_from.get(busiest) else keys[0]
 
     def _deliver_fetched(self, pairs: list[tuple[str, str]], reply: list[Any]) -> None:
-        fetched: list[tuple[str, str, Any]] = []
-        unreadable: list[tuple[str, str, bytes]] = []
+        fetched: list[tuple[str, str, str, bytes, Any]] = []
+        unreadable: list[tuple[str, str, bytes, str]] = []
         for i in range(0, len(reply), 3):
             queue, key = pairs[int(reply[i]) - 1]
             tag, raw = bytes_to_str(reply[i + 1]), reply[i + 2]
@@ -425,27 +429,30 @@ class Channel(kombu_redis.Channel):
             if tag.startswith("?"):
                 adopted = self._judge(key, tag, raw)
                 if adopted is not None:
-                    fetched.append((queue, *adopted))
+                    fetched.append((queue, key, adopted[0], raw, adopted[1]))
                 continue
             try:
-                fetched.append((queue, tag, loads(bytes_to_str(raw))))
-            except ValueError:
-                unreadable.append((key, tag, raw))
+                fetched.append((queue, key, tag, raw, loads(bytes_to_str(raw))))
+            except (ValueError, RecursionError):
+                unreadable.append((key, tag, raw, "not JSON to Python"))
         if unreadable:
             self._set_aside(unreadable)
-        for queue in dict.fromkeys(queue for queue, _, _ in fetched):
+        for queue in dict.fromkeys(queue for queue, *_ in fetched):
             self._queue_cycle.rotate(queue)
-        for position, (queue, tag, payload) in enumerate(fetched):
+        for position, (queue, key, tag, raw, payload) in enumerate(fetched):
             self._recorded_unacked[tag] = True
             try:
                 self.connection._deliver(payload, queue)
-            except Exception:
-                # Recorded as unacked but not taken here: put them back now rather
-                # than after the owner timeout.
-                rest = [later for _, later, _ in fetched[position + 1 :]]
+            except Exception as exc:
                 if self._recorded_unacked.pop(tag, False):
-                    rest.insert(0, tag)
-                for untaken in rest:
+                    # kombu could not make a message of it (QoS.append never
+                    # ran): set it aside, or it would come back first, forever.
+                    reason = f"not a kombu message ({type(exc).__name__})"
+                    self._set_aside([(key, tag, raw, reason)])
+                    continue
+                # The consumer's callback failed: put back what it was not given
+                # now rather than after the owner timeout.
+                for _, _, untaken, _, _ in fetched[position + 1 :]:
                     self.qos.restore_by_tag(untaken)
                 raise
             if self._recorded_unacked.pop(tag, False):
@@ -471,7 +478,7 @@ class Channel(kombu_redis.Channel):
             info = payload["properties"].get("delivery_info") or {}
             if not isinstance(tag, str) or not tag or not isinstance(info, dict):
                 raise ValueError("no delivery tag")
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except Exception:  # whatever the bytes make json or the checks raise
             with self.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=True)
                 pipe.hdel(owned, field)
@@ -488,25 +495,26 @@ class Channel(kombu_redis.Channel):
             pipe.hset(self.qos.unacked_key, tag, entry)
             pipe.zadd(self.qos.unacked_index_key, {tag: time.time()})
             pipe.hset(owned, tag, f"{len(raw)} {key}")
+            pipe.hset(self._owner_of_key, tag, self.consumer_id)
             pipe.hdel(owned, field)
             pipe.execute()
         return tag, payload
 
-    def _set_aside(self, unreadable: list[tuple[str, str, bytes]]) -> None:
-        """Messages the script could read but Python's JSON cannot: out of the
-        unacked records and onto the unreadable list in one transaction."""
+    def _set_aside(self, unreadable: list[tuple[str, str, bytes, str]]) -> None:
+        """Messages the script recorded that Python cannot deliver (not JSON to
+        it, or not a message kombu can build): out of the unacked records and
+        onto the unreadable list with their reasons, in one transaction."""
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=True)
-            for key, tag, raw in unreadable:
+            for key, tag, raw, reason in unreadable:
                 logger.warning(
-                    "moved a message Python cannot decode from %r to %r",
-                    key,
-                    self.vigil_unreadable_key,
+                    "moved a message from %r to %r: %s", key, self.vigil_unreadable_key, reason
                 )
-                header = dumps({"queue": key, "reason": "not JSON to Python"})
+                header = dumps({"queue": key, "reason": reason})
                 pipe.hdel(self.qos.unacked_key, tag)
                 pipe.zrem(self.qos.unacked_index_key, tag)
                 pipe.hdel(self._owned_key(self.consumer_id), tag)
+                pipe.hdel(self._owner_of_key, tag)
                 pipe.lpush(self.vigil_unreadable_key, header.encode() + b"\n" + raw)
             pipe.execute()
 
@@ -516,13 +524,26 @@ class Channel(kombu_redis.Channel):
     def _owners_key(self) -> str:
         return f"{self.qos.unacked_key}:owners"
 
+    @property
+    def _owner_of_key(self) -> str:
+        return f"{self.qos.unacked_key}:owner"
+
     def _owned_key(self, consumer_id: str) -> str:
         return f"{self.qos.unacked_key}:owned:{consumer_id}"
 
-    def beat(self) -> None:
+    def beat(self, client: redis.Redis | None = None) -> None:
         """Tell other consumers this one is alive."""
-        with self.conn_or_acquire() as client:
-            scripts.run(client, "broker_heartbeat", [self._owners_key], [self.consumer_id])
+        with self.conn_or_acquire(client) as acquired:
+            scripts.run(acquired, "broker_heartbeat", [self._owners_key], [self.consumer_id])
+
+    def heartbeat_client(self) -> redis.Redis:
+        """A client of the heartbeat's own, with socket timeouts: a half-open
+        connection in the channel's pool (which waits without a timeout) must
+        not stop the beats while the worker runs."""
+        params = dict(self._connparams(asynchronous=False))
+        limit = max(1.0, float(self.vigil_heartbeat_interval))
+        params.update(socket_timeout=limit, socket_connect_timeout=limit, socket_keepalive=True)
+        return redis.Redis(connection_pool=redis.ConnectionPool(**params))
 
     def restore_orphans(self) -> int:
         """Put back everything consumers silent for ``vigil_owner_timeout``
@@ -531,7 +552,12 @@ class Channel(kombu_redis.Channel):
             _, restored = scripts.run(
                 client,
                 "broker_orphans",
-                [self._owners_key, self.qos.unacked_key, self.qos.unacked_index_key],
+                [
+                    self._owners_key,
+                    self.qos.unacked_key,
+                    self.qos.unacked_index_key,
+                    self._owner_of_key,
+                ],
                 [float(self.vigil_owner_timeout), self._owned_key(""), 20],
             )
         if restored:
@@ -602,13 +628,19 @@ class _Heart:
 
     def _run(self) -> None:
         interval = float(self._channel.vigil_heartbeat_interval)
-        while True:
-            try:
-                self._channel.beat()
-            except Exception as exc:  # the consumer reports a lost broker itself
-                logger.debug("heartbeat not sent: %r", exc)
-            if self._stopped.wait(interval):
-                return
+        client: redis.Redis | None = None
+        try:
+            while True:
+                try:
+                    client = client or self._channel.heartbeat_client()
+                    self._channel.beat(client)
+                except Exception as exc:  # the consumer reports a lost broker itself
+                    logger.debug("heartbeat not sent: %r", exc)
+                if self._stopped.wait(interval):
+                    return
+        finally:
+            if client is not None:
+                client.close()
 
     def stop(self) -> None:
         self._stopped.set()

@@ -6,6 +6,7 @@ broker database never touches them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -496,3 +497,79 @@ def test_an_idle_consumer_blocks_without_popping_and_wakes_for_one_message(
         conn.drain_events(timeout=5)
     assert time.monotonic() - started < 0.5
     assert broker_redis.hexists(keys["unacked_key"], received[0].delivery_tag)
+
+
+def kombu_message(tag: str, **properties) -> bytes:
+    """A message as kombu's Redis transport stores it, with ``properties`` changed."""
+    return json.dumps(
+        {
+            "body": "eyJpIjogOX0=",
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {},
+            "properties": {
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": ""},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": tag,
+                **properties,
+            },
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        # kombu cannot build a Message: no such body encoding.
+        kombu_message("bad-encoding", body_encoding="nope"),
+        # Deeper than cjson and Python's json read: RecursionError in Python.
+        b'{"properties": {"delivery_tag": "deep"}, "x": ' + b"[" * 1200 + b"]" * 1200 + b"}",
+        # cjson reads 1e999 as infinity and cannot write it back.
+        kombu_message("inf-exchange", delivery_info={"exchange": 1e999, "routing_key": ""}),
+    ],
+    ids=["body_encoding", "deep_nesting", "infinite_exchange"],
+)
+def test_a_message_no_consumer_can_take_is_set_aside_and_the_rest_flow(
+    connect, queue, keys, broker_redis, hostile
+):
+    """Never back at the head of the queue (every worker would fail on it in
+    turn), never lost, and the messages around it delivered."""
+    pushed = hostile.replace(b"Infinity", b"1e999")
+    publish(connect, queue, 1)
+    broker_redis.lpush(keys["queue"], pushed)
+    publish(connect, queue, 1)
+    conn = connect()
+    received = consume(conn, queue, prefetch=100)
+    for _ in range(3):
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=1)
+    assert len(received) == 2
+    assert broker_redis.llen(keys["queue"]) == 0
+    [(header, raw)] = unreadable(broker_redis, keys)
+    assert header["queue"] == keys["queue"] and header["reason"]
+    assert raw == pushed  # kept as it was sent
+    assert broker_redis.hlen(keys["unacked_key"]) == 2  # the two delivered, nothing else
+
+
+def test_the_sweep_leaves_a_tag_another_consumer_took_since(connect, queue, keys, broker_redis):
+    """A holds T past the visibility timeout, T is put back and B takes it; when
+    A then dies, the sweep must not touch B's copy."""
+    a_conn, a_received = one_cycle(connect, queue, published=1, prefetch=100)
+    a = a_conn.default_channel
+    a._heart.stop()
+    tag = a_received[0].delivery_tag
+    # The visibility sweep's restore, as another channel makes it.
+    b_conn = connect()
+    b_received = consume(b_conn, queue, prefetch=100)
+    b_conn.default_channel.qos.restore_by_tag(tag)
+    b_conn.drain_events(timeout=5)
+    assert [m.delivery_tag for m in b_received] == [tag]
+    owners = f"{keys['unacked_key']}:owners"
+    broker_redis.zadd(owners, {a.consumer_id: time.time() - 600})
+    assert b_conn.default_channel.restore_orphans() == 0
+    assert broker_redis.llen(keys["queue"]) == 0
+    assert broker_redis.hexists(keys["unacked_key"], tag)  # still B's
+    b_received[0].ack()
+    assert broker_redis.hlen(keys["unacked_key"]) == 0

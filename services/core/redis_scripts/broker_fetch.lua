@@ -5,7 +5,8 @@
 -- worker holds the only copy (kombu's BRPOP has that moment: kombu #305).
 -- KEYS: the queue lists in the order to drain them, then the unacked hash,
 --   the unacked index (sorted set), the consumer's owned hash, the
---   consumers' heartbeat index (sorted set) and the unreadable list
+--   consumers' heartbeat index (sorted set), the unreadable list and the
+--   tag -> owner hash (which consumer holds each tag now)
 -- ARGV[1]: how many at most; ARGV[2]: the time to index them under (seconds,
 --   kombu's clock for the visibility timeout); ARGV[3]: the consumer's id
 -- Returns a flat list: key position (1-based), delivery tag, raw message, ...
@@ -14,15 +15,15 @@
 -- and its bytes: kept for an operator, never delivered. What cjson cannot
 -- decode at all is held for Python to judge (below).
 local n = #KEYS
-local unacked, index, owned, owners, unreadable =
-  KEYS[n - 4], KEYS[n - 3], KEYS[n - 2], KEYS[n - 1], KEYS[n]
+local unacked, index, owned, owners, unreadable, owner_of =
+  KEYS[n - 5], KEYS[n - 4], KEYS[n - 3], KEYS[n - 2], KEYS[n - 1], KEYS[n]
 local want = tonumber(ARGV[1])
 local out = {}
 local taken = 0
 -- Fetching is a sign of life too (the heartbeat thread is the other one).
 local now = redis.call('TIME')
 redis.call('ZADD', owners, tonumber(now[1]) + tonumber(now[2]) / 1e6, ARGV[3])
-for k = 1, n - 5 do
+for k = 1, n - 6 do
   while taken < want do
     local raw = redis.call('RPOP', KEYS[k])
     if not raw then break end
@@ -40,8 +41,15 @@ for k = 1, n - 5 do
       out[#out + 1] = field
       out[#out + 1] = raw
       taken = taken + 1
-    elseif type(tag) ~= 'string' or tag == '' then
+    elseif type(tag) ~= 'string' or tag == ''
+        or (type(props.delivery_info) == 'table'
+          and ((props.delivery_info.exchange ~= nil and type(props.delivery_info.exchange) ~= 'string')
+            or (props.delivery_info.routing_key ~= nil
+              and type(props.delivery_info.routing_key) ~= 'string'))) then
+      -- Nothing below may fail once a message is popped: what it would fail on
+      -- (no tag, a delivery_info that is not strings) is set aside here.
       local reason = 'no properties.delivery_tag'
+      if type(tag) == 'string' and tag ~= '' then reason = 'delivery_info not strings' end
       redis.call('LPUSH', unreadable, cjson.encode({queue = KEYS[k], reason = reason}) .. '\n' .. raw)
       out[#out + 1] = k
       out[#out + 1] = ''
@@ -58,6 +66,7 @@ for k = 1, n - 5 do
       -- Where it came from and its length, so broker_orphans.lua can put the
       -- original bytes back on the same list without decoding them.
       redis.call('HSET', owned, tag, #raw .. ' ' .. KEYS[k])
+      redis.call('HSET', owner_of, tag, ARGV[3])
       out[#out + 1] = k
       out[#out + 1] = tag
       out[#out + 1] = raw

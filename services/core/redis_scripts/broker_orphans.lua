@@ -5,12 +5,14 @@
 -- its records go. One atomic step: an ack racing with it either lands first
 -- (the message is not put back) or finds nothing to delete.
 -- KEYS[1]: the heartbeat index; KEYS[2]: the unacked hash; KEYS[3]: the
---   unacked index. The owned hashes are named ARGV[2] .. id: a broker is one
+--   unacked index; KEYS[4]: the tag -> owner hash (a tag the visibility
+--   sweep put back and another consumer took since is that one's, not put
+--   back here). The owned hashes are named ARGV[2] .. id: a broker is one
 --   Redis, never a cluster, so keys built here are safe.
 -- ARGV[1]: seconds of silence that mean dead; ARGV[2]: owned-hash prefix;
 -- ARGV[3]: most consumers to handle in one call
 -- Returns {consumers handled, messages put back}.
-local owners, unacked, index = KEYS[1], KEYS[2], KEYS[3]
+local owners, unacked, index, owner_of = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = redis.call('TIME')
 local deadline = tonumber(now[1]) + tonumber(now[2]) / 1e6 - tonumber(ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', owners, '-inf', deadline, 'LIMIT', 0, tonumber(ARGV[3]))
@@ -30,14 +32,17 @@ for _, id in ipairs(dead) do
         restored = restored + 1
       end
     else
-      local size, source = string.match(records[i + 1], '^(%d+) (.*)$')
-      local entry = redis.call('HGET', unacked, tag)
-      if entry and size then
-        redis.call('RPUSH', source, string.sub(entry, 2, 1 + tonumber(size)))
-        restored = restored + 1
+      if redis.call('HGET', owner_of, tag) == id then
+        local size, source = string.match(records[i + 1], '^(%d+) (.*)$')
+        local entry = redis.call('HGET', unacked, tag)
+        if entry and size then
+          redis.call('RPUSH', source, string.sub(entry, 2, 1 + tonumber(size)))
+          restored = restored + 1
+        end
+        redis.call('HDEL', unacked, tag)
+        redis.call('ZREM', index, tag)
+        redis.call('HDEL', owner_of, tag)
       end
-      redis.call('HDEL', unacked, tag)
-      redis.call('ZREM', index, tag)
     end
   end
   redis.call('DEL', owned)
