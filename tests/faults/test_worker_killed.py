@@ -12,6 +12,7 @@ nothing counted twice, and everything applied within 30 s of the kill.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -50,14 +51,21 @@ def test_kill9_mid_burst_loses_nothing_doubles_nothing_recovers_in_30s(fresh, pr
     env = fresh.env(VIGIL_BROKER_URL=broker["url"])
     applied = lambda: count_markers(state_redis, settings).get("done", 0)  # noqa: E731
 
-    # The whole burst is queued first, so the kill lands mid-burst however fast
-    # the worker drains it. DBSIZE is the cheap progress signal (a fifth of the
-    # keys the reference run left); counting markers is too slow for the batch path.
+    # The worker is up before the burst is sent (the batch path applies all of
+    # it within about a second of a worker's start, before it answers a ping),
+    # and the burst goes out from another thread while this one watches DBSIZE,
+    # the cheap progress signal (a fifth of the keys the reference run left),
+    # so the kill lands mid-burst however fast the worker is.
     fifth = fresh.redis.client(REFERENCE_DB).dbsize() // 5
-    send_burst(app, batches, singles)
     first = procs.worker(app, env=env)
-    wait_for(lambda: state_redis.dbsize() >= fifth, what="about a fifth of the burst applied")
+    sender = threading.Thread(target=send_burst, args=(app, batches, singles))
+    sender.start()
+    deadline = time.monotonic() + 120
+    while state_redis.dbsize() < fifth:
+        assert time.monotonic() < deadline, "timed out waiting for a fifth of the burst"
+        time.sleep(0.005)
     first.kill9()
+    sender.join()
     killed_at = time.monotonic()
     applied_at_kill = applied()
     assert applied_at_kill < total, "the kill must land before the burst is over"
