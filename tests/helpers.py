@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -163,3 +165,17 @@ def detection_state(
         keys.detection_dedupe(settings, platform, user_id), keys.dedupe_field(detection_id)
     )
     return dedupe.decode(raw, settings, now)
+
+
+def recreate_vhost(vhost: str) -> None:
+    """Delete and re-create a RabbitMQ vhost with a quorum default queue type
+    (the README's production setup), guest allowed, when rabbitmqctl can: no
+    queue declared in another form by an earlier run is left in it."""
+    if vhost == "/" or shutil.which("rabbitmqctl") is None:
+        return
+    for argv in (
+        ["rabbitmqctl", "delete_vhost", vhost],
+        ["rabbitmqctl", "add_vhost", vhost, "--default-queue-type", "quorum"],
+        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+    ):
+        subprocess.run(argv, capture_output=True, timeout=60, check=False)

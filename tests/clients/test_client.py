@@ -7,9 +7,7 @@ quorum default queue type (a shared vhost may hold the queues in another form).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from celery.result import AsyncResult
 from kombu import Connection
 
 from tasks import names
+from tests.helpers import recreate_vhost
 from vigil_client import VigilClient, answer, is_amqp, sender_app, task_queues
 
 AMQP_URL = os.environ.get(
@@ -75,13 +74,7 @@ def _rabbitmq_vhost() -> str:
     except OSError:
         pytest.skip(f"no RabbitMQ at {parts.hostname}:{parts.port}")
     vhost = parts.path.lstrip("/")
-    if shutil.which("rabbitmqctl"):
-        for argv in (
-            ["rabbitmqctl", "delete_vhost", vhost],
-            ["rabbitmqctl", "add_vhost", vhost, "--default-queue-type", "quorum"],
-            ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        ):
-            subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    recreate_vhost(vhost)
     return vhost
 
 

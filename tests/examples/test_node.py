@@ -47,12 +47,10 @@ def _installed() -> Path:
     return WORKDIR
 
 
-def test_the_node_example_validates_sends_and_the_worker_applies(
-    worker, test_env, state_redis, settings
-):
-    workdir = _installed()
-    run = subprocess.run(
-        ["node", "send.js", test_env["VIGIL_BROKER_URL"], "20"],
+def send(workdir: Path, broker_url: str, count: int) -> subprocess.CompletedProcess:
+    """``node send.js URL COUNT`` as the README says, with the repository's schemas."""
+    return subprocess.run(
+        ["node", "send.js", broker_url, str(count)],
         cwd=workdir,
         env={"PATH": os.environ["PATH"], "VIGIL_SCHEMAS": str(ROOT / "schemas" / "tasks")},
         capture_output=True,
@@ -60,6 +58,13 @@ def test_the_node_example_validates_sends_and_the_worker_applies(
         timeout=120,
         check=True,
     )
+
+
+def test_the_node_example_validates_sends_and_the_worker_applies(
+    worker, test_env, state_redis, settings
+):
+    workdir = _installed()
+    run = send(workdir, test_env["VIGIL_BROKER_URL"], 20)
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["sent"] == 20
     # The deliberately bad payload is refused by the schema, naming both fields.

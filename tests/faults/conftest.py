@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from sqlalchemy import create_engine, text
 
 from stack import processes
 from stack.embedded import EmbeddedPostgres, spare_port
-from tests.helpers import wait_for
+from tests.helpers import recreate_vhost, wait_for
 from vigil_client import sender_app, task_queues
 
 __all__ = ["wait_for"]  # the fault tests import it from here
@@ -240,14 +239,7 @@ def amqp_vhost() -> str:
     default queue type (the README's production setup), so no queue declared
     in another form by an earlier run or version is left in it."""
     vhost = urlsplit(AMQP_URL).path.lstrip("/") or "/"
-    if vhost == "/" or shutil.which("rabbitmqctl") is None:
-        return vhost
-    for argv in (
-        ["rabbitmqctl", "delete_vhost", vhost],
-        ["rabbitmqctl", "add_vhost", vhost, "--default-queue-type", "quorum"],
-        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-    ):
-        subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    recreate_vhost(vhost)
     return vhost
 
 

@@ -164,21 +164,13 @@ def node_sends(url: str) -> None:
     """examples/node/send.js, as tests/examples/test_node.py runs it."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         return
-    from tests.examples.test_node import _installed
+    from tests.examples.test_node import _installed, send
 
     try:
         workdir = _installed()
     except pytest.skip.Exception:
         return  # npm registry unreachable: the other frontends still run
-    subprocess.run(
-        ["node", "send.js", url, str(NODE_COUNT)],
-        cwd=workdir,
-        env={"PATH": os.environ["PATH"], "VIGIL_SCHEMAS": str(ROOT / "schemas" / "tasks")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    send(workdir, url, NODE_COUNT)
 
 
 def node_runs() -> bool:
