@@ -34,7 +34,7 @@ from services.core.settings import (
 from stack.discovery import answers, app_database_url
 from tasks.names import QUEUE_ADMIN, QUEUES
 from vigil_client import is_amqp, sender_app
-from worker.base import redact_kwargs
+from worker.redact import redact_kwargs
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1

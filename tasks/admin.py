@@ -33,7 +33,7 @@ from services.erasure import service as erasure_service
 from tasks import names
 from tasks.app import app
 from worker import settle
-from worker.base import redact_kwargs
+from worker.redact import redact_kwargs
 
 Handler = Callable[[Any, Settings], dict[str, Any]]
 

@@ -2,8 +2,11 @@
 celery-batches and Flower, apart from the domain.
 
 - ``broker``: the Redis transport (atomic fetch, heartbeats, fast recovery).
-- ``base``: the app and task classes, the redaction of arguments in events and logs.
-- ``batching``: buffered single-message tasks.
+- ``base``: the app and task classes.
+- ``redact``: what events, Flower and logs show of a task's arguments.
+- ``batching``: buffered single-message tasks (the parent's side).
+- ``settle``: the one settle path: retry policy, dead letters, a buffered
+  request's result and event.
 - ``signals``: what a worker, a pool process and beat do at start and stop.
 - ``flower_guard``: Flower's login, however Flower is started.
 - ``upstream``: every upstream internal the above relies on, with canaries.

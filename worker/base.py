@@ -17,6 +17,7 @@ from services.core import declarations
 from services.core.errors import TransientError
 from services.core.settings import get_settings
 from worker import settle
+from worker.redact import safe_redact
 
 logger = logging.getLogger(__name__)
 
@@ -29,28 +30,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TransientError,
 )
 
-_settings = get_settings()
-
-_ID_KEYS = ("message_id", "detection_id", "platform", "guild_id", "user_id", "severity")
-
-
-def redact_kwargs(kwargs: Any) -> str:
-    """What Flower and logs may show of a task's kwargs: ids and sizes, never text."""
-    if not isinstance(kwargs, dict):
-        return "<redacted>"
-    shown: dict[str, str] = {}
-    for key, value in list(kwargs.items())[:20]:
-        name = str(key)[:40]
-        if name in _ID_KEYS and isinstance(value, (str, int)) and not isinstance(value, bool):
-            shown[name] = str(value)[:64]
-        elif isinstance(value, list):
-            shown[name] = f"<list of {len(value)}>"
-        elif isinstance(value, dict):
-            shown[name] = f"<object with {len(value)} keys>"
-        else:
-            shown[name] = f"<{type(value).__name__}>"
-    return repr(shown)
-
 
 class RedactedRequest(_request.Request):
     """Replace the sender's argsrepr/kwargsrepr: frontends in other languages send
@@ -59,10 +38,7 @@ class RedactedRequest(_request.Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._argsrepr = "()"
-        try:
-            self._kwargsrepr = redact_kwargs(self.kwargs)
-        except Exception:  # a hostile body must not stop the worker
-            self._kwargsrepr = "<redacted>"
+        self._kwargsrepr = safe_redact(self.kwargs)
 
 
 def _redacted_body(message: Any, body: Any) -> str:
@@ -81,13 +57,12 @@ class VigilTask(Task):
     Request = "worker.base:RedactedRequest"
     typing = False
     autoretry_for = TRANSIENT_ERRORS
-    retry_backoff = 2
-    # On a Redis broker a retry waits out its countdown unacked in a worker, so
-    # the cap (with the time limit) must fit under the visibility timeout;
-    # more, shorter retries keep about the same outage covered.
-    retry_backoff_max = _settings.retry_backoff_max
+    # The one retry policy (worker/settle.py), which Celery's autoretry applies
+    # with the same helper the buffered tasks use.
+    retry_backoff = settle.RETRY.factor
+    retry_backoff_max = settle.RETRY.maximum
     retry_jitter = True
-    max_retries = _settings.retry_max_retries
+    max_retries = settle.RETRY.max_retries
     acks_late = True
     reject_on_worker_lost = True
 

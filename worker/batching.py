@@ -4,15 +4,16 @@ Frontends send one ``vigil.ingest.message`` (or ``.detection``) per item. The
 worker's parent holds those requests (celery-batches) and hands a buffer of
 them to one pool job, so Celery's per-task cost in the pool and the pipeline's
 round trips are paid per buffer instead of per message. Each request still
-behaves as its own task:
+behaves as its own task, settled by worker/settle.py's :class:`RequestSettler`:
 
 - its outcome is stored as its result when the sender asked for one;
 - a rejected item is dead-lettered under its own task name with its own payload;
 - it is acked (late) only after its buffer's state and results are written;
 - a buffer that fails as a whole (a store down, the soft time limit) is
   re-published request by request with the same task id and ``retries + 1``,
-  after a backoff, and the originals are acked: every step is idempotent per
-  item, so nothing counts twice; past ``max_retries`` each is dead-lettered;
+  after the one retry policy's countdown, and the originals are acked: every
+  step is idempotent per item, so nothing counts twice; past ``max_retries``
+  each is dead-lettered;
 - a pool child that dies or hits the hard time limit mid-buffer: the parent
   re-publishes each request marked ``vigil_isolate``, and a marked request
   runs in a buffer of its own; one that is lost again, alone, is the cause
@@ -20,11 +21,13 @@ behaves as its own task:
   So a poison item costs two pool processes and fails no other request, and
   no request is stranded until a restore.
 
-The interval flush waits while every pool process is running one of this
-task's buffers (up to ``MAX_FLUSH_DEFER_S``): such a buffer could not start
-before one of them returns anyway, and holding it lets it grow, so under load
-buffers fill by count and the per-buffer cost is paid fewer times. A returning
-buffer flushes what waited. At light load nothing waits: a process is idle.
+Two sides. In the parent, :class:`FlushScheduler` decides when a buffer goes to
+the pool: the interval flush waits while every pool process is running one of
+this task's buffers (up to ``MAX_FLUSH_DEFER_S``), since such a buffer could
+not start before one of them returns anyway, and holding it lets it grow, so
+under load buffers fill by count and the per-buffer cost is paid fewer times.
+A returning buffer flushes what waited; at light load nothing waits. In the
+pool child, :meth:`BufferedTask.handle` runs the pipeline and settles.
 
 Stock ``celery_batches.Batches.flush`` acks every request when the body raises
 and strands them when the child dies; :meth:`BufferedTask.flush` replaces it.
@@ -33,23 +36,20 @@ and strands them when the child dies; :meth:`BufferedTask.flush` replaces it.
 from __future__ import annotations
 
 import logging
-import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
-from celery import states
-from celery.events import EventDispatcher
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
-from worker import settle
-from worker.base import TRANSIENT_ERRORS, VigilTask, redact_kwargs
+from worker.base import TRANSIENT_ERRORS
+from worker.settle import RETRY, RequestSettler, isolated, kwargs_of
 
 logger = logging.getLogger(__name__)
 
@@ -64,43 +64,57 @@ Pipeline = Callable[[list[Any]], Sequence[dict[str, Any]]]
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SoftTimeLimitExceeded)
 
 
-# Marks a request re-published after its buffer was lost in the pool.
-ISOLATE_HEADER = "vigil_isolate"
+@dataclass
+class FlushScheduler:
+    """Parent side: this task's buffers handed to the pool and not yet
+    returned, and since when an interval flush has been waiting for a process."""
 
+    max_defer_s: float = MAX_FLUSH_DEFER_S
+    in_pool: int = 0
+    deferred_since: float | None = None
 
-def isolated(request: SimpleRequest | Request) -> bool:
-    """Whether this request must run in a buffer of its own."""
-    return bool((request.request_dict or {}).get(ISOLATE_HEADER))
+    def hold(self, held: int, flush_every: int, processes: int, now: float) -> bool:
+        """Whether a flush of ``held`` requests should wait for a free process."""
+        if 0 < held < flush_every and self.in_pool >= processes:
+            if self.deferred_since is None:
+                self.deferred_since = now
+            if now - self.deferred_since < self.max_defer_s:
+                return True
+        self.deferred_since = None
+        return False
 
+    def handed_over(self) -> None:
+        self.in_pool += 1
 
-def retries_of(request: SimpleRequest | Request) -> int:
-    """How often this request was re-published (absent on a raw protocol-2 message)."""
-    try:
-        return int((request.request_dict or {}).get("retries") or 0)
-    except (TypeError, ValueError):
-        return 0
+    def returned(self) -> bool:
+        """A buffer left the pool; True when a flush waited for it."""
+        self.in_pool = max(0, self.in_pool - 1)
+        return self.deferred_since is not None
 
 
 class BufferedTask(Batches):
-    """A celery-batches task with per-request results, retries, dead letters and
-    events. The task body calls :meth:`handle` with its pipeline."""
+    """A celery-batches task whose requests keep their own results, retries,
+    dead letters and events. The task body calls :meth:`handle` with its pipeline."""
 
     Request = "worker.base:RedactedRequest"
     acks_late = True
     reject_on_worker_lost = True
-    # The same retry budget as every other vigil task.
-    max_retries = VigilTask.max_retries
-    # The cap of every other vigil task (VIGIL_RETRY_BACKOFF_MAX, which the
-    # settings check keeps under the visibility timeout).
-    retry_backoff_max = VigilTask.retry_backoff_max
+    # The one retry policy (worker/settle.py).
+    max_retries = RETRY.max_retries
+    retry_backoff_max = RETRY.maximum
     # "per_request": one task-succeeded per request; "per_buffer": one per buffer.
     task_events = "per_request"
 
-    _event_dispatcher: EventDispatcher | None = None
-    # Parent: this task's buffers handed to the pool and not yet returned, and
-    # since when an interval flush has been waiting for a free process.
-    _in_pool = 0
-    _deferred_since: float | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler = FlushScheduler()
+        self._settler: RequestSettler | None = None
+
+    @property
+    def settler(self) -> RequestSettler:
+        if self._settler is None:
+            self._settler = RequestSettler(self, RETRY, self.task_events)
+        return self._settler
 
     # -- parent process ---------------------------------------------------------
 
@@ -118,25 +132,11 @@ class BufferedTask(Batches):
 
     def _do_flush(self) -> None:
         """The interval (and count) flush, held while the pool is busy with this
-        task's buffers and the buffer is not full (see the module docstring)."""
-        if 0 < self._buffer.qsize() < self.flush_every and self._pool_busy():
-            now = time.monotonic()
-            if self._deferred_since is None:
-                self._deferred_since = now
-            if now - self._deferred_since < MAX_FLUSH_DEFER_S:
-                return
-        self._deferred_since = None
-        super()._do_flush()
-
-    def _pool_busy(self) -> bool:
+        task's buffers and the buffer is not full."""
         processes = getattr(self._pool, "limit", None) or 1
-        return self._in_pool >= processes
-
-    def _returned(self) -> None:
-        """A buffer left the pool: flush what waited for it."""
-        self._in_pool = max(0, self._in_pool - 1)
-        if self._deferred_since is not None:
-            self._do_flush()
+        if self.scheduler.hold(self._buffer.qsize(), self.flush_every, processes, time.monotonic()):
+            return
+        super()._do_flush()
 
     def flush(self, requests: Sequence[Request]) -> Any:
         """Hand the buffer to the pool (each isolated request as a job of its own);
@@ -151,31 +151,22 @@ class BufferedTask(Batches):
     def _run_in_pool(self, requests: list[Request]) -> None:
         simple = ([SimpleRequest.from_request(request) for request in requests],)
 
+        def returned() -> None:
+            if self.scheduler.returned():
+                self._do_flush()
+
         def on_return(_result: Any) -> None:
             acknowledge_together(requests)
-            self._returned()
+            returned()
 
         def on_error(exc_info: ExceptionInfo) -> None:
-            self._returned()
+            returned()
             # WorkerLostError (child killed) or TimeLimitExceeded (hard limit).
             exc = getattr(exc_info, "exception", None) or RuntimeError("pool job lost")
-            logger.warning(
-                "%s: buffer of %d lost in the pool (%s); re-publishing each request alone",
-                self.name,
-                len(requests),
-                type(exc).__name__,
-            )
-            for request in requests:
-                if isolated(request) and len(requests) == 1:
-                    # Lost twice, the second time alone: this item is the cause.
-                    settled = self._dead_letter(request, "worker_lost", exc)
-                else:
-                    settled = self._retry_or_dead_letter(request, exc, countdown=0.0, isolate=True)
-                if settled:
-                    request.acknowledge()
+            self._lost(requests, exc)
 
         # Counted before the hand-over: a solo pool returns within apply_async.
-        self._in_pool += 1
+        self.scheduler.handed_over()
         try:
             self._pool.apply_async(
                 apply_batches_task,
@@ -186,8 +177,26 @@ class BufferedTask(Batches):
                 soft_timeout=self.soft_time_limit,
             )
         except BaseException:
-            self._in_pool = max(0, self._in_pool - 1)
+            self.scheduler.returned()
             raise
+
+    def _lost(self, requests: list[Request], exc: BaseException) -> None:
+        """A buffer the pool lost: each request again, alone; one lost alone is the cause."""
+        logger.warning(
+            "%s: buffer of %d lost in the pool (%s); re-publishing each request alone",
+            self.name,
+            len(requests),
+            type(exc).__name__,
+        )
+        for request in requests:
+            if isolated(request) and len(requests) == 1:
+                settled = self.settler.dead_letter(request, "worker_lost", exc)
+            else:
+                settled = self.settler.retry_or_dead_letter(
+                    request, exc, countdown=0.0, isolate=True
+                )
+            if settled:
+                request.acknowledge()
 
     # -- pool child -------------------------------------------------------------
 
@@ -198,11 +207,10 @@ class BufferedTask(Batches):
         dead letter or a re-published copy before the buffer is acked."""
         started = time.monotonic()
         requests = list(requests)
-        payloads = [self._payload_of(request) for request in requests]
         try:
-            outcomes = list(pipeline(payloads))
+            outcomes = list(pipeline([payload_of(request) for request in requests]))
         except RETRYABLE_ERRORS as exc:
-            self._retry_all(requests, exc)
+            self.settler.retry_all(requests, exc)
             return
         except Exception as exc:
             if len(requests) > 1:
@@ -216,168 +224,20 @@ class BufferedTask(Batches):
                 for request in requests:
                     self.handle([request], pipeline)
                 return
-            self._fail(requests[0], exc)
+            self.settler.failed(requests[0], exc)
             return
         by_id = {
             request.id: _own(outcome) for request, outcome in zip(requests, outcomes, strict=True)
         }
-        self._store_results(requests, by_id)
-        self._send_events(requests, time.monotonic() - started)
+        self.settler.succeeded(requests, by_id, time.monotonic() - started)
 
-    def _payload_of(self, request: SimpleRequest) -> Any:
-        """What the pipeline validates: the kwargs. Positional arguments are not
-        part of the contract; the pipeline rejects the marker in their place."""
-        if request.args:
-            return {"__positional_args__": len(request.args), **_as_dict(request.kwargs)}
-        return request.kwargs
 
-    def wants_result(self, request: SimpleRequest | Request) -> bool:
-        """The sender's ``ignore_result`` header, else the task's default."""
-        flag = (request.request_dict or {}).get("ignore_result")
-        return not (self.ignore_result if flag is None else flag)
-
-    def _store_results(
-        self, requests: Sequence[SimpleRequest], outcomes: dict[str, dict[str, Any]]
-    ) -> None:
-        """Each wanted result through the backend's own store path, as a plain
-        task's is (the same meta, the same notification of its waiter)."""
-        backend = self.app.backend
-        for request in requests:
-            if self.wants_result(request):
-                backend.store_result(
-                    request.id, outcomes[request.id], states.SUCCESS, request=request
-                )
-
-    def _store_failure(self, request: SimpleRequest, exc: BaseException) -> None:
-        if not self.wants_result(request):
-            return
-        # The error's type only: its message may quote the payload.
-        self.app.backend.store_result(
-            request.id, RuntimeError(type(exc).__name__), states.FAILURE, request=request
-        )
-
-    def _retry_all(self, requests: Sequence[SimpleRequest], exc: BaseException) -> None:
-        logger.warning(
-            "%s: buffer of %d failed (%s); retrying each request",
-            self.name,
-            len(requests),
-            type(exc).__name__,
-        )
-        for request in requests:
-            retries = retries_of(request)
-            countdown = min(self.retry_backoff_max, 2.0**retries) * random.uniform(0.5, 1.0)
-            if not self._retry_or_dead_letter(request, exc, countdown):
-                # The broker is down too: raising would ack the buffer (lost);
-                # exiting the child leaves every request to on_error's re-publish,
-                # or unacked for the visibility timeout to redeliver.
-                raise SystemExit(f"{self.name}: cannot re-publish a failed buffer")
-
-    def _retry_or_dead_letter(
-        self,
-        request: SimpleRequest | Request,
-        exc: BaseException,
-        countdown: float,
-        isolate: bool = False,
-    ) -> bool:
-        """Re-publish with ``retries + 1`` (same task id; with ``isolate``, marked
-        to run alone), or dead-letter past ``max_retries``. False when neither
-        could be done (leave it unacked)."""
-        retries = retries_of(request)
-        if retries >= self.max_retries:
-            return self._dead_letter(request, "retries_exhausted", exc)
-        kwargs = _as_dict(request.kwargs)
-        try:
-            self.apply_async(
-                args=list(request.args or ()),
-                kwargs=kwargs,
-                task_id=request.id,
-                countdown=countdown or None,
-                retries=retries + 1,
-                ignore_result=not self.wants_result(request),
-                argsrepr="()",
-                kwargsrepr=redact_kwargs(kwargs),
-                add_to_parent=False,
-                headers={ISOLATE_HEADER: True} if isolate else None,
-            )
-        except Exception as publish_exc:
-            logger.error(
-                "%s[%s]: could not re-publish (%s)",
-                self.name,
-                request.id,
-                type(publish_exc).__name__,
-            )
-            return False
-        return True
-
-    def _fail(self, request: SimpleRequest, exc: BaseException) -> None:
-        """One request that fails on its own for a reason retrying will not fix."""
-        logger.error("%s[%s] failed: %s", self.name, request.id, type(exc).__name__)
-        self._dead_letter(request, "error", exc)
-        try:
-            self._store_failure(request, exc)
-        except Exception as store_exc:
-            logger.error(
-                "%s[%s]: result not stored (%s)", self.name, request.id, type(store_exc).__name__
-            )
-
-    def _dead_letter(
-        self, request: SimpleRequest | Request, reason: str, exc: BaseException
-    ) -> bool:
-        return settle.fail(self.name, request.id, reason, exc, request.kwargs)
-
-    def _send_events(self, requests: Sequence[SimpleRequest], runtime: float) -> None:
-        """``task-succeeded`` events, published together, with ids only (never
-        text): one per request, so Flower shows each message as its own task,
-        or with ``task_events = "per_buffer"`` one per buffer, under an id of
-        its own, naming how many requests it ran and the first one's id."""
-        if not self.app.conf.worker_send_task_events or not requests:
-            return
-        if self.task_events == "per_buffer":
-            events = [
-                {
-                    "uuid": str(uuid.uuid4()),
-                    "args": "()",
-                    "kwargs": f"<buffer of {len(requests)}, first {requests[0].id}>",
-                    "retries": 0,
-                }
-            ]
-        else:
-            events = [
-                {
-                    "uuid": request.id,
-                    "args": "()",
-                    "kwargs": _safe_repr(request.kwargs),
-                    "retries": retries_of(request),
-                }
-                for request in requests
-            ]
-        try:
-            dispatcher = self._dispatcher(requests[0].hostname)
-            for event in events:
-                dispatcher.send(
-                    "task-succeeded",
-                    name=self.name,
-                    runtime=runtime,
-                    result="<buffered>",
-                    buffered=len(requests),
-                    **event,
-                )
-            dispatcher.flush()
-        except Exception as exc:  # events are best effort; the work is done
-            logger.warning("%s: task events not sent (%s)", self.name, type(exc).__name__)
-            self._event_dispatcher = None
-
-    def _dispatcher(self, hostname: str | None) -> EventDispatcher:
-        dispatcher = self._event_dispatcher
-        if dispatcher is None:
-            dispatcher = self.app.events.Dispatcher(
-                self.app.connection_for_write(),
-                hostname=hostname,
-                buffer_group=["task"],
-                buffer_limit=10**9,
-            )
-            self._event_dispatcher = dispatcher
-        return dispatcher
+def payload_of(request: SimpleRequest) -> Any:
+    """What the pipeline validates: the kwargs. Positional arguments are not
+    part of the contract; the pipeline rejects the marker in their place."""
+    if request.args:
+        return {"__positional_args__": len(request.args), **kwargs_of(request)}
+    return request.kwargs
 
 
 def acknowledge_together(requests: Sequence[Request]) -> None:
@@ -399,14 +259,3 @@ def _own(outcome: dict[str, Any]) -> dict[str, Any]:
     if "index" in outcome:
         return {**outcome, "index": 0}
     return outcome
-
-
-def _as_dict(kwargs: Any) -> dict[str, Any]:
-    return kwargs if isinstance(kwargs, dict) else {}
-
-
-def _safe_repr(kwargs: Any) -> str:
-    try:
-        return redact_kwargs(kwargs)
-    except Exception:  # a hostile body must not stop the events
-        return "<redacted>"

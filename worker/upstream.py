@@ -34,11 +34,14 @@ Celery (``worker/base.py``):
   Flower show, replaced by a redacted form.
 - ``worker.consumer.consumer.dump_body``: the formatter of bodies Celery logs
   for unknown or undecodable messages, replaced so no message text is logged.
+- ``utils.time.get_exponential_backoff_interval`` (``worker/settle.py``): the
+  backoff of the one retry policy, the helper ``autoretry_for`` uses, so plain
+  and buffered tasks wait alike.
 
 celery-batches (``worker/batching.py``):
-- ``Batches._tref``, ``_buffer``, ``_pending``, ``_pool``, ``_do_flush``,
-  ``flush(requests)`` and ``celery_batches.trace.apply_batches_task``: the flush
-  timer re-armed after a reconnect, buffers settled per request.
+- ``Batches.__init__()``, ``_tref``, ``_buffer``, ``_pending``, ``_pool``,
+  ``_do_flush``, ``flush(requests)`` and ``celery_batches.trace.apply_batches_task``:
+  the flush timer re-armed after a reconnect, buffers settled per request.
 
 Flower (``worker/flower_guard.py``):
 - ``flower.command`` parses the command line, then its config file, then the
@@ -175,6 +178,16 @@ INTERNALS: tuple[Internal, ...] = (
         "worker/base.py (RedactedRequest)",
         source_has=("return self._argsrepr", "return self._kwargsrepr", "self._argsrepr,"),
     ),
+    Internal(
+        "celery.utils.time:get_exponential_backoff_interval",
+        "worker/settle.py (RetryPolicy)",
+        ("factor", "retries", "maximum", "full_jitter"),
+    ),
+    Internal(
+        "celery.app.autoretry:add_autoretry_behaviour",
+        "worker/settle.py (RetryPolicy: plain tasks retry through the same helper)",
+        source_has=("get_exponential_backoff_interval(", "full_jitter=retry_jitter"),
+    ),
     # The module, not the attribute: worker/base.py has replaced the attribute.
     Internal(
         "celery.worker.consumer.consumer:",
@@ -187,6 +200,7 @@ INTERNALS: tuple[Internal, ...] = (
         "worker/batching.py",
         source_has=("self._tref", "self._buffer", "self._pending", "self._pool"),
     ),
+    Internal("celery_batches:Batches.__init__", "worker/batching.py", ("self",)),
     Internal("celery_batches:Batches._do_flush", "worker/batching.py", ("self",)),
     Internal("celery_batches:Batches.flush", "worker/batching.py", ("self", "requests")),
     Internal(

@@ -30,6 +30,7 @@ from stack.processes import RedisServer, WorkerProcess
 from tasks import names
 from tests.conftest import start_test_worker
 from tests.helpers import DetectorServer, capture_events, message_state, wait_for
+from worker.batching import FlushScheduler
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -407,3 +408,21 @@ def test_interval_flush_waits_while_the_pool_is_busy(private):
         if thread is not None:
             thread.join(10)
         detector_server.close()
+
+
+def test_flush_scheduler_holds_a_partial_buffer_only_while_the_pool_is_busy():
+    scheduler = FlushScheduler(max_defer_s=0.5)
+    assert not scheduler.hold(5, 100, processes=1, now=0.0)  # a process is free
+    scheduler.handed_over()
+    assert not scheduler.hold(100, 100, processes=1, now=0.0)  # full: goes anyway
+    assert not scheduler.hold(0, 100, processes=1, now=0.0)  # nothing held
+    assert scheduler.hold(5, 100, processes=1, now=1.0)  # waits for the busy process
+    assert scheduler.hold(5, 100, processes=1, now=1.4)
+    assert scheduler.returned()  # a flush waited: the caller flushes now
+    assert not scheduler.hold(5, 100, processes=1, now=1.45)
+    scheduler.handed_over()
+    assert scheduler.hold(5, 100, processes=1, now=2.0)
+    assert not scheduler.hold(5, 100, processes=1, now=2.6)  # bounded by max_defer_s
+    assert not scheduler.returned()
+    assert scheduler.in_pool == 0
+    assert not scheduler.hold(5, 100, processes=2, now=3.0)
