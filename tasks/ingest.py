@@ -15,6 +15,7 @@ from typing import Any
 
 from celery_batches import SimpleRequest
 
+from models.outcomes import Outcome
 from services.core.clients import get_redis, session_factory
 from services.core.settings import get_settings
 from services.ingest import detector
@@ -51,11 +52,11 @@ def _service() -> settle.Ingest:
     )
 
 
-def _message_pipeline(payloads: list[Any]) -> list[dict[str, Any]]:
+def _message_pipeline(payloads: list[Any]) -> list[Outcome]:
     return _service().messages(payloads).outcomes
 
 
-def _detection_pipeline(payloads: list[Any]) -> list[dict[str, Any]]:
+def _detection_pipeline(payloads: list[Any]) -> list[Outcome]:
     return _service().detections(payloads).outcomes
 
 

@@ -48,6 +48,7 @@ from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from models.outcomes import Outcome
 from worker.base import TRANSIENT_ERRORS
 from worker.settle import RETRY, RequestSettler, isolated, kwargs_of
 
@@ -58,7 +59,7 @@ logger = logging.getLogger(__name__)
 MAX_FLUSH_DEFER_S = 0.5
 
 # The pipeline a buffered task runs: payloads in, one outcome per payload out.
-Pipeline = Callable[[list[Any]], Sequence[dict[str, Any]]]
+Pipeline = Callable[[list[Any]], Sequence[Outcome]]
 
 # A buffer that fails as a whole for one of these is retried, not dead-lettered.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SoftTimeLimitExceeded)
@@ -254,7 +255,7 @@ def acknowledge_together(requests: Sequence[Request]) -> None:
             request.acknowledge()
 
 
-def _own(outcome: dict[str, Any]) -> dict[str, Any]:
+def _own(outcome: Outcome) -> Outcome:
     """A request's own answer: positions refer to its own single item."""
     if "index" in outcome:
         return {**outcome, "index": 0}

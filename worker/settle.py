@@ -32,6 +32,7 @@ from celery.worker.request import Request
 from celery_batches import SimpleRequest
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.outcomes import Outcome
 from services.core.clients import get_redis, session_factory
 from services.core.settings import Settings, get_settings
 from services.deadletters import store
@@ -187,7 +188,7 @@ class RequestSettler:
     def succeeded(
         self,
         requests: Sequence[SimpleRequest],
-        outcomes: Mapping[str, dict[str, Any]],
+        outcomes: Mapping[str, Outcome],
         runtime: float,
     ) -> None:
         """Each wanted result through the backend's own store path, as a plain

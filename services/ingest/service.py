@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.history import StoredMessage
+from models.outcomes import Outcome
 from models.payloads import DetectionIn, MessageIn, reasons_of, text_limit
 from services.attribution import service as attribution
 from services.bonds import history, ledger
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 class Batch:
     """Outcomes in input order, plus what must be dead-lettered."""
 
-    outcomes: list[dict[str, Any]]
+    outcomes: list[Outcome]
     rejected: list[tuple[Any, list[str]]] = field(default_factory=list)
 
     @classmethod
@@ -52,7 +53,8 @@ class Batch:
     ) -> tuple[Batch, list[tuple[int, Any]]]:
         """Validate every item (``context``: the model's validation context);
         invalid ones are answered and set aside here."""
-        batch = cls([{} for _ in raws])
+        # Filled for every item below or by the pipeline that parsed them.
+        batch = cls([cast(Outcome, {}) for _ in raws])
         valid = []
         for i, raw in enumerate(raws):
             item, reasons = _parse(model, raw, context)
@@ -275,7 +277,7 @@ class IngestService:
         return dict(changed)
 
     @staticmethod
-    def _applied(raw: Any, ident: str, det: DetectionIn, key: str = "message_id") -> dict:
+    def _applied(raw: Any, ident: str, det: DetectionIn, key: str = "message_id") -> Outcome:
         reply = replies.apply(raw)
         if isinstance(reply, replies.Failed):
             return {"status": "rejected", key: ident, "reasons": [f"state: {reply.reason}"]}
@@ -293,6 +295,6 @@ class IngestService:
         }
 
     @staticmethod
-    def _reject(batch: Batch, i: int, item: Any, reasons: list[str]) -> dict[str, Any]:
+    def _reject(batch: Batch, i: int, item: Any, reasons: list[str]) -> Outcome:
         batch.rejected.append((item.model_dump(mode="json"), reasons))
         return {"status": "rejected", "index": i, "reasons": reasons}
