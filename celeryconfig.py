@@ -39,7 +39,7 @@ enable_utc = True
 
 # Queues, routed by task-name prefix. On RabbitMQ they are declared as plain
 # Celery clients declare them, and a worker adopts what the vhost already holds
-# (services/core/declarations.py): for a quorum queue Celery then turns off
+# (worker/queues.py): for a quorum queue Celery then turns off
 # global QoS (quorum queues refuse it), and retry countdowns wait in RabbitMQ's
 # delay queues instead of in the worker.
 task_queues = _task_queues()

@@ -23,7 +23,6 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
-from services.core import declarations
 from services.core.clients import broker_url, get_redis, redis_url, session_factory
 from services.core.settings import (
     DEFAULT_DATABASE_URL,
@@ -34,6 +33,7 @@ from services.core.settings import (
 from stack.discovery import answers, app_database_url
 from tasks.names import QUEUE_ADMIN, QUEUES
 from vigil_client import is_amqp, sender_app
+from worker import queues
 from worker.redact import redact_kwargs
 
 EXIT_OK = 0
@@ -128,7 +128,7 @@ def _sender(broker: str, results: str) -> Celery:
     if is_amqp(broker):
         # Publish to the queues as they exist (an upgraded vhost's earlier quorum
         # queues on topic exchanges), as workers do, never redeclaring them.
-        declarations.adopt(app, QUEUES)
+        queues.adopt(app, QUEUES)
     return app
 
 

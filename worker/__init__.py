@@ -7,6 +7,7 @@ celery-batches and Flower, apart from the domain.
 - ``batching``: buffered single-message tasks (the parent's side).
 - ``settle``: the one settle path: retry policy, dead letters, a buffered
   request's result and event.
+- ``queues``: RabbitMQ queues adopted as the vhost holds them, countdowns routed.
 - ``signals``: what a worker, a pool process and beat do at start and stop.
 - ``flower_guard``: Flower's login, however Flower is started.
 - ``upstream``: every upstream internal the above relies on, with canaries.

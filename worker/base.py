@@ -13,10 +13,9 @@ from celery.worker import request as _request
 from celery.worker.consumer import consumer as _consumer
 from sqlalchemy.exc import OperationalError
 
-from services.core import declarations
 from services.core.errors import TransientError
 from services.core.settings import get_settings
-from worker import settle
+from worker import queues, settle
 from worker.redact import safe_redact
 
 logger = logging.getLogger(__name__)
@@ -128,10 +127,10 @@ class VigilCelery(Celery):
         **options: Any,
     ):
         """A countdown to a quorum queue on a direct exchange goes through
-        Celery's delay queues (services/core/declarations.py says why)."""
+        Celery's delay queues (worker/queues.py says why)."""
         if countdown or eta:
             queue = self.amqp.router.route(dict(options), name, args, kwargs).get("queue")
-            delayed = declarations.delayed_publish(self, queue, countdown, eta)
+            delayed = queues.delayed_publish(self, queue, countdown, eta)
             if delayed:
                 options.update(delayed, queue=queue)
                 countdown = eta = None

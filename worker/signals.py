@@ -14,12 +14,13 @@ from celery.signals import (
     worker_ready,
 )
 
-from services.core import declarations, health
+from services.core import health
 from services.core.clients import close_all, reset_after_fork
 from services.core.settings import get_settings
 from services.ingest import detector
 from vigil_client import is_amqp
 from vigil_client.names import QUEUES
+from worker import queues
 
 
 def connect(app: Celery) -> None:
@@ -31,12 +32,12 @@ def connect(app: Celery) -> None:
         """On RabbitMQ, take vigil's queues as the vhost holds them (created in
         the plain form when missing) before anything declares them; a queue in
         a form Celery cannot consume is named with its fix and left out, the
-        others are served (services/core/declarations.py)."""
+        others are served (worker/queues.py)."""
         if not is_amqp(app.conf.broker_url):
             return
-        for found in declarations.adopt(app, QUEUES):
+        for found in queues.adopt(app, QUEUES):
             if found.problem:
-                declarations.log.error("vigil: %s", found.problem)
+                queues.log.error("vigil: %s", found.problem)
 
 
 @worker_process_init.connect

@@ -27,7 +27,7 @@ kombu (the Redis transport, ``worker/broker.py``):
   base class to skip the Redis write a fetch already made.
 - ``virtual.Transport._deliver``: hands a fetched message to its consumer.
 - ``native_delayed_delivery``'s warning for direct exchanges
-  (``services/core/declarations.py`` filters it for queues it binds itself).
+  (``worker/queues.py`` filters it for queues it binds itself).
 
 Celery (``worker/base.py``):
 - ``worker.request.Request._argsrepr`` / ``_kwargsrepr``: what events and
@@ -164,7 +164,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(f"{_VIRTUAL}:Transport._deliver", _BROKER, ("self", "message", "queue")),
     Internal(
         "kombu.transport.native_delayed_delivery:bind_queue_to_native_delayed_delivery_exchange",
-        "services/core/declarations.py (the warning it filters)",
+        "worker/queues.py (the warning it filters)",
         source_has=("is a direct exchange",),
     ),
     # Celery.

@@ -43,6 +43,7 @@ from tasks import names
 from tests.conftest import ROOT
 from tests.helpers import wait_for
 from vigil_client import sender_app, task_queues
+from worker import queues
 from worker.base import VigilCelery
 
 RABBIT = os.environ.get("VIGIL_TEST_RABBIT", "guest:guest@127.0.0.1:5672")
@@ -259,7 +260,7 @@ def worker_app(url: str) -> Celery:
         task_queues=task_queues(),
         broker_transport_options={"confirm_publish": True},
     )
-    declarations.adopt(app, names.QUEUES)
+    queues.adopt(app, names.QUEUES)
     return app
 
 
@@ -282,7 +283,7 @@ def test_quorum_queues_on_direct_exchanges_hold_countdowns_in_the_broker(
     workers.start(url)
     app = worker_app(url)
     try:
-        assert declarations.needs_vigil_delay(app.amqp.queues["ingest"])
+        assert queues.needs_vigil_delay(app.amqp.queues["ingest"])
         with Connection(url) as conn:
 
             def waiting_in_delay_queue() -> bool:
@@ -320,7 +321,7 @@ def test_earlier_quorum_queues_on_topic_exchanges_are_adopted(
     worker = workers.start(url)
     client = sender_app(url)
     # What a sender of vigil's own (CLI, demo) does on such a vhost: adopt, never redeclare.
-    declarations.adopt(client, names.QUEUES)
+    queues.adopt(client, names.QUEUES)
     try:
         for i in range(PER_SIDE):
             client.send_task(names.INGEST_MESSAGE, kwargs=message(i, "old"), ignore_result=True)
@@ -333,7 +334,7 @@ def test_earlier_quorum_queues_on_topic_exchanges_are_adopted(
     )
     app = worker_app(url)
     try:
-        assert not declarations.needs_vigil_delay(app.amqp.queues["ingest"])
+        assert not queues.needs_vigil_delay(app.amqp.queues["ingest"])
         assert countdown_arrives(app, state_redis, settings, "old-retry") >= 2.5
     finally:
         app.close()
