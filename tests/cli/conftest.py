@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
+from tests.builders import detection, message, observation
 from worker.settle import Ingest
 
 
@@ -42,34 +43,26 @@ T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 SAD = "I feel so alone and hopeless tonight"
 
 
-def msg(i: int, text: str = SAD, user: str = "501", guild: str | None = "g1", **kw) -> dict:
-    return {
-        "message_id": f"m{i}",
-        "user_id": user,
-        "guild_id": guild,
-        "text": text,
-        "sent_at": (T0 + timedelta(seconds=i)).isoformat(),
-        **kw,
-    }
+def msg(i: int, text: str = SAD, user: str = "501", **kw) -> dict:
+    return message(i, text, user=user, **kw)
 
 
 _det_ids = itertools.count()
 
 
 def det(i: int, user: str = "501", **observations: str) -> dict:
-    return {
+    return detection(
+        i,
         # Ids that do not embed the user id, as a frontend's usually do not: the
         # dedupe markers keyed by them outlive an erasure (they hold nothing else).
-        "detection_id": f"d{next(_det_ids)}",
-        "user_id": user,
-        "guild_id": "g1",
-        "observed_at": (T0 + timedelta(minutes=i)).isoformat(),
-        "severity": "low",
-        "phase": "watch",
-        "observations": [
-            {"primitive": p, "kind": "categorical", "value": v} for p, v in observations.items()
-        ],
-    }
+        id=f"d{next(_det_ids)}",
+        user=user,
+        guild_id="g1",
+        observed_at=(T0 + timedelta(minutes=i)).isoformat(),
+        severity="low",
+        phase="watch",
+        observations=[observation(p, v) for p, v in observations.items()],
+    )
 
 
 def alternating(user: str, n: int = 6) -> list[dict]:

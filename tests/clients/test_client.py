@@ -21,6 +21,7 @@ from celery.result import AsyncResult
 from kombu import Connection
 
 from tasks import names
+from tests import builders
 from tests.helpers import recreate_vhost
 from vigil_client import VigilClient, answer, is_amqp, sender_app, task_queues
 
@@ -122,14 +123,12 @@ def _frontend(test_env: dict[str, str]) -> Celery:
 
 
 def _message(i: int) -> dict:
-    return {
-        "message_id": uuid.uuid4().hex,
-        "platform": "discord",
-        "guild_id": "g1",
-        "user_id": f"waiter{i % 7}",
-        "text": "see you at the raid tonight",
-        "sent_at": "2026-11-22T10:00:00+00:00",
-    }
+    return builders.message(
+        text="see you at the raid tonight",
+        id=uuid.uuid4().hex,
+        user=f"waiter{i % 7}",
+        platform="discord",
+    )
 
 
 def _waited_past_apply(res: AsyncResult, wait: Callable[[AsyncResult], Any]) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -13,8 +12,8 @@ from celery import Celery
 
 from services.core import dedupe
 from tasks.names import INGEST_MESSAGE, INGEST_MESSAGES, QUEUE_INGEST
+from tests import builders
 
-T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 TEXTS = (
     "hello there",
     "I feel sad today",
@@ -40,28 +39,28 @@ def burst(
         batch = []
         for position in range(per_batch):
             batch.append(
-                {
-                    "message_id": f"{tag}{sequence}",
-                    "platform": "discord",
-                    "guild_id": f"g{batch_no % 3}",
-                    "channel_id": "c1",
-                    "user_id": f"{tag}b{batch_no}u{position % users_per_batch}",
-                    "text": TEXTS[(position * 7 + batch_no) % len(TEXTS)],
-                    "sent_at": (T0 + timedelta(seconds=sequence)).isoformat(),
-                }
+                builders.message(
+                    sequence,
+                    TEXTS[(position * 7 + batch_no) % len(TEXTS)],
+                    id=f"{tag}{sequence}",
+                    user=f"{tag}b{batch_no}u{position % users_per_batch}",
+                    guild=f"g{batch_no % 3}",
+                    platform="discord",
+                    channel_id="c1",
+                )
             )
             sequence += 1
         batch_list.append(batch)
     single_list = []
     for position in range(singles):
         single_list.append(
-            {
-                "message_id": f"{tag}{sequence}",
-                "guild_id": None if position % 5 == 0 else "g1",
-                "user_id": f"{tag}s{position}",
-                "text": TEXTS[position % len(TEXTS)],
-                "sent_at": (T0 + timedelta(seconds=sequence)).isoformat(),
-            }
+            builders.message(
+                sequence,
+                TEXTS[position % len(TEXTS)],
+                id=f"{tag}{sequence}",
+                user=f"{tag}s{position}",
+                guild=None if position % 5 == 0 else "g1",
+            )
         )
         sequence += 1
     return batch_list, single_list

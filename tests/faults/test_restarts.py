@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from models.tables import DeadLetter, Observation
+from tests.builders import detection, observation
 
 from .conftest import make_app, wait_for
-from .helpers import T0, burst, count_markers, diff, run_reference, send_burst, snapshot
+from .helpers import burst, count_markers, diff, run_reference, send_burst, snapshot
 
 pytestmark = pytest.mark.faults
 
@@ -28,19 +28,19 @@ RECONNECT_S = 60
 
 def _detections(n: int) -> list[dict]:
     return [
-        {
-            "detection_id": f"det{i}",
-            "user_id": f"du{i % 50}",
-            "guild_id": "g1",
-            "message_id": f"dm{i}",
-            "observed_at": (T0 + timedelta(seconds=i)).isoformat(),
-            "severity": "medium",
-            "crisis_score": 0.4,
-            "observations": [
-                {"primitive": "typing.cadence", "kind": "numeric", "value": 1.0 + i % 3},
-                {"primitive": "client.locale", "kind": "categorical", "value": "en"},
+        detection(
+            i,
+            id=f"det{i}",
+            user=f"du{i % 50}",
+            guild_id="g1",
+            message_id=f"dm{i}",
+            severity="medium",
+            crisis_score=0.4,
+            observations=[
+                observation("typing.cadence", 1.0 + i % 3, kind="numeric"),
+                observation("client.locale", "en"),
             ],
-        }
+        )
         for i in range(n)
     ]
 

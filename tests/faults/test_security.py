@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Queue
 
+from tests.builders import message
 from tests.helpers import capture_events, message_state
 
 from .conftest import BROKER_DB, STATE_DB, RedisServer, broker_drained, make_app, wait_for
@@ -26,16 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.faults
 
 CANARY = "CANARY-5e1f0c hopeless and I want to die"
-
-
-def _message(mid: str, text: str = "I feel sad", user: str = "u1") -> dict[str, Any]:
-    return {
-        "message_id": mid,
-        "user_id": user,
-        "guild_id": "g1",
-        "text": text,
-        "sent_at": "2026-11-22T10:00:00+00:00",
-    }
 
 
 class _Trap:
@@ -54,7 +45,7 @@ def test_pickle_message_is_refused_without_executing(fresh, app, procs, tmp_path
     task_id = str(uuid.uuid4())
     body = (
         (),
-        {**_message("pickled", CANARY), "trap": _Trap(trap)},
+        {**message(id="pickled", text=CANARY), "trap": _Trap(trap)},
         {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
     )
     headers = {
@@ -86,7 +77,7 @@ def test_pickle_message_is_refused_without_executing(fresh, app, procs, tmp_path
         what="the worker to refuse the pickle message",
     )
     # Still alive and working: a JSON message right after is processed.
-    app.send_task("vigil.ingest.message", kwargs=_message("after-pickle"), queue="ingest")
+    app.send_task("vigil.ingest.message", kwargs=message(id="after-pickle"), queue="ingest")
     state_redis = fresh.redis.client(STATE_DB)
     settings = fresh.settings()
     state = lambda mid: message_state(state_redis, settings, "discord", "u1", mid)  # noqa: E731
@@ -110,7 +101,7 @@ def test_canary_text_never_in_logs_results_events_or_envelopes(fresh, app, procs
 
     single = app.send_task(
         "vigil.ingest.message",
-        kwargs=_message("canary-1", CANARY),
+        kwargs=message(id="canary-1", text=CANARY),
         queue="ingest",
         ignore_result=False,
     )
@@ -118,11 +109,11 @@ def test_canary_text_never_in_logs_results_events_or_envelopes(fresh, app, procs
         "vigil.ingest.messages",
         kwargs={
             "messages": [
-                _message("canary-2", CANARY),
-                _message("canary-3", CANARY, user="u2"),
+                message(id="canary-2", text=CANARY),
+                message(id="canary-3", text=CANARY, user="u2"),
                 # Rejected: the reason must not echo the text back.
-                _message("canary-4", CANARY, user="bad:user"),
-                {**_message("canary-5", CANARY), "extra": CANARY},
+                message(id="canary-4", text=CANARY, user="bad:user"),
+                {**message(id="canary-5", text=CANARY), "extra": CANARY},
             ]
         },
         queue="ingest",
@@ -130,7 +121,7 @@ def test_canary_text_never_in_logs_results_events_or_envelopes(fresh, app, procs
     )
     rejected = app.send_task(
         "vigil.ingest.message",
-        kwargs={**_message("canary-6", CANARY), "sent_at": CANARY},
+        kwargs={**message(id="canary-6", text=CANARY), "sent_at": CANARY},
         queue="ingest",
         ignore_result=False,
     )
@@ -184,7 +175,10 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
         )
         w1 = procs.worker(app, env=env)
         res = app.send_task(
-            "vigil.ingest.message", kwargs=_message("pw-file"), queue="ingest", ignore_result=False
+            "vigil.ingest.message",
+            kwargs=message(id="pw-file"),
+            queue="ingest",
+            ignore_result=False,
         )
         assert res.get(timeout=60)["status"] == "accepted"
         assert message_state(state_redis, fresh.settings(), "discord", "u1", "pw-file") == "done"
@@ -194,7 +188,7 @@ def test_redis_with_password_end_to_end_and_wrong_password_named(fresh, procs, t
         env = fresh.env(VIGIL_REDIS_URL=server.url(STATE_DB), VIGIL_BROKER_URL=server.url(1))
         procs.worker(app, env=env)
         res = app.send_task(
-            "vigil.ingest.message", kwargs=_message("pw-url"), queue="ingest", ignore_result=False
+            "vigil.ingest.message", kwargs=message(id="pw-url"), queue="ingest", ignore_result=False
         )
         assert res.get(timeout=60)["status"] == "accepted"
 

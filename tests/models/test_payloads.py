@@ -6,15 +6,11 @@ import pytest
 from pydantic import ValidationError
 
 from models.payloads import DEFAULT_MAX_TEXT_CHARS, MessageIn, reasons_of, text_limit
+from tests import builders
 
 
 def message(text: str) -> dict:
-    return {
-        "message_id": "m1",
-        "user_id": "u1",
-        "text": text,
-        "sent_at": "2026-11-22T10:00:00+00:00",
-    }
+    return builders.message(id="m1", text=text, guild=builders.OMIT)
 
 
 def test_text_limit_comes_from_the_context():

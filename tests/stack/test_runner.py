@@ -25,6 +25,7 @@ from stack.runner import (
     flower_command,
     run_stack,
 )
+from tests.builders import message
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,13 +177,7 @@ def test_run_stack_starts_and_stops_everything(service_urls, migrated, tmp_path:
         workers = httpx.get(url, auth=("ops", "stack-pass"), timeout=10)
         seen["workers"] = list(workers.json())
         # Message text must never reach Flower: send a canary, single and batched.
-        msg = {
-            "message_id": "canary-1",
-            "user_id": "u1",
-            "guild_id": "g1",
-            "text": CANARY,
-            "sent_at": "2026-11-22T10:00:00+00:00",
-        }
+        msg = message(text=CANARY, id="canary-1")
         client = stack.client()
         client.send_task("vigil.ingest.message", kwargs=msg, queue="ingest")
         client.send_task(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -13,9 +12,9 @@ from models.tables import DeadLetter
 from services.bonds import ledger
 from services.deadletters import store
 from tasks import names
+from tests import builders
 from tests.helpers import VALID_DETECTION, DetectorServer, message_state, wait_for
 
-T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 BRPOP_TIMEOUT_S = 1  # kombu's Redis transport default
 
 
@@ -111,13 +110,9 @@ def test_batch_items_rejected_by_the_detector_replay_through_the_single_message_
     # the whole batch task with backoff.
     detector_server.answer = (200, {"error": "model not loaded"})
     batch = [
-        {
-            "message_id": f"replay-{i}-{uuid.uuid4().hex[:6]}",
-            "user_id": f"replay-user-{i}",
-            "guild_id": "g1",
-            "text": "hello",
-            "sent_at": (T0 + timedelta(seconds=i)).isoformat(),
-        }
+        builders.message(
+            i, "hello", id=f"replay-{i}-{uuid.uuid4().hex[:6]}", user=f"replay-user-{i}"
+        )
         for i in range(3)
     ]
     celery_app.send_task(names.INGEST_MESSAGES, kwargs={"messages": batch})

@@ -29,6 +29,7 @@ from models.tables import Actor, AttributionState, DeadLetter, Identity, Observa
 from services.core import keys
 from services.core.settings import Settings
 from tasks import names
+from tests.builders import OMIT, message
 from tests.helpers import message_state
 
 pytestmark = pytest.mark.faults
@@ -433,12 +434,7 @@ def test_hostile_payloads_through_the_worker(state_redis, db, settings, worker, 
     assert worker.proc.poll() is None
     celery_app.send_task(
         names.INGEST_MESSAGE,
-        kwargs={
-            "message_id": "after-hostile",
-            "user_id": "survivor",
-            "text": "I feel sad",
-            "sent_at": "2026-11-22T10:00:00+00:00",
-        },
+        kwargs=message(id="after-hostile", user="survivor", guild=OMIT),
     )
     deadline = time.monotonic() + 60
     while message_state(state_redis, settings, "discord", "survivor", "after-hostile") != "done":

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.bonds import ledger
 from services.core import dedupe, keys
+from tests.builders import message
 from tests.helpers import message_state, wait_for
 from vigil_client import VigilClient
 
@@ -76,13 +77,7 @@ def drained(broker_url: str) -> bool:
 def test_batch_task_and_redelivery(state_redis, db, settings, worker, celery_app, test_env):
     client = VigilClient(app=celery_app)
     batch = [
-        {
-            "message_id": f"b{i}",
-            "user_id": f"u{i % 7}",
-            "guild_id": "g1",
-            "text": "I feel hopeless" if i % 3 else "hi",
-            "sent_at": T0.isoformat(),
-        }
+        message(text="I feel hopeless" if i % 3 else "hi", id=f"b{i}", user=f"u{i % 7}")
         for i in range(300)
     ]
     first = client.messages(batch, batch_size=100)
@@ -132,13 +127,7 @@ def test_frontend_in_another_language_publishes_raw_protocol(
 
     body = [
         [],
-        {
-            "message_id": "raw-1",
-            "user_id": "polyglot",
-            "guild_id": "g1",
-            "text": "I feel hopeless",
-            "sent_at": T0.isoformat(),
-        },
+        message(text="I feel hopeless", id="raw-1", user="polyglot"),
         {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
     ]
     with Connection(test_env["VIGIL_BROKER_URL"]) as conn:

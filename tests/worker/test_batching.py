@@ -28,6 +28,7 @@ from services.bonds import ledger
 from services.core.settings import Settings
 from stack.processes import RedisServer, WorkerProcess
 from tasks import names
+from tests import builders
 from tests.conftest import start_test_worker
 from tests.helpers import DetectorServer, capture_events, message_state, wait_for
 from worker.batching import FlushScheduler
@@ -87,13 +88,7 @@ def private(tmp_path, test_env, db) -> Iterator[Private]:
 
 
 def message(message_id: str, user_id: str = "u1", text: str = "I feel so alone") -> dict:
-    return {
-        "message_id": message_id,
-        "user_id": user_id,
-        "guild_id": "g1",
-        "text": text,
-        "sent_at": T0.isoformat(),
-    }
+    return builders.message(id=message_id, user=user_id, text=text)
 
 
 def no_backend_sender(private: Private) -> Celery:

@@ -15,18 +15,21 @@ from models.payloads import DetectionIn
 from services.attribution import repository as repo
 from services.attribution import service
 from services.core.clients import database_url
+from tests.builders import detection, observation
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 STATE_CHANGED = "attribution.profile.state_changed"
 
 
 def det(user: str, i: int, *observations: tuple[str, str, object], minutes: int = 1, **kw):
-    return DetectionIn(
-        detection_id=kw.pop("detection_id", f"{user}-d{i}"),
-        user_id=user,
-        observed_at=T0 + timedelta(minutes=i * minutes),
-        observations=[{"primitive": p, "kind": k, "value": v} for p, k, v in observations],
-        **kw,
+    return DetectionIn.model_validate(
+        detection(
+            id=f"{user}-d{i}",
+            user=user,
+            observed_at=T0 + timedelta(minutes=i * minutes),
+            observations=[observation(p, v, kind=k) for p, k, v in observations],
+            **kw,
+        )
     )
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from models.payloads import DetectionIn
 from services.bonds import ledger
 from services.core import dedupe, keys, scripts
+from tests.builders import detection
 
 SEED_BOND = {
     "user_id": "42",
@@ -30,8 +31,9 @@ SEED_BOND = {
 
 
 def _det(**kw) -> DetectionIn:
-    base = {"detection_id": "d1", "user_id": "42", "observed_at": "2026-11-22T00:00:00Z"}
-    return DetectionIn.model_validate({**base, **kw})
+    return DetectionIn.model_validate(
+        detection(id="d1", user="42", observed_at="2026-11-22T00:00:00Z", **kw)
+    )
 
 
 def _apply(state_redis, settings, det: DetectionIn, now: float | None = None):

@@ -40,6 +40,7 @@ from services.core.settings import get_settings
 from services.metrics import collector
 from stack.processes import WorkerProcess
 from tasks import names
+from tests import builders
 from tests.conftest import ROOT
 from tests.helpers import wait_for
 from vigil_client import sender_app, task_queues
@@ -94,15 +95,16 @@ def vhost() -> Iterator[Callable[..., str]]:
 
 
 def message(i: int, tag: str) -> dict[str, Any]:
-    return {
-        "message_id": f"{tag}-{i}",
-        "platform": "discord",
-        "guild_id": "998877",
-        "channel_id": "5544",
-        "user_id": f"{tag}-user-{i % 4}",
-        "text": "anyone up for ranked tonight?",
-        "sent_at": datetime.now(UTC).isoformat(),
-    }
+    return builders.message(
+        i,
+        "anyone up for ranked tonight?",
+        id=f"{tag}-{i}",
+        user=f"{tag}-user-{i % 4}",
+        guild="998877",
+        sent_at=datetime.now(UTC).isoformat(),
+        platform="discord",
+        channel_id="5544",
+    )
 
 
 def counted(state_redis, settings, users: list[str]) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,6 +16,8 @@ from services.core.health import compact_hash_limit
 from services.core.settings import Settings
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
+from tests import builders
+from tests.builders import message as msg
 from tests.helpers import detection_state, message_state
 from worker.settle import Ingest
 
@@ -23,25 +25,10 @@ T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 NOW = T0.timestamp()
 
 
-def msg(i: int, user: str = "u1", text: str = "I feel sad", **kw: Any) -> dict[str, Any]:
-    return {
-        "message_id": f"m{i}",
-        "user_id": user,
-        "guild_id": "g1",
-        "text": text,
-        "sent_at": (T0 + timedelta(seconds=i)).isoformat(),
-        **kw,
-    }
-
-
 def detection(i: int, user: str = "u1", phase: str = "concern") -> dict[str, Any]:
-    return {
-        "detection_id": f"d{i}",
-        "user_id": user,
-        "observed_at": T0.isoformat(),
-        "phase": phase,
-        "risk_level": "medium",
-    }
+    return builders.detection(
+        i, user=user, observed_at=T0.isoformat(), phase=phase, risk_level="medium"
+    )
 
 
 def service(state_redis, db, settings: Settings, detector: Any = None) -> Ingest:

@@ -8,6 +8,7 @@ from services.core import keys
 from services.erasure.service import erase_user
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
+from tests.builders import OMIT, detection, message
 from worker.settle import Ingest
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -16,14 +17,8 @@ T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 def test_erasure_removes_the_users_dedupe_state(state_redis, db, settings):
     svc = Ingest(IngestService(state_redis, settings, db, LexiconDetector()))
     for user in ("gone", "kept"):
-        svc.messages(
-            [
-                {"message_id": f"{user}-m{i}", "user_id": user, "text": "I feel sad",
-                 "sent_at": T0.isoformat()}
-                for i in range(3)
-            ]
-        )  # fmt: skip
-        svc.detections([{"detection_id": f"{user}-d1", "user_id": user, "observed_at": T0}])
+        svc.messages([message(id=f"{user}-m{i}", user=user, guild=OMIT) for i in range(3)])
+        svc.detections([detection(id=f"{user}-d1", user=user, observed_at=T0)])
     out = erase_user(
         state_redis, settings, db, user_id="gone", platform="discord", request_id="req-1"
     )

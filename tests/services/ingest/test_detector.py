@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -22,6 +22,7 @@ from services.core.settings import Settings
 from services.ingest import detector
 from services.ingest.detector import DetectorFailed, HttpDetector, LexiconDetector
 from tasks import names
+from tests.builders import message
 from tests.helpers import DetectorServer, message_state, wait_for
 
 
@@ -136,18 +137,11 @@ def test_worker_reuses_one_detector_connection_per_process_and_closes_it_at_shut
     # A queue only this worker consumes: the shared worker runs the built-in detector.
     queue = f"ingest-http-{uuid.uuid4().hex[:8]}"
     http_worker = start_worker(concurrency=2, queues=(queue,))
-    sent_at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
     ids = [f"conn-{i}" for i in range(30)]
     for i, message_id in enumerate(ids):
         celery_app.send_task(
             names.INGEST_MESSAGE,
-            kwargs={
-                "message_id": message_id,
-                "user_id": f"conn-user-{i % 3}",
-                "guild_id": "g1",
-                "text": "hello",
-                "sent_at": (sent_at + timedelta(seconds=i)).isoformat(),
-            },
+            kwargs=message(i, "hello", id=message_id, user=f"conn-user-{i % 3}"),
             queue=queue,
         )
     wait_for(

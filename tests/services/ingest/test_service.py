@@ -20,21 +20,12 @@ from services.envelopes import outbox
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
 from tasks import names
+from tests.builders import detection, observation
+from tests.builders import message as msg
 from tests.helpers import detection_state, message_state, wait_for
 from worker.settle import Ingest
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
-
-
-def msg(i: int, text: str = "I feel sad", user: str = "u1", guild: str | None = "g1", **kw):
-    return {
-        "message_id": f"m{i}",
-        "user_id": user,
-        "guild_id": guild,
-        "text": text,
-        "sent_at": (T0 + timedelta(seconds=i)).isoformat(),
-        **kw,
-    }
 
 
 class Recording(LexiconDetector):
@@ -295,14 +286,12 @@ def test_worker_started_with_max_text_chars_enforces_it(
 def observed(i: int, user: str = "relay-user") -> dict:
     """A detection carrying one attribution observation: the third for a user
     changes its attribution state, which puts an envelope in the outbox."""
-    return {
-        "detection_id": f"{user}-d{i}",
-        "user_id": user,
-        "observed_at": (T0 + timedelta(minutes=i)).isoformat(),
-        "observations": [
-            {"primitive": "motor.input_modality", "kind": "categorical", "value": "mobile"}
-        ],
-    }
+    return detection(
+        id=f"{user}-d{i}",
+        user=user,
+        observed_at=(T0 + timedelta(minutes=i)).isoformat(),
+        observations=[observation("motor.input_modality", "mobile")],
+    )
 
 
 def outbox_rows(db) -> list[Outbox]:

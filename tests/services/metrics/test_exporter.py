@@ -17,31 +17,12 @@ from services.envelopes import consumers, outbox
 from services.metrics import collector, snapshot
 from tasks import names
 from tasks.names import QUEUES
+from tests.builders import detection, message
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 CALM = "hello there friend"  # builtin detector: dormant, low risk, not stored
 SAD = "I feel so alone and hopeless tonight"  # concern, medium risk, stored
 ACUTE = "I want to kill myself tonight"  # acute, high risk, stored
-
-
-def _msg(message_id: str, user: str, text: str) -> dict:
-    return {
-        "message_id": message_id,
-        "user_id": user,
-        "guild_id": "g1",
-        "text": text,
-        "sent_at": T0.isoformat(),
-    }
-
-
-def _det(detection_id: str, user: str, phase: str, risk: str) -> dict:
-    return {
-        "detection_id": detection_id,
-        "user_id": user,
-        "observed_at": T0.isoformat(),
-        "phase": phase,
-        "risk_level": risk,
-    }
 
 
 def _send(celery_app, name: str, kwargs: dict) -> dict:
@@ -59,10 +40,10 @@ def test_one_scrape_after_a_known_workload(celery_app, worker, state_redis, db, 
         names.INGEST_MESSAGES,
         {
             "messages": [
-                _msg("m1", "801", CALM),
-                _msg("m2", "801", SAD),
-                _msg("m3", "802", ACUTE),
-                _msg("m4", "802", CALM),  # over 802's cap of 1
+                message(id="m1", user="801", text=CALM),
+                message(id="m2", user="801", text=SAD),
+                message(id="m3", user="802", text=ACUTE),
+                message(id="m4", user="802", text=CALM),  # over 802's cap of 1
                 {"message_id": "m5", "text": CALM},  # no user_id: rejected
             ]
         },
@@ -74,12 +55,11 @@ def test_one_scrape_after_a_known_workload(celery_app, worker, state_redis, db, 
         "rate_limited",
         "rejected",
     ]
-    assert _send(celery_app, names.INGEST_MESSAGE, _msg("m1", "801", CALM))["status"] == (
-        "duplicate"
-    )
-    detection = _det("d1", "803", "crisis", "critical")
-    assert _send(celery_app, names.INGEST_DETECTION, detection)["status"] == "accepted"
-    assert _send(celery_app, names.INGEST_DETECTION, detection)["status"] == "duplicate"
+    resent = _send(celery_app, names.INGEST_MESSAGE, message(id="m1", user="801", text=CALM))
+    assert resent["status"] == "duplicate"
+    det = detection(id="d1", user="803", phase="crisis", risk_level="critical")
+    assert _send(celery_app, names.INGEST_DETECTION, det)["status"] == "accepted"
+    assert _send(celery_app, names.INGEST_DETECTION, det)["status"] == "duplicate"
     assert _send(celery_app, names.INGEST_DETECTION, {"detection_id": "d2"})["status"] == (
         "rejected"
     )
@@ -157,7 +137,9 @@ def test_one_scrape_after_a_known_workload(celery_app, worker, state_redis, db, 
 def test_labels_carry_no_user_ids_or_text(
     celery_app, worker, state_redis, db, settings, exporter_url
 ):
-    _send(celery_app, names.INGEST_MESSAGES, {"messages": [_msg("m9", "77001", SAD)]})
+    _send(
+        celery_app, names.INGEST_MESSAGES, {"messages": [message(id="m9", user="77001", text=SAD)]}
+    )
     body = httpx.get(exporter_url, timeout=10).text
     assert "77001" not in body
     assert "hopeless" not in body

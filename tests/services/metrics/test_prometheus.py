@@ -19,6 +19,7 @@ from celery import Celery
 from services.core.settings import Settings
 from services.metrics import collector, exporter
 from tasks.names import INGEST_MESSAGE, QUEUES
+from tests.builders import OMIT, message
 from tests.conftest import start_test_worker
 from tests.helpers import wait_for
 
@@ -97,12 +98,8 @@ def _query(url: str, promql: str) -> float | None:
 
 
 def test_prometheus_scrapes_the_exporter(ingest_service, prometheus):
-    sent_at = "2026-11-22T10:00:00+00:00"
     ingest_service.messages(
-        [
-            {"message_id": f"p{i}", "user_id": "601", "text": "hello", "sent_at": sent_at}
-            for i in range(7)
-        ]
+        [message(text="hello", id=f"p{i}", user="601", guild=OMIT) for i in range(7)]
     )
     wait_for(
         lambda: _query(prometheus, 'vigil_messages_total{job="vigil",outcome="accepted"}') == 7,
@@ -144,12 +141,12 @@ def test_ingest_stalled_fires_when_the_worker_stops_and_clears_when_one_is_back(
     def send() -> None:
         i = 0
         while not stop_sending.wait(0.2):
-            kwargs = {
-                "message_id": f"stall{i}",
-                "user_id": f"{900 + i % 5}",
-                "text": "anyone up for ranked tonight?",
-                "sent_at": "2026-11-22T10:00:00+00:00",
-            }
+            kwargs = message(
+                text="anyone up for ranked tonight?",
+                id=f"stall{i}",
+                user=f"{900 + i % 5}",
+                guild=OMIT,
+            )
             frontend.send_task(INGEST_MESSAGE, kwargs=kwargs, queue="ingest", ignore_result=True)
             i += 1
 

@@ -3,22 +3,14 @@ they live in Redis, not in any process."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from tasks import names
-
-SENT_AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC).isoformat()
+from tests.builders import OMIT, message
 
 
 def _batch(start: int, n: int) -> dict:
     return {
         "messages": [
-            {
-                "message_id": f"w{i}",
-                "user_id": f"{700 + i % 7}",
-                "text": "hello there friend",
-                "sent_at": SENT_AT,
-            }
+            message(text="hello there friend", id=f"w{i}", user=f"{700 + i % 7}", guild=OMIT)
             for i in range(start, start + n)
         ]
     }
