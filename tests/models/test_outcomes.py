@@ -8,20 +8,17 @@ from models.outcomes import Outcome, Status
 from services.bonds import ledger
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
-
-SENT_AT = "2026-11-22T10:00:00+00:00"
+from tests import builders
 
 
 def _message(i: int) -> dict:
-    return {"message_id": f"o{i}", "user_id": "u-out", "guild_id": "g1", "text": "I feel sad",
-            "sent_at": SENT_AT}  # fmt: skip
+    return builders.message(i, user="u-out")
 
 
 def test_every_status_and_field_is_declared(state_redis, db, settings):
     service = IngestService(state_redis, settings, db, LexiconDetector())
     ledger.set_cap(state_redis, settings, "u-out", 2)
-    detection = {"detection_id": "d-out", "user_id": "u-det", "observed_at": SENT_AT,
-                 "severity": "high", "phase": "acute", "risk_level": "high"}  # fmt: skip
+    detection = builders.detection(user="u-det", severity="high", phase="acute", risk_level="high")
     outcomes = [
         *service.messages([_message(0), _message(1), _message(2), _message(0), "junk"]).outcomes,
         *service.detections([detection, detection, {"detection_id": "bad"}]).outcomes,
