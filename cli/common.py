@@ -24,7 +24,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
 from services.core import declarations
-from services.core.clients import broker_url, get_redis, redis_url, session_factory
+from services.core.clients import (
+    broker_url,
+    configure_results,
+    get_redis,
+    result_backend,
+    session_factory,
+)
 from services.core.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_REDIS_URL,
@@ -123,8 +129,9 @@ def sessions(settings: Settings | None = None) -> sessionmaker[Session]:
 
 
 @functools.cache
-def _sender(broker: str, results: str) -> Celery:
+def _sender(broker: str, results: str, settings: Settings) -> Celery:
     app = sender_app(broker, results, name="vigil-cli")
+    configure_results(app, settings)
     if is_amqp(broker):
         # Publish to the queues as they exist (an upgraded vhost's earlier quorum
         # queues on topic exchanges), as workers do, never redeclaring them.
@@ -136,7 +143,7 @@ def cli_app(settings: Settings | None = None) -> Celery:
     """The CLI's own Celery app, built from resolved settings: it sends admin tasks
     and pings workers, and never touches the worker's app."""
     settings = settings or load_settings()
-    return _sender(broker_url(settings), redis_url(settings))
+    return _sender(broker_url(settings), result_backend(settings), settings)
 
 
 def print_json(data: Any) -> None:
