@@ -5,6 +5,8 @@ master, replica and sentinels)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,7 @@ from services.core.settings import Settings
 from services.metrics import counters
 from stack.processes import WorkerProcess
 from tasks.names import INGEST_MESSAGE, QUEUE_INGEST
+from tests.conftest import ROOT
 from tests.faults.helpers import count_markers
 from tests.helpers import wait_for
 from tests.topologies import MASTER_NAME, SentinelSetup, sentinel_env
@@ -263,3 +266,31 @@ def test_master_killed_mid_burst_worker_follows_the_promoted_replica(
     assert len(envelope_ids) == len(set(envelope_ids))
     sentinel_setup.wait_agreed(new_master)
     print(f"failover: every count right {recovered_s:.1f} s after the kill")
+
+
+def test_results_and_beat_schedule_follow_the_sentinels(sentinel_setup, private_broker, tmp_path):
+    """The worker's own Celery config behind Sentinel: a stored result reads back
+    from the master, and redbeat's client reaches the same master."""
+    probe = (
+        "from tasks import app\n"
+        "from redbeat.schedulers import get_redis\n"
+        "app.backend.store_result('probe-task', {'status': 'ok'}, 'SUCCESS')\n"
+        "print(app.backend.get_task_meta('probe-task')['result']['status'])\n"
+        "print(get_redis(app).info('server')['tcp_port'])\n"
+    )
+    env = sentinel_env(sentinel_setup, private_broker.url(0))
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, port = done.stdout.split()
+    assert status == "ok"
+    assert int(port) == sentinel_setup.master_port()
+    master = sentinel_setup.node(sentinel_setup.master_port()).client()
+    assert master.exists("celery-task-meta-probe-task")
