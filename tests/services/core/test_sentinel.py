@@ -294,3 +294,23 @@ def test_results_and_beat_schedule_follow_the_sentinels(sentinel_setup, private_
     assert int(port) == sentinel_setup.master_port()
     master = sentinel_setup.node(sentinel_setup.master_port()).client()
     assert master.exists("celery-task-meta-probe-task")
+
+
+def test_a_demoted_master_is_retried_not_rejected(sentinel_setup, test_env, monkeypatch):
+    """A batch script reaching a replica (a master demoted under a live
+    connection) fails as a whole with READONLY, on Redis 6.2 and 7 alike, so
+    the buffer is retried rather than each item rejected."""
+    master = sentinel_setup.master_port()
+    replica = next(node for node in sentinel_setup.nodes if node.port != master).client()
+    writes = "\nlocal function item(a, k) redis.call('SET', k, '1') return 1 end\n"
+    body = scripts.source("_bond") + writes + "return run_batch(item, 1)"
+    shipped = scripts.source
+    monkeypatch.setattr(scripts, "source", lambda name: body if name == "probe" else shipped(name))
+    scripts.sha.cache_clear()
+    try:
+        with pytest.raises(TransientError, match="replica"):
+            scripts.run_batch(replica, "probe", [(["vigil:ro-probe"], {})], shared={})
+    finally:
+        monkeypatch.undo()
+        scripts.sha.cache_clear()
+        replica.close()
