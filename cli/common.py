@@ -108,7 +108,12 @@ def load_settings() -> Settings:
 def find_running(settings: Settings) -> Settings:
     update: dict[str, str] = {}
     embedded_redis = f"redis://127.0.0.1:{settings.embedded_redis_port}"
-    if settings.redis_url is None and not answers(DEFAULT_REDIS_URL) and answers(embedded_redis):
+    if (
+        settings.redis_url is None
+        and not settings.redis_sentinels
+        and not answers(DEFAULT_REDIS_URL)
+        and answers(embedded_redis)
+    ):
         # The same databases stack.runner.resolve gives an embedded Redis.
         update["redis_url"] = f"{embedded_redis}/0"
         update["broker_url"] = settings.broker_url or f"{embedded_redis}/1"

@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 from pydantic import ValidationError
 
-from services.core import clients, keys, scripts
+from services.core import clients, health, keys, scripts
 from services.core.errors import TransientError
 from services.core.settings import Settings
 from services.metrics import counters
@@ -314,3 +314,10 @@ def test_a_demoted_master_is_retried_not_rejected(sentinel_setup, test_env, monk
         monkeypatch.undo()
         scripts.sha.cache_clear()
         replica.close()
+
+
+def test_health_names_the_master_the_sentinels_chose(sentinel_setup, test_env):
+    report = health.check_redis(sentinel_settings(sentinel_setup))
+    assert report["ok"], report
+    assert report["sentinel_master"] == f"127.0.0.1:{sentinel_setup.master_port()}"
+    assert report["problems"] == []
