@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from celery.schedules import crontab
 
+from services.core import clients as _clients
 from services.core.clients import broker_url as _broker_url
-from services.core.clients import redis_url as _redis_url
 from services.core.settings import get_settings
 from tasks import names
 from vigil_client import is_amqp, publish_transport_options
@@ -24,8 +24,10 @@ broker_url = _broker_url(_settings)
 if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
     broker_transport = "worker.broker:Transport"
 # Results are off by default (task_ignore_result); tasks that a caller waits on
-# (the demo, tests, the CLI) store their small JSON outcome here.
-result_backend = _redis_url(_settings)
+# (the demo, tests, the CLI) store their small JSON outcome here: the state
+# Redis, or behind Sentinel its master (Celery's sentinel:// backend, told the
+# master's name and the sentinels' password by the transport options below).
+result_backend = _clients.result_backend(_settings)
 result_expires = 3600
 
 # JSON only, both ways: a pickle message is refused before it is decoded.
@@ -76,7 +78,7 @@ else:
         "vigil_heartbeat_interval": _settings.broker_heartbeat_interval,
         "vigil_owner_timeout": _settings.broker_owner_timeout,
     }
-result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+result_backend_transport_options = _clients.result_backend_transport_options(_settings)
 broker_connection_retry_on_startup = True
 
 task_ignore_result = True
@@ -96,7 +98,10 @@ worker_redirect_stdouts = False
 # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so starting a
 # second beat by mistake cannot double-fire a job.
 beat_scheduler = "redbeat.RedBeatScheduler"
-redbeat_redis_url = _redis_url(_settings)
+# Behind Sentinel, redbeat finds the master through the same sentinels.
+redbeat_redis_url, _redbeat_options = _clients.redbeat_redis(_settings)
+if _redbeat_options is not None:
+    redbeat_redis_options = _redbeat_options
 redbeat_key_prefix = f"{_settings.vigil_prefix}redbeat:"
 redbeat_lock_timeout = 300
 beat_max_loop_interval = 5

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 from prometheus_client import generate_latest
 from sqlalchemy import create_engine, text
 
 from services.core import scripts
-from services.core.clients import close_all, session_factory
+from services.core.clients import close_all, get_redis, session_factory
 from services.core.settings import Settings
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
@@ -153,7 +152,7 @@ def use_scripts(counting: bool) -> None:
 
 
 def message_path(settings: Settings, sessions, rounds: int, per_round: int) -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = get_redis(settings)
     service = IngestService(client, settings, sessions, LexiconDetector())
     sent_at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC).isoformat()
     results: dict[str, list[float]] = {"with_counters": [], "without_counters": []}

@@ -23,7 +23,13 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
-from services.core.clients import broker_url, get_redis, redis_url, session_factory
+from services.core.clients import (
+    broker_url,
+    configure_results,
+    get_redis,
+    result_backend,
+    session_factory,
+)
 from services.core.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_REDIS_URL,
@@ -102,7 +108,12 @@ def load_settings() -> Settings:
 def find_running(settings: Settings) -> Settings:
     update: dict[str, str] = {}
     embedded_redis = f"redis://127.0.0.1:{settings.embedded_redis_port}"
-    if settings.redis_url is None and not answers(DEFAULT_REDIS_URL) and answers(embedded_redis):
+    if (
+        settings.redis_url is None
+        and not settings.redis_sentinels
+        and not answers(DEFAULT_REDIS_URL)
+        and answers(embedded_redis)
+    ):
         # The same databases stack.runner.resolve gives an embedded Redis.
         update["redis_url"] = f"{embedded_redis}/0"
         update["broker_url"] = settings.broker_url or f"{embedded_redis}/1"
@@ -123,8 +134,9 @@ def sessions(settings: Settings | None = None) -> sessionmaker[Session]:
 
 
 @functools.cache
-def _sender(broker: str, results: str) -> Celery:
+def _sender(broker: str, results: str, settings: Settings) -> Celery:
     app = sender_app(broker, results, name="vigil-cli")
+    configure_results(app, settings)
     if is_amqp(broker):
         # Publish to the queues as they exist (an upgraded vhost's earlier quorum
         # queues on topic exchanges), as workers do, never redeclaring them.
@@ -136,7 +148,7 @@ def cli_app(settings: Settings | None = None) -> Celery:
     """The CLI's own Celery app, built from resolved settings: it sends admin tasks
     and pings workers, and never touches the worker's app."""
     settings = settings or load_settings()
-    return _sender(broker_url(settings), redis_url(settings))
+    return _sender(broker_url(settings), result_backend(settings), settings)
 
 
 def print_json(data: Any) -> None:

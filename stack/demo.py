@@ -278,12 +278,14 @@ class _OutcomeCelery(Celery):
 
 
 def make_app(settings: Settings) -> Celery:
-    return sender_app(
+    app = sender_app(
         clients.broker_url(settings),
-        clients.redis_url(settings),
+        clients.result_backend(settings),
         name="vigil-demo",
         cls=_OutcomeCelery,
     )
+    clients.configure_results(app, settings)
+    return app
 
 
 def _stream_marks(redis_client: redis.Redis, settings: Settings) -> dict[str, str]:

@@ -176,11 +176,13 @@ class Stack:
 
     def client(self) -> Celery:
         """A Celery client on the stack's broker, for sending tasks and pings."""
-        return sender_app(
+        app = sender_app(
             clients.broker_url(self.settings),
-            clients.redis_url(self.settings),
+            clients.result_backend(self.settings),
             name="vigil-stack",
         )
+        clients.configure_results(app, self.settings)
+        return app
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"

@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from alembic import command
-from stack.processes import WorkerProcess
+from stack.processes import RedisServer, WorkerProcess
+from tests.topologies import SentinelSetup, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 # Overridable so two test runs on one machine do not share a database.
@@ -194,3 +195,25 @@ def start_worker(celery_app, test_env, migrated, tmp_path):
     yield start
     for extra in started:
         extra.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_setup(tmp_path_factory) -> Iterator[SentinelSetup]:
+    """A master, a replica and three sentinels on loopback, agreed on the master."""
+    setup = SentinelSetup(tmp_path_factory.mktemp("sentinel")).start()
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture(scope="session")
+def private_broker(tmp_path_factory) -> Iterator[RedisServer]:
+    """A Redis broker of its own, for workers whose state is elsewhere than the
+    shared test Redis (no other worker of the run consumes its queues)."""
+    (port,) = free_ports(1)
+    server = RedisServer(tmp_path_factory.mktemp("broker"), port, appendonly=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()

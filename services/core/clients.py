@@ -1,23 +1,41 @@
 """Per-process clients: one Redis pool and one SQLAlchemy engine per process.
 
 Both are built lazily and dropped after ``fork`` so a prefork child never
-shares a socket with its parent.
+shares a socket with its parent. Every state Redis client is built by
+``get_redis``: one Redis from ``VIGIL_REDIS_URL``, or the master that the
+sentinels of ``VIGIL_REDIS_SENTINELS`` name (redis-py's ``Sentinel``, which
+asks them again after a failover).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
+from redis.connection import parse_url
+from redis.sentinel import Sentinel
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, get_settings
 
 _lock = threading.Lock()
-_redis: dict[str, redis.Redis] = {}
+_redis: dict[tuple[str | int | None, ...], redis.Redis] = {}
+
+# Every state client's options, on one Redis or behind Sentinel: a dead server
+# fails a command within seconds (and the task retries) instead of hanging a slot.
+STATE_CLIENT_OPTIONS: dict[str, object] = {
+    "decode_responses": True,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 30,
+    "retry_on_timeout": False,
+}
+# The sentinels are asked only where the master is; they answer at once or not at all.
+SENTINEL_TIMEOUT_S = 2.0
 _engines: dict[str, Engine] = {}
 
 
@@ -48,24 +66,122 @@ def database_url(settings: Settings) -> str:
     return _with_password(settings.database_url or DEFAULT_DATABASE_URL, settings.database_password)
 
 
+def master_params(settings: Settings) -> dict[str, str | int | None]:
+    """Behind Sentinel, what of ``VIGIL_REDIS_URL`` still applies to the master:
+    its db number, user name and password (``VIGIL_REDIS_PASSWORD`` wins)."""
+    parsed = parse_url(redis_url(settings))
+    return {
+        "db": int(parsed.get("db") or 0),
+        "username": parsed.get("username"),
+        "password": parsed.get("password"),
+    }
+
+
+def sentinel_kwargs(settings: Settings) -> dict[str, object]:
+    """How to talk to the sentinels themselves (their own password, if any)."""
+    options: dict[str, object] = {
+        "socket_timeout": SENTINEL_TIMEOUT_S,
+        "socket_connect_timeout": SENTINEL_TIMEOUT_S,
+    }
+    if settings.redis_sentinel_password:
+        options["password"] = settings.redis_sentinel_password
+    return options
+
+
+def _state_key(settings: Settings) -> tuple[str | int | None, ...]:
+    if not settings.redis_sentinels:
+        return ("url", redis_url(settings))
+    master = master_params(settings)
+    return (
+        "sentinel",
+        settings.redis_sentinels,
+        settings.redis_sentinel_master,
+        master["db"],
+        master["username"],
+        master["password"],
+        settings.redis_sentinel_password,
+    )
+
+
+def _state_client(settings: Settings) -> redis.Redis:
+    if not settings.redis_sentinels:
+        return redis.Redis.from_url(redis_url(settings), **STATE_CLIENT_OPTIONS)
+    sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=sentinel_kwargs(settings))
+    return sentinel.master_for(
+        str(settings.redis_sentinel_master),
+        redis_class=redis.Redis,
+        **master_params(settings),
+        **STATE_CLIENT_OPTIONS,
+    )
+
+
 def get_redis(settings: Settings | None = None) -> redis.Redis:
-    """The process-wide client for vigil's state Redis (str responses)."""
-    url = redis_url(settings or get_settings())
-    client = _redis.get(url)
+    """The process-wide client for vigil's state Redis (str responses); the one
+    place a state client is built."""
+    settings = settings or get_settings()
+    key = _state_key(settings)
+    client = _redis.get(key)
     if client is None:
         with _lock:
-            client = _redis.get(url)
+            client = _redis.get(key)
             if client is None:
-                client = redis.Redis.from_url(
-                    url,
-                    decode_responses=True,
-                    socket_timeout=10,
-                    socket_connect_timeout=5,
-                    health_check_interval=30,
-                    retry_on_timeout=False,
-                )
-                _redis[url] = client
+                client = _state_client(settings)
+                _redis[key] = client
     return client
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def result_backend(settings: Settings) -> str:
+    """Where Celery keeps the results a sender asks for: the state Redis (its
+    master behind Sentinel, through Celery's ``sentinel://`` backend)."""
+    if not settings.redis_sentinels:
+        return redis_url(settings)
+    master = master_params(settings)
+    auth = ""
+    if master["password"]:
+        auth = f"{quote(str(master['username'] or ''), safe='')}:"
+        auth += f"{quote(str(master['password']), safe='')}@"
+    return ";".join(
+        f"sentinel://{auth}{_url_host(host)}:{port}/{master['db']}"
+        for host, port in settings.sentinel_addresses
+    )
+
+
+def result_backend_transport_options(settings: Settings) -> dict[str, object]:
+    options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.redis_sentinels:
+        options["master_name"] = settings.redis_sentinel_master
+        options["sentinel_kwargs"] = sentinel_kwargs(settings)
+    return options
+
+
+def configure_results(app: Any, settings: Settings) -> None:
+    """Point a sender's Celery app at the results the workers store, before it
+    first reads one."""
+    app.conf.result_backend = result_backend(settings)
+    app.conf.result_backend_transport_options = result_backend_transport_options(settings)
+
+
+def redbeat_redis(settings: Settings) -> tuple[str, dict[str, object] | None]:
+    """celery-redbeat's ``redbeat_redis_url`` and, behind Sentinel, its
+    ``redbeat_redis_options`` (redbeat builds its own ``Sentinel`` from them)."""
+    if not settings.redis_sentinels:
+        return redis_url(settings), None
+    master = master_params(settings)
+    options: dict[str, object] = {
+        "sentinels": settings.sentinel_addresses,
+        "service_name": settings.redis_sentinel_master,
+        "db": master["db"],
+        "password": master["password"],
+        "socket_timeout": STATE_CLIENT_OPTIONS["socket_timeout"],
+        "sentinel_kwargs": sentinel_kwargs(settings),
+    }
+    if master["username"]:
+        options["username"] = master["username"]
+    return "redis-sentinel://", options
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

@@ -167,7 +167,12 @@ def check_redis(settings: Settings) -> dict[str, Any]:
             )
             if w
         ]
+        found = {}
+        if settings.redis_sentinels:
+            host, port = client.connection_pool.get_master_address()
+            found["sentinel_master"] = f"{host}:{port}"
         return {
+            **found,
             "version": client.info("server").get("redis_version"),
             "maxmemory_policy": durability.maxmemory_policy,
             "problems": problems,

@@ -4,6 +4,11 @@ Scripts are sent as EVALSHA inside plain pipelines so a batch costs one round
 trip; redis-py's own Script objects would add a SCRIPT EXISTS round trip per
 pipeline. A NOSCRIPT reply (Redis restarted, cache flushed) loads the script
 and re-runs only the calls that did not run.
+
+With ``wait`` (``VIGIL_REDIS_WAIT_REPLICAS``), a pipeline ends with ``WAIT n
+timeout`` on the same connection: fewer replicas holding its writes than n
+raises ``TransientError``, so the caller retries (every script is idempotent)
+instead of acking writes a failover could lose.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from models.envelopes import ENVELOPE_ID_NAMESPACE
+from services.core.errors import TransientError
+from services.core.settings import Settings
 
 _DIR = Path(__file__).parent / "redis_scripts"
 _HELPERS = "_bond.lua"
@@ -40,6 +47,8 @@ def sha(name: str) -> str:
 
 
 Call = tuple[Sequence[str], Sequence[Any]]
+# (replicas, timeout in ms) for WAIT; None waits for none.
+Wait = tuple[int, int] | None
 Item = tuple[Sequence[str], dict[str, Any]]
 
 # Items per script call: one call blocks Redis while it runs, so a batch is
@@ -47,15 +56,24 @@ Item = tuple[Sequence[str], dict[str, Any]]
 BATCH_CHUNK = 100
 
 
+def wait_of(settings: Settings) -> Wait:
+    """The WAIT a per-message pipeline ends with, from the settings."""
+    if settings.redis_wait_replicas <= 0:
+        return None
+    return settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+
+
 def run(redis_client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
     return run_many(redis_client, name, [(keys, args)])[0]
 
 
-def run_many(redis_client: redis.Redis, name: str, calls: Sequence[Call]) -> list[Any]:
+def run_many(
+    redis_client: redis.Redis, name: str, calls: Sequence[Call], *, wait: Wait = None
+) -> list[Any]:
     """Run one script for many key/arg sets in a single round trip.
 
     Calls run independently (no MULTI), so a script error is raised only after
-    every call has had its turn."""
+    every call has had its turn. With ``wait``, the round trip ends with WAIT."""
     if not calls:
         return []
     digest = sha(name)
@@ -66,7 +84,11 @@ def run_many(redis_client: redis.Redis, name: str, calls: Sequence[Call]) -> lis
         for i in pending:
             keys, args = calls[i]
             pipe.evalsha(digest, len(keys), *keys, *args)
+        if wait is not None:
+            pipe.execute_command("WAIT", *wait)
         replies = pipe.execute(raise_on_error=False)
+        if wait is not None:
+            _check_wait(name, wait, replies.pop())
         missing = []
         for i, reply in zip(pending, replies, strict=True):
             if isinstance(reply, NoScriptError):
@@ -81,8 +103,38 @@ def run_many(redis_client: redis.Redis, name: str, calls: Sequence[Call]) -> lis
         pending = missing
     for reply in results:
         if isinstance(reply, ResponseError):
+            if _demoted(reply):
+                _forget_master(redis_client)
+                raise TransientError(f"{name}: the state Redis is a replica now; retried")
             raise reply
     return results
+
+
+def _demoted(reply: ResponseError) -> bool:
+    """READONLY from inside a script: the master this connection reached was
+    demoted. Redis 7 replies ``-READONLY`` (redis-py's Sentinel connections turn
+    that into a ConnectionError themselves); Redis 6.2 wraps it in ``ERR Error
+    running script``."""
+    return "READONLY" in str(reply)
+
+
+def _forget_master(redis_client: redis.Redis) -> None:
+    """Drop the pool's connections, so the next command asks the sentinels
+    where the master is now."""
+    redis_client.connection_pool.disconnect()
+
+
+def _check_wait(name: str, wait: tuple[int, int], reply: Any) -> None:
+    """Fewer replicas than asked hold the writes: not acked, retried later."""
+    if isinstance(reply, Exception):
+        # WAIT is refused only by a replica: the master was demoted under us.
+        raise TransientError(f"{name}: WAIT refused ({str(reply)[:120]}); retried")
+    wanted, timeout_ms = wait
+    if int(reply) < wanted:
+        raise TransientError(
+            f"{name}: {reply} of {wanted} replicas acknowledged the writes within "
+            f"{timeout_ms} ms (VIGIL_REDIS_WAIT_REPLICAS); retried"
+        )
 
 
 def run_batch(
@@ -92,6 +144,7 @@ def run_batch(
     *,
     shared: dict[str, Any],
     metrics_key: str | None = None,
+    wait: Wait = None,
 ) -> list[Any]:
     """Run a batch script (``ingest_gate``, ``apply_detection``) over many items.
 
@@ -101,7 +154,7 @@ def run_batch(
     paid per call, not per item. A reply ``['error', reason]`` comes back as a
     ``ResponseError`` in that item's slot. With ``metrics_key`` (the counters
     hash) each call also gets that key last and ARGV[2] ``'metrics'``, and the
-    script counts outcomes in it."""
+    script counts outcomes in it. ``wait``: see ``run_many``."""
     calls: list[Call] = []
     shared_json = json.dumps({**shared, "envelope_ns": ENVELOPE_ID_NAMESPACE.hex})
     for start in range(0, len(items), BATCH_CHUNK):
@@ -116,7 +169,7 @@ def run_batch(
         ]
         calls.append((keys, args))
     out: list[Any] = []
-    for reply in run_many(redis_client, name, calls):
+    for reply in run_many(redis_client, name, calls, wait=wait):
         for item in reply:
             if isinstance(item, list) and item and item[0] == "error":
                 out.append(ResponseError(str(item[1])[:200]))

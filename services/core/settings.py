@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     # bonds and dedupe state silently. This accepts it anyway.
     redis_allow_eviction: bool = False
     database_password: str | None = Field(default=None, repr=False)
+    # State behind Redis Sentinel: comma-separated host:port of the sentinels and
+    # the name they know the master by. The master's password and db number come
+    # from VIGIL_REDIS_PASSWORD / VIGIL_REDIS_URL as for a single Redis (whose
+    # host and port are then unused); the sentinels' own password is separate.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: str | None = Field(default=None, repr=False)
+    # WAIT for this many replicas to hold a buffer's writes before its tasks are
+    # acked (0: do not wait), up to redis_wait_timeout_ms; fewer acknowledging
+    # replicas fail the buffer, which is retried (the scripts are idempotent).
+    redis_wait_replicas: int = Field(default=0, ge=0, le=100)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
 
     # Key layout. The defaults are the seed systems' own, so their data reads as-is.
     bond_prefix: str = "abl:"
@@ -259,12 +271,51 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_addresses(value, "VIGIL_REDIS_SENTINELS")
+        return value
+
+    @model_validator(mode="after")
+    def _check_sentinel_pair(self) -> Settings:
+        """Sentinels without a master name (or the reverse) is half a configuration."""
+        master = (self.redis_sentinel_master or "").strip()
+        if bool(self.redis_sentinels) != bool(master):
+            missing = (
+                "VIGIL_REDIS_SENTINEL_MASTER" if self.redis_sentinels else "VIGIL_REDIS_SENTINELS"
+            )
+            raise ValueError(
+                "VIGIL_REDIS_SENTINELS and VIGIL_REDIS_SENTINEL_MASTER go together: "
+                f"{missing} is not set"
+            )
+        if self.redis_sentinels and not self.broker_url:
+            raise ValueError(
+                "VIGIL_BROKER_URL must be set with VIGIL_REDIS_SENTINELS: the broker is not "
+                "found through the state Redis's sentinels"
+            )
+        if self.redis_sentinels and self.redis_url and urlsplit(self.redis_url).scheme == "unix":
+            raise ValueError(
+                "VIGIL_REDIS_URL is a unix socket, which Sentinel cannot name as a master; "
+                "with VIGIL_REDIS_SENTINELS it may only carry the db number and password"
+            )
+        return self
+
     @field_validator("bond_prefix", "history_prefix", "vigil_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         if not value or any(c in value for c in "*?[] "):
             raise ValueError(f"key prefix {value!r} must be non-empty without glob characters")
         return value
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The sentinels as (host, port); empty without Sentinel."""
+        if not self.redis_sentinels:
+            return []
+        return parse_addresses(self.redis_sentinels, "VIGIL_REDIS_SENTINELS")
 
     @property
     def history_ttl_s(self) -> int:
@@ -292,6 +343,21 @@ class Settings(BaseSettings):
     @property
     def min_severity_rank(self) -> int:
         return SEVERITY_ORDER.index(self.history_min_severity)
+
+
+def parse_addresses(value: str, setting: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` (an IPv6 host in brackets) as pairs; a bad entry
+    raises naming ``setting``."""
+    out: list[tuple[str, int]] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        host, sep, port = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            raise ValueError(f"{setting}: {entry!r} is not host:port (port 1-65535)")
+        out.append((host, int(port)))
+    return out
 
 
 @lru_cache(maxsize=1)

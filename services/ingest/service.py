@@ -118,6 +118,7 @@ class IngestService:
             [self._gate_item(m, now, i) for i, m in valid],
             shared={**shared, "context_limit": self.context_limit},
             metrics_key=keys.metrics(self.settings),
+            wait=scripts.wait_of(self.settings),
         )
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None, bool]] = []
         # Messages earlier in this batch are context for later ones of the same user.
@@ -179,6 +180,7 @@ class IngestService:
             calls,
             shared=shared,
             metrics_key=keys.metrics(self.settings),
+            wait=scripts.wait_of(self.settings),
         )
         for (i, msg, det, _, _), reply in zip(to_apply, applied, strict=True):
             outcomes[i] = self._applied(reply, msg.message_id, det)
@@ -235,6 +237,7 @@ class IngestService:
             calls,
             shared=ledger.detection_shared(self.settings, now),
             metrics_key=keys.metrics(self.settings),
+            wait=scripts.wait_of(self.settings),
         )
         for (i, det), reply in zip(valid, applied, strict=True):
             outcomes[i] = self._applied(reply, det.detection_id, det, key="detection_id")

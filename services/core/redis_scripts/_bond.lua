@@ -167,7 +167,9 @@ end
 -- item, then the metrics hash when ARGV[2] is 'metrics'; ARGV[1] is a JSON array
 -- of per-item docs and ARGV[3] one JSON doc of what every item shares (each
 -- item reads it as its defaults). fn(a, keys...) runs per item; an item that
--- raises answers {'error', reason} and the others still run.
+-- raises answers {'error', reason} and the others still run, except on a
+-- demoted master (READONLY: nothing was written), where the whole call fails
+-- with READONLY so the client asks the sentinels again and the buffer retries.
 local function run_batch(fn, stride)
   if ARGV[2] == 'metrics' then metrics_key = KEYS[#KEYS] end
   local shared = cjson.decode(ARGV[3])
@@ -178,7 +180,14 @@ local function run_batch(fn, stride)
     setmetatable(a, defaults)
     local k = (i - 1) * stride
     local ok, res = pcall(fn, a, unpack(KEYS, k + 1, k + stride))
-    if ok then out[i] = res else out[i] = {'error', tostring(res)} end
+    if not ok then
+      local reason = type(res) == 'table' and tostring(res.err) or tostring(res)
+      if string.find(reason, 'READONLY', 1, true) then
+        return redis.error_reply('READONLY ' .. reason)
+      end
+      res = {'error', reason}
+    end
+    out[i] = res
   end
   flush_metrics()
   return out

@@ -1,0 +1,222 @@
+"""Redis deployments the tests start on loopback: a Sentinel setup of one
+master, one replica and three sentinels, from the machine's ``redis-server``
+or the embedded one (``stack.processes.redis_binary``), so it runs on a bare
+machine too.
+
+The failure detection is fast (``down-after-milliseconds`` 1000) so a
+failover test takes seconds; that is this test deployment's configuration,
+not a vigil setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from pathlib import Path
+
+import redis
+
+from stack.processes import HOST, Process, redis_binary
+
+# Loopback ports the tests may use for their own Redis processes.
+PORT_RANGE = range(26400, 26500)
+MASTER_NAME = "vigil-state"
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 5000
+AGREE_TIMEOUT_S = 60.0
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` ports of PORT_RANGE free right now."""
+    found = [port for port in PORT_RANGE if _free(port)][:count]
+    if len(found) < count:
+        raise RuntimeError(f"fewer than {count} free loopback ports in {PORT_RANGE}")
+    return found
+
+
+def _client(port: int) -> redis.Redis:
+    return redis.Redis(
+        host=HOST, port=port, decode_responses=True, socket_timeout=2, socket_connect_timeout=1
+    )
+
+
+class Node:
+    """One ``redis-server`` (data node or sentinel) run from a config file it owns."""
+
+    def __init__(self, root: Path, port: int, lines: list[str], *, sentinel: bool = False) -> None:
+        self.port = port
+        self.dir = root / str(port)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / ("sentinel.conf" if sentinel else "redis.conf")
+        common = [
+            f"port {port}",
+            f"bind {HOST}",
+            f'dir "{self.dir}"',
+            "protected-mode yes",
+            "daemonize no",
+            f'logfile "{self.dir / "server.log"}"',
+        ]
+        self.conf.write_text("\n".join(common + lines) + "\n")
+        self.sentinel = sentinel
+        self.process: Process | None = None
+
+    def start(self) -> Node:
+        argv = [redis_binary(), str(self.conf)]
+        if self.sentinel:
+            argv.append("--sentinel")
+        self.process = Process(
+            argv, log_path=self.dir / "stdout.log", cwd=self.dir, label=f"redis:{self.port}"
+        ).start()
+        deadline = time.monotonic() + 30
+        while not self.answers():
+            self.process.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis on port {self.port} did not answer within 30 s")
+            time.sleep(0.05)
+        return self
+
+    def answers(self) -> bool:
+        client = self.client()
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def client(self) -> redis.Redis:
+        return _client(self.port)
+
+    def kill(self) -> None:
+        """SIGKILL: no AOF flush, no goodbye to replicas or sentinels."""
+        if self.process is not None:
+            self.process.kill()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(10)
+
+
+class SentinelSetup:
+    """A master, a replica and three sentinels watching them as MASTER_NAME."""
+
+    def __init__(self, root: Path) -> None:
+        ports = free_ports(5)
+        data = ["appendonly yes", "appendfsync everysec", 'save ""', "maxmemory-policy noeviction"]
+        self.nodes = [Node(root, ports[0], data), Node(root, ports[1], data)]
+        self.nodes[1].conf.write_text(
+            self.nodes[1].conf.read_text() + f"replicaof {HOST} {ports[0]}\n"
+        )
+        watch = [
+            f"sentinel monitor {MASTER_NAME} {HOST} {ports[0]} 2",
+            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
+            f"sentinel parallel-syncs {MASTER_NAME} 1",
+        ]
+        self.sentinels = [Node(root, port, watch, sentinel=True) for port in ports[2:]]
+
+    @property
+    def sentinel_setting(self) -> str:
+        """The value of VIGIL_REDIS_SENTINELS for this setup."""
+        return ",".join(f"{HOST}:{node.port}" for node in self.sentinels)
+
+    def start(self) -> SentinelSetup:
+        try:
+            for node in self.nodes + self.sentinels:
+                node.start()
+            self.wait_agreed(self.nodes[0].port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.sentinels + self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop()
+
+    def node(self, port: int) -> Node:
+        return next(node for node in self.nodes if node.port == port)
+
+    def master_port(self) -> int | None:
+        """The master every sentinel names, or None while they disagree."""
+        named = set()
+        for sentinel in self.sentinels:
+            client = sentinel.client()
+            try:
+                address = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+            except redis.RedisError:
+                address = None
+            finally:
+                client.close()
+            named.add(None if address is None else int(address[1]))
+        return named.pop() if len(named) == 1 else None
+
+    def _settled(self, master: int) -> bool:
+        """Every sentinel names ``master``, knows the two others, and sees the
+        other data node as a live replica in sync."""
+        if self.master_port() != master:
+            return False
+        for sentinel in self.sentinels:
+            client = sentinel.client()
+            try:
+                if len(client.sentinel_sentinels(MASTER_NAME)) != len(self.sentinels) - 1:
+                    return False
+                replicas = client.sentinel_slaves(MASTER_NAME)
+                live = [
+                    r for r in replicas if not r["is_sdown"] and r.get("master-link-status") == "ok"
+                ]
+                if not live:
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        return True
+
+    def wait_agreed(self, master: int, timeout: float = AGREE_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._settled(master):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the sentinels did not agree on master port {master} within {timeout:.0f} s"
+                )
+            time.sleep(0.2)
+
+    def wait_failover(self, old_master: int, timeout: float = AGREE_TIMEOUT_S) -> int:
+        """Wait until every sentinel names a new master; its port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            port = self.master_port()
+            if port is not None and port != old_master:
+                return port
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no failover from port {old_master} within {timeout:.0f} s")
+            time.sleep(0.1)
+
+
+def sentinel_env(setup: SentinelSetup, broker_url: str, **extra: str) -> dict[str, str]:
+    """A worker's whole environment for state behind ``setup``'s sentinels: the
+    shipped settings, no VIGIL_REDIS_URL."""
+    env = {key: value for key, value in os.environ.items() if key != "VIGIL_REDIS_URL"}
+    env.update(
+        {
+            "VIGIL_REDIS_SENTINELS": setup.sentinel_setting,
+            "VIGIL_REDIS_SENTINEL_MASTER": MASTER_NAME,
+            "VIGIL_BROKER_URL": broker_url,
+            **extra,
+        }
+    )
+    return env
