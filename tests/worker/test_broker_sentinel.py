@@ -373,8 +373,9 @@ def test_a_worker_behind_sentinel_applies_plain_celery_sends(
 
 class PacedSender:
     """Sends a burst the plain Celery way from a thread of its own, a chunk at a
-    time, as a frontend would: a send that fails (the master is gone) is tried
-    again until it returns. Records when each message's send returned."""
+    time, as a frontend would: one app and producer while the broker answers; a
+    send that fails (the master is gone) is tried again, from a new app, until
+    it returns. Records when each message's send returned."""
 
     def __init__(self, setup: SentinelSetup, burst: list[dict[str, Any]], chunk: int) -> None:
         self.setup = setup
@@ -384,20 +385,31 @@ class PacedSender:
         self.thread = threading.Thread(target=self._run, name="paced-sender", daemon=True)
 
     def _run(self) -> None:
-        for chunk in self.chunks:
-            for message in chunk:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        send_plain(self.setup, [message])
-                        break
-                    except Exception:  # the broker away: a frontend tries again
-                        self.failed_sends += 1
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-                self.confirmed[message["message_id"]] = time.monotonic()
-            time.sleep(0.05)
+        app = plain_app(self.setup)
+        try:
+            for chunk in self.chunks:
+                for message in chunk:
+                    app = self._send(app, message)
+                    self.confirmed[message["message_id"]] = time.monotonic()
+                time.sleep(0.02)
+        finally:
+            app.close()
+
+    def _send(self, app: Celery, message: dict[str, Any]) -> Celery:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                app.send_task(
+                    INGEST_MESSAGE, kwargs=message, queue=QUEUE_INGEST, ignore_result=True
+                )
+                return app
+            except Exception:  # the broker away: a frontend tries again
+                self.failed_sends += 1
+                if time.monotonic() > deadline:
+                    raise
+                app.close()
+                time.sleep(0.2)
+                app = plain_app(self.setup)
 
 
 def counted_ids(state: redis.Redis, settings: Settings, users: list[str]) -> set[str]:
