@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from services.core import clients, health, keys
 from services.core.settings import Settings
 from services.metrics import counters
+from services.metrics.snapshot import BrokerQueues
 from stack.processes import HOST, WorkerProcess
 from tasks.names import INGEST_MESSAGE, QUEUE_INGEST
 from tests.conftest import ROOT
@@ -150,6 +151,18 @@ def test_vigil_client_needs_the_master_name_for_a_sentinel_broker():
     assert app.conf.broker_transport_options == {"master_name": "b"}
 
 
+def test_kombu_switching_urls_drops_a_configured_transport():
+    """Why celeryconfig gives kombu one sentinel:// URL: after a connection
+    error kombu moves to the next URL by re-reading it, scheme and all."""
+    conn = Connection("sentinel://10.0.0.1:1;sentinel://10.0.0.2:2", transport=TRANSPORT)
+    assert conn.transport_cls == TRANSPORT
+    conn.maybe_switch_next()
+    assert conn.transport_cls == "sentinel"
+    single = Connection("sentinel://10.0.0.1:1", transport=TRANSPORT)
+    single.maybe_switch_next()
+    assert single.transport_cls == TRANSPORT
+
+
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
 
@@ -272,6 +285,23 @@ def test_health_checks_the_broker_through_its_sentinels(broker_sentinel, test_en
     assert report["problems"] == []
     wrong = Settings(broker_url=broker_sentinel.broker_url(), broker_sentinel_master="nobody")
     assert not health.check_broker(wrong)["ok"]
+
+
+def test_queue_depths_are_read_on_the_master(broker_sentinel):
+    master = master_client(broker_sentinel)
+    name = f"test-sbroker-depth-{uuid.uuid4().hex[:8]}"
+    try:
+        master.rpush(name, "a", "b")
+        queues = BrokerQueues(
+            broker_sentinel.broker_url(), [name], {"master_name": broker_sentinel.master_name}
+        )
+        try:
+            assert queues.depths() == {name: 2}
+        finally:
+            queues.close()
+    finally:
+        master.delete(name)
+        master.close()
 
 
 # -- a real worker -------------------------------------------------------------
