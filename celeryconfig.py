@@ -10,7 +10,7 @@ from celery.schedules import crontab
 
 from services.core import clients as _clients
 from services.core.clients import broker_url as _broker_url
-from services.core.settings import get_settings
+from services.core.settings import get_settings, is_sentinel_url
 from tasks import names
 from vigil_client import is_amqp, publish_transport_options
 from vigil_client import task_queues as _task_queues
@@ -21,8 +21,22 @@ broker_url = _broker_url(_settings)
 # On a Redis broker, vigil's transport: one reused client per channel and late
 # acks that survive a broker reconnect (worker/broker.py). amqp keeps
 # kombu's default.
+_broker_sentinels: list[str] = []
 if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
     broker_transport = "worker.broker:Transport"
+elif is_sentinel_url(broker_url):
+    # Behind Sentinel, the same transport on the master the sentinels name. kombu
+    # gets one sentinel:// URL (the first: its password and db are the master's)
+    # and the transport every sentinel: given several URLs, kombu would move to
+    # the next after a connection error by re-reading it, and so drop this
+    # transport for its own (worker/broker.py).
+    broker_transport = "worker.broker:SentinelTransport"
+    _broker_sentinels = [f"{host}:{port}" for host, port in _settings.broker_sentinel_addresses]
+    broker_url = broker_url.split(";", 1)[0]
+    # A failover can answer with errors that are not connection errors: a
+    # blocked command on a master demoted under it gets UNBLOCKED, a script
+    # READONLY (Redis 6.2). Reconnect on those too rather than stop (celery#7946).
+    broker_channel_error_retry = True
 # Results are off by default (task_ignore_result); tasks that a caller waits on
 # (the demo, tests, the CLI) store their small JSON outcome here: the state
 # Redis, or behind Sentinel its master (Celery's sentinel:// backend, told the
@@ -77,7 +91,11 @@ else:
         # A dead worker's tasks come back once it is silent this long (broker.py).
         "vigil_heartbeat_interval": _settings.broker_heartbeat_interval,
         "vigil_owner_timeout": _settings.broker_owner_timeout,
+        # Behind Sentinel: the master's name, the sentinels and their password.
+        **_clients.broker_transport_options(_settings),
     }
+    if _broker_sentinels:
+        broker_transport_options["vigil_sentinels"] = _broker_sentinels
 result_backend_transport_options = _clients.result_backend_transport_options(_settings)
 broker_connection_retry_on_startup = True
 

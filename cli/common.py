@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
 from services.core.clients import (
+    broker_transport_options,
     broker_url,
     configure_results,
     get_redis,
@@ -135,7 +136,12 @@ def sessions(settings: Settings | None = None) -> sessionmaker[Session]:
 
 @functools.cache
 def _sender(broker: str, results: str, settings: Settings) -> Celery:
-    app = sender_app(broker, results, name="vigil-cli")
+    app = sender_app(
+        broker,
+        results,
+        name="vigil-cli",
+        broker_transport_options=broker_transport_options(settings),
+    )
     configure_results(app, settings)
     if is_amqp(broker):
         # Publish to the queues as they exist (an upgraded vhost's earlier quorum

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.common import console, load_settings, sessions, state_redis
-from services.core.clients import broker_url
+from services.core.clients import broker_transport_options, broker_url
 from services.metrics import counters
 from services.metrics.frames import Frame, Frames
 from services.metrics.snapshot import BrokerQueues
@@ -32,7 +32,7 @@ def top(
 ) -> None:
     """Rates per outcome, queue depths, stream lag, dead letters, risk alerts, suspects."""
     settings = load_settings()
-    broker = BrokerQueues(broker_url(settings), QUEUES)
+    broker = BrokerQueues(broker_url(settings), QUEUES, broker_transport_options(settings))
     frames = Frames(state_redis(settings), settings, sessions(settings), broker)
     try:
         if once:

@@ -283,6 +283,7 @@ def make_app(settings: Settings) -> Celery:
         clients.result_backend(settings),
         name="vigil-demo",
         cls=_OutcomeCelery,
+        broker_transport_options=clients.broker_transport_options(settings),
     )
     clients.configure_results(app, settings)
     return app

@@ -180,6 +180,7 @@ class Stack:
             clients.broker_url(self.settings),
             clients.result_backend(self.settings),
             name="vigil-stack",
+            broker_transport_options=clients.broker_transport_options(self.settings),
         )
         clients.configure_results(app, self.settings)
         return app

@@ -23,6 +23,9 @@ from stack.processes import HOST, Process, redis_binary
 # Loopback ports the tests may use for their own Redis processes.
 PORT_RANGE = range(26400, 26500)
 MASTER_NAME = "vigil-state"
+# A broker behind Sentinel: a deployment of its own, on ports of its own.
+BROKER_PORT_RANGE = range(26500, 26600)
+BROKER_MASTER_NAME = "vigil-broker"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 AGREE_TIMEOUT_S = 60.0
@@ -38,11 +41,11 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` ports of PORT_RANGE free right now."""
-    found = [port for port in PORT_RANGE if _free(port)][:count]
+def free_ports(count: int, port_range: range = PORT_RANGE) -> list[int]:
+    """``count`` ports of ``port_range`` free right now."""
+    found = [port for port in port_range if _free(port)][:count]
     if len(found) < count:
-        raise RuntimeError(f"fewer than {count} free loopback ports in {PORT_RANGE}")
+        raise RuntimeError(f"fewer than {count} free loopback ports in {port_range}")
     return found
 
 
@@ -110,20 +113,23 @@ class Node:
 
 
 class SentinelSetup:
-    """A master, a replica and three sentinels watching them as MASTER_NAME."""
+    """A master, a replica and three sentinels watching them as ``master_name``."""
 
-    def __init__(self, root: Path) -> None:
-        ports = free_ports(5)
+    def __init__(
+        self, root: Path, *, port_range: range = PORT_RANGE, master_name: str = MASTER_NAME
+    ) -> None:
+        self.master_name = master_name
+        ports = free_ports(5, port_range)
         data = ["appendonly yes", "appendfsync everysec", 'save ""', "maxmemory-policy noeviction"]
         self.nodes = [Node(root, ports[0], data), Node(root, ports[1], data)]
         self.nodes[1].conf.write_text(
             self.nodes[1].conf.read_text() + f"replicaof {HOST} {ports[0]}\n"
         )
         watch = [
-            f"sentinel monitor {MASTER_NAME} {HOST} {ports[0]} 2",
-            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
-            f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
-            f"sentinel parallel-syncs {MASTER_NAME} 1",
+            f"sentinel monitor {master_name} {HOST} {ports[0]} 2",
+            f"sentinel down-after-milliseconds {master_name} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {master_name} {FAILOVER_TIMEOUT_MS}",
+            f"sentinel parallel-syncs {master_name} 1",
         ]
         self.sentinels = [Node(root, port, watch, sentinel=True) for port in ports[2:]]
 
@@ -131,6 +137,10 @@ class SentinelSetup:
     def sentinel_setting(self) -> str:
         """The value of VIGIL_REDIS_SENTINELS for this setup."""
         return ",".join(f"{HOST}:{node.port}" for node in self.sentinels)
+
+    def broker_url(self, db: int = 0) -> str:
+        """Celery's URL for a broker behind these sentinels."""
+        return ";".join(f"sentinel://{HOST}:{node.port}/{db}" for node in self.sentinels)
 
     def start(self) -> SentinelSetup:
         try:
@@ -156,7 +166,7 @@ class SentinelSetup:
         for sentinel in self.sentinels:
             client = sentinel.client()
             try:
-                address = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+                address = client.sentinel_get_master_addr_by_name(self.master_name)
             except redis.RedisError:
                 address = None
             finally:
@@ -172,9 +182,9 @@ class SentinelSetup:
         for sentinel in self.sentinels:
             client = sentinel.client()
             try:
-                if len(client.sentinel_sentinels(MASTER_NAME)) != len(self.sentinels) - 1:
+                if len(client.sentinel_sentinels(self.master_name)) != len(self.sentinels) - 1:
                     return False
-                replicas = client.sentinel_slaves(MASTER_NAME)
+                replicas = client.sentinel_slaves(self.master_name)
                 live = [
                     r for r in replicas if not r["is_sdown"] and r.get("master-link-status") == "ok"
                 ]
@@ -214,7 +224,7 @@ def sentinel_env(setup: SentinelSetup, broker_url: str, **extra: str) -> dict[st
     env.update(
         {
             "VIGIL_REDIS_SENTINELS": setup.sentinel_setting,
-            "VIGIL_REDIS_SENTINEL_MASTER": MASTER_NAME,
+            "VIGIL_REDIS_SENTINEL_MASTER": setup.master_name,
             "VIGIL_BROKER_URL": broker_url,
             **extra,
         }

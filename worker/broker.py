@@ -47,6 +47,15 @@ Changes relative to ``kombu.transport.redis`` (kombu 5.7.0, redis-py 8.x):
 6. Acks together. ``QoS.acks_together()`` writes every ack made inside it in
    one round trip: a buffer of 100 requests (worker/batching.py) is acked with
    one HDEL and one ZREM instead of 100 pipelines.
+
+Behind Redis Sentinel, ``SentinelTransport`` (``worker.broker:SentinelTransport``
+for a ``sentinel://`` URL) is the same transport with kombu's Sentinel channel
+underneath: the channel's client, the BRPOP connection and the heartbeat's own
+client all reach the master the sentinels name, and ask them again after a
+failover. It takes the sentinels from the ``vigil_sentinels`` transport option,
+so ``celeryconfig`` gives kombu a single ``sentinel://`` URL: with several,
+kombu switches to the next after a connection error by re-reading it, which
+replaces the configured transport with kombu's own (``Connection.switch``).
 """
 
 from __future__ import annotations
@@ -56,10 +65,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from queue import Empty
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from kombu.log import get_logger
@@ -67,10 +77,11 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.sentinel import Sentinel
 
 from services.core import keys, scripts
 
-__all__ = ["Channel", "QoS", "Transport"]
+__all__ = ["Channel", "QoS", "SentinelChannel", "SentinelTransport", "Transport"]
 
 logger = get_logger(__name__)
 
@@ -540,10 +551,16 @@ class Channel(kombu_redis.Channel):
         """A client of the heartbeat's own, with socket timeouts: a half-open
         connection in the channel's pool (which waits without a timeout) must
         not stop the beats while the worker runs."""
+        return redis.Redis(connection_pool=redis.ConnectionPool(**self._heartbeat_params()))
+
+    def _heartbeat_params(self) -> dict[str, Any]:
         params = dict(self._connparams(asynchronous=False))
         limit = max(1.0, float(self.vigil_heartbeat_interval))
         params.update(socket_timeout=limit, socket_connect_timeout=limit, socket_keepalive=True)
-        return redis.Redis(connection_pool=redis.ConnectionPool(**params))
+        return params
+
+    def close_heartbeat_client(self, client: redis.Redis) -> None:
+        client.close()
 
     def restore_orphans(self) -> int:
         """Put back everything consumers silent for ``vigil_owner_timeout``
@@ -640,7 +657,7 @@ class _Heart:
                     return
         finally:
             if client is not None:
-                client.close()
+                self._channel.close_heartbeat_client(client)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -653,3 +670,115 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport using :class:`Channel`."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """:class:`Channel` on the master Redis Sentinel names: every client it
+    builds (its own, BRPOP's, the heartbeat's) goes through redis-py's
+    ``Sentinel``, so a failover is followed without a restart."""
+
+    QoS = QoS
+
+    #: Transport option: the sentinels, as "host:port" strings (or one
+    #: comma-separated string) or (host, port) pairs. Unset: every
+    #: sentinel:// URL of the kombu connection.
+    vigil_sentinels: str | Sequence[Any] | None = None
+    #: kombu's Sentinel transport options.
+    master_name: str | None = None
+    min_other_sentinels: int = 0
+    sentinel_kwargs: dict[str, Any] | None = None
+
+    from_transport_options = (
+        *Channel.from_transport_options,
+        *(
+            option
+            for option in kombu_redis.SentinelChannel.from_transport_options
+            if option not in Channel.from_transport_options
+        ),
+        "vigil_sentinels",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Kept from the first pool built while attached: a late ack on a
+        # detached channel still finds the master.
+        self._sentinel_addresses: list[tuple[str, int]] | None = None
+        self._heartbeat_sentinel: Sentinel | None = None
+        super().__init__(*args, **kwargs)
+
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The sentinels this channel asks where the master is."""
+        if self._sentinel_addresses is None:
+            found = _addresses(self.vigil_sentinels)
+            client = getattr(self.connection, "client", None)
+            if not found and client is not None:
+                found = _addresses([url for url in client.alt if "://" in url])
+                if not found:
+                    found = [(client.hostname or "127.0.0.1", client.port or 26379)]
+            if not found:
+                raise redis.ConnectionError("channel is detached from its kombu connection")
+            self._sentinel_addresses = found
+        return list(self._sentinel_addresses)
+
+    def _sentinel(self, params: dict[str, Any]) -> Sentinel:
+        connection_kwargs = {k: v for k, v in params.items() if k not in ("host", "port")}
+        return Sentinel(
+            self.sentinels(),
+            min_other_sentinels=int(self.min_other_sentinels or 0),
+            sentinel_kwargs=self.sentinel_kwargs,
+            **connection_kwargs,
+        )
+
+    def _master_for(self, sentinel: Sentinel, params: dict[str, Any]) -> redis.Redis:
+        if not self.master_name:
+            raise ValueError("'master_name' transport option must be specified.")
+        auth = {k: params[k] for k in ("username", "password") if k in params}
+        return sentinel.master_for(self.master_name, redis.Redis, **auth)
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> redis.ConnectionPool:
+        # kombu's own reads the sentinels from the connection, which a detached
+        # channel no longer has.
+        params = self._connparams(asynchronous)
+        sentinel = self._sentinel(params)
+        if asynchronous:
+            self._async_sentinel_manager = sentinel
+        else:
+            self._sentinel_manager = sentinel
+        return self._master_for(sentinel, params).connection_pool
+
+    def heartbeat_client(self) -> redis.Redis:
+        params = self._heartbeat_params()
+        sentinel = self._sentinel(params)
+        self._heartbeat_sentinel = sentinel
+        return self._master_for(sentinel, params)
+
+    def close_heartbeat_client(self, client: redis.Redis) -> None:
+        client.close()
+        sentinel, self._heartbeat_sentinel = self._heartbeat_sentinel, None
+        close = getattr(sentinel, "close", None)  # redis-py >= 8.1
+        if close is not None:
+            close()
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport using :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+
+
+def _addresses(value: str | Sequence[Any] | None) -> list[tuple[str, int]]:
+    """(host, port) pairs from "host:port" strings, comma-separated strings,
+    sentinel:// URLs or pairs."""
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[tuple[str, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            text = item.strip()
+            parts = urlsplit(text if "://" in text else f"//{text}")
+            if parts.hostname and parts.port:
+                out.append((parts.hostname, parts.port))
+        else:
+            host, port = item
+            out.append((str(host), int(port)))
+    return out

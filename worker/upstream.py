@@ -26,6 +26,11 @@ kombu (the Redis transport, ``worker/broker.py``):
   ``can_consume_max_estimate``: the local prefetch bookkeeping, called on the
   base class to skip the Redis write a fetch already made.
 - ``virtual.Transport._deliver``: hands a fetched message to its consumer.
+- ``SentinelChannel._get_pool`` calling ``_sentinel_managed_pool(asynchronous)``,
+  ``from_transport_options``, ``connection_class`` and ``SentinelTransport``;
+  ``Channel._disconnect_pools`` closing ``_sentinel_manager`` /
+  ``_async_sentinel_manager``: vigil's Sentinel channel builds those pools
+  itself, from sentinels it keeps for a detached channel.
 - ``native_delayed_delivery``'s warning for direct exchanges
   (``worker/queues.py`` filters it for queues it binds itself).
 
@@ -150,6 +155,23 @@ INTERNALS: tuple[Internal, ...] = (
         _BROKER,
         ("self", "channel"),
         ("if not channel._in_poll:", "channel._brpop_start()"),
+    ),
+    # kombu's Redis transport behind Sentinel.
+    Internal(
+        f"{_REDIS}:SentinelChannel._get_pool",
+        _BROKER,
+        ("self", "asynchronous"),
+        ("self._sentinel_managed_pool(asynchronous)",),
+    ),
+    Internal(f"{_REDIS}:SentinelChannel._sentinel_managed_pool", _BROKER, ("self", "asynchronous")),
+    Internal(f"{_REDIS}:SentinelChannel.from_transport_options", _BROKER),
+    Internal(f"{_REDIS}:SentinelChannel.connection_class", _BROKER),
+    Internal(f"{_REDIS}:SentinelTransport", _BROKER, source_has=("Channel = SentinelChannel",)),
+    Internal(
+        f"{_REDIS}:Channel._disconnect_pools",
+        _BROKER,
+        ("self",),
+        ("self._sentinel_manager", "self._async_sentinel_manager", ".close()"),
     ),
     # kombu's virtual transport: local prefetch bookkeeping.
     Internal(f"{_VIRTUAL}:QoS.append", _BROKER, ("self", "message", "delivery_tag")),

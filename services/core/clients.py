@@ -4,13 +4,16 @@ Both are built lazily and dropped after ``fork`` so a prefork child never
 shares a socket with its parent. Every state Redis client is built by
 ``get_redis``: one Redis from ``VIGIL_REDIS_URL``, or the master that the
 sentinels of ``VIGIL_REDIS_SENTINELS`` name (redis-py's ``Sentinel``, which
-asks them again after a failover).
+asks them again after a failover). A Redis broker behind Sentinel
+(``sentinel://`` in ``VIGIL_BROKER_URL``) is reached the same way: kombu is
+given ``broker_transport_options``, plain redis-py clients ``broker_redis``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -20,7 +23,14 @@ from redis.sentinel import Sentinel
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, get_settings
+from services.core.settings import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    Settings,
+    get_settings,
+    is_sentinel_url,
+    sentinel_url_addresses,
+)
 
 _lock = threading.Lock()
 _redis: dict[tuple[str | int | None, ...], redis.Redis] = {}
@@ -57,8 +67,53 @@ def redis_url(settings: Settings) -> str:
 
 
 def broker_url(settings: Settings) -> str:
-    return _with_password(
-        settings.broker_url or settings.redis_url or DEFAULT_REDIS_URL, settings.redis_password
+    url = settings.broker_url or settings.redis_url or DEFAULT_REDIS_URL
+    if is_sentinel_url(url):
+        # kombu reads the master's password and db from the first sentinel:// URL.
+        return ";".join(
+            _with_password(part.strip(), settings.redis_password) for part in url.split(";")
+        )
+    return _with_password(url, settings.redis_password)
+
+
+def broker_transport_options(settings: Settings) -> dict[str, object]:
+    """What kombu needs besides the broker URL: behind Sentinel, the master's
+    name and how to talk to the sentinels (empty for any other broker)."""
+    if not settings.broker_sentinel_addresses:
+        return {}
+    return {
+        "master_name": settings.broker_master_name,
+        "sentinel_kwargs": _sentinel_options(settings.broker_sentinels_password),
+        # A master that vanished (its machine lost, not its process) never
+        # closes its sockets: bound connects and replies, as for the state
+        # clients, so acks and reconnects fail over instead of hanging.
+        "socket_timeout": STATE_CLIENT_OPTIONS["socket_timeout"],
+        "socket_connect_timeout": STATE_CLIENT_OPTIONS["socket_connect_timeout"],
+        "socket_keepalive": True,
+    }
+
+
+def broker_redis(
+    url: str, transport_options: Mapping[str, Any] | None = None, **options: Any
+) -> redis.Redis:
+    """A redis-py client on a Redis broker (queue depths, health): the URL's
+    server, or behind Sentinel the master the sentinels name, found as kombu
+    finds it (``master_name`` and ``sentinel_kwargs`` transport options)."""
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **options)
+    transport_options = transport_options or {}
+    first = parse_url("redis://" + url.split(";", 1)[0].strip()[len("sentinel://") :])
+    sentinel = Sentinel(
+        sentinel_url_addresses(url, "the broker URL"),
+        sentinel_kwargs=transport_options.get("sentinel_kwargs"),
+    )
+    return sentinel.master_for(
+        str(transport_options["master_name"]),
+        redis_class=redis.Redis,
+        db=int(first.get("db") or 0),
+        username=first.get("username"),
+        password=first.get("password"),
+        **options,
     )
 
 
@@ -78,13 +133,17 @@ def master_params(settings: Settings) -> dict[str, str | int | None]:
 
 
 def sentinel_kwargs(settings: Settings) -> dict[str, object]:
-    """How to talk to the sentinels themselves (their own password, if any)."""
+    """How to talk to the state's sentinels themselves (their own password, if any)."""
+    return _sentinel_options(settings.redis_sentinel_password)
+
+
+def _sentinel_options(password: str | None) -> dict[str, object]:
     options: dict[str, object] = {
         "socket_timeout": SENTINEL_TIMEOUT_S,
         "socket_connect_timeout": SENTINEL_TIMEOUT_S,
     }
-    if settings.redis_sentinel_password:
-        options["password"] = settings.redis_sentinel_password
+    if password:
+        options["password"] = password
     return options
 
 

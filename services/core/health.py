@@ -11,7 +11,13 @@ from kombu import Connection
 from sqlalchemy import text
 
 from services.core import declarations
-from services.core.clients import broker_url, get_engine, get_redis
+from services.core.clients import (
+    broker_redis,
+    broker_transport_options,
+    broker_url,
+    get_engine,
+    get_redis,
+)
 from services.core.settings import Settings
 from vigil_client import names
 
@@ -194,10 +200,15 @@ def check_postgres(settings: Settings) -> dict[str, Any]:
 
 def check_broker(settings: Settings) -> dict[str, Any]:
     """Reachable and, on RabbitMQ, ``problems``: a vigil queue the vhost holds
-    in a form the workers cannot consume (probed, nothing declared)."""
+    in a form the workers cannot consume (probed, nothing declared). Behind
+    Sentinel, reached through the sentinels as workers reach it, and
+    ``sentinel_master`` names the master they chose."""
 
     def run() -> dict[str, Any] | None:
-        with Connection(broker_url(settings), connect_timeout=5) as conn:
+        url, options = broker_url(settings), broker_transport_options(settings)
+        if settings.broker_sentinel_addresses:
+            return _sentinel_broker(url, options)
+        with Connection(url, connect_timeout=5, transport_options=options) as conn:
             conn.ensure_connection(max_retries=1)
             if conn.transport.driver_type != "amqp":
                 return None
@@ -205,6 +216,18 @@ def check_broker(settings: Settings) -> dict[str, Any]:
             return {"problems": [f.problem for f in found if f.problem]}
 
     return _timed(run, REDIS_AUTH_HINT)
+
+
+def _sentinel_broker(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    client = broker_redis(url, options, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+        host, port = client.connection_pool.get_master_address()
+        role = client.info("replication").get("role")
+    finally:
+        client.close()
+    problems = [] if role == "master" else [f"the master the sentinels name answers as {role}"]
+    return {"sentinel_master": f"{host}:{port}", "problems": problems}
 
 
 def store_checks(settings: Settings) -> dict[str, Any]:

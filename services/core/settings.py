@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     redis_sentinels: str | None = None
     redis_sentinel_master: str | None = None
     redis_sentinel_password: str | None = Field(default=None, repr=False)
+    # A Redis broker behind Sentinel: VIGIL_BROKER_URL=sentinel://host:port;sentinel://...
+    # (a password or db number in the first URL is the master's). The name the
+    # sentinels know the broker's master by, and their own password; for a broker
+    # on the state's own sentinels (the same host:port list) these default to
+    # VIGIL_REDIS_SENTINEL_MASTER and VIGIL_REDIS_SENTINEL_PASSWORD.
+    broker_sentinel_master: str | None = None
+    broker_sentinel_password: str | None = Field(default=None, repr=False)
     # WAIT for this many replicas to hold a buffer's writes before its tasks are
     # acked (0: do not wait), up to redis_wait_timeout_ms; fewer acknowledging
     # replicas fail the buffer, which is retried (the scripts are idempotent).
@@ -213,7 +220,15 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         schemes = {
-            "broker_url": {"redis", "rediss", "amqp", "amqps", "pyamqp", "redis+socket"},
+            "broker_url": {
+                "redis",
+                "rediss",
+                "redis+socket",
+                "sentinel",
+                "amqp",
+                "amqps",
+                "pyamqp",
+            },
             "redis_url": {"redis", "rediss", "unix"},
             "database_url": {"postgresql", "postgresql+psycopg", "postgres"},
         }[info.field_name]
@@ -293,13 +308,32 @@ class Settings(BaseSettings):
             )
         if self.redis_sentinels and not self.broker_url:
             raise ValueError(
-                "VIGIL_BROKER_URL must be set with VIGIL_REDIS_SENTINELS: the broker is not "
-                "found through the state Redis's sentinels"
+                "VIGIL_BROKER_URL must be set with VIGIL_REDIS_SENTINELS: RabbitMQ, a Redis, "
+                "or sentinel://host:port;sentinel://host:port for a Redis broker behind Sentinel"
             )
         if self.redis_sentinels and self.redis_url and urlsplit(self.redis_url).scheme == "unix":
             raise ValueError(
                 "VIGIL_REDIS_URL is a unix socket, which Sentinel cannot name as a master; "
                 "with VIGIL_REDIS_SENTINELS it may only carry the db number and password"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_broker_sentinel(self) -> Settings:
+        """A sentinel:// broker needs its master's name; a master name without a
+        sentinel:// broker is a mistake, not a default."""
+        if not self.broker_url or not is_sentinel_url(self.broker_url):
+            if self.broker_sentinel_master:
+                raise ValueError(
+                    "VIGIL_BROKER_SENTINEL_MASTER is set but VIGIL_BROKER_URL is not "
+                    "sentinel://: set VIGIL_BROKER_URL=sentinel://host:port;sentinel://host:port"
+                )
+            return self
+        sentinel_url_addresses(self.broker_url, "VIGIL_BROKER_URL")
+        if not self.broker_master_name:
+            raise ValueError(
+                "VIGIL_BROKER_SENTINEL_MASTER must be set with a sentinel:// VIGIL_BROKER_URL "
+                "(the name in the sentinels' `sentinel monitor`)"
             )
         return self
 
@@ -316,6 +350,38 @@ class Settings(BaseSettings):
         if not self.redis_sentinels:
             return []
         return parse_addresses(self.redis_sentinels, "VIGIL_REDIS_SENTINELS")
+
+    @property
+    def broker_sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The broker's sentinels as (host, port); empty unless VIGIL_BROKER_URL is
+        sentinel://."""
+        if not self.broker_url or not is_sentinel_url(self.broker_url):
+            return []
+        return sentinel_url_addresses(self.broker_url, "VIGIL_BROKER_URL")
+
+    @property
+    def _broker_on_state_sentinels(self) -> bool:
+        addresses = self.broker_sentinel_addresses
+        return bool(addresses) and set(addresses) == set(self.sentinel_addresses)
+
+    @property
+    def broker_master_name(self) -> str | None:
+        """The name the broker's sentinels know its master by."""
+        if not self.broker_sentinel_addresses:
+            return None
+        name = (self.broker_sentinel_master or "").strip()
+        if not name and self._broker_on_state_sentinels:
+            name = (self.redis_sentinel_master or "").strip()
+        return name or None
+
+    @property
+    def broker_sentinels_password(self) -> str | None:
+        """The password of the broker's sentinels themselves (not the master's)."""
+        if self.broker_sentinel_password:
+            return self.broker_sentinel_password
+        if self._broker_on_state_sentinels:
+            return self.redis_sentinel_password
+        return None
 
     @property
     def history_ttl_s(self) -> int:
@@ -357,6 +423,31 @@ def parse_addresses(value: str, setting: str) -> list[tuple[str, int]]:
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
             raise ValueError(f"{setting}: {entry!r} is not host:port (port 1-65535)")
         out.append((host, int(port)))
+    return out
+
+
+def is_sentinel_url(url: str) -> bool:
+    """True for kombu's ``sentinel://`` broker URL (one or more, ``;``-separated)."""
+    return urlsplit(url.split(";", 1)[0].strip()).scheme == "sentinel"
+
+
+def sentinel_url_addresses(url: str, setting: str) -> list[tuple[str, int]]:
+    """The (host, port) of each ``sentinel://host:port`` of a ``;``-separated URL;
+    a part that is not one raises naming ``setting``."""
+    out: list[tuple[str, int]] = []
+    for raw in url.split(";"):
+        part = raw.strip()
+        parts = urlsplit(part)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "sentinel" or not parts.hostname or not port:
+            raise ValueError(
+                f"{setting}: {part!r} is not sentinel://host:port (each sentinel, "
+                "';'-separated, with its port)"
+            )
+        out.append((parts.hostname, port))
     return out
 
 

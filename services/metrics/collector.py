@@ -16,7 +16,12 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import STREAM_TOPICS
-from services.core.clients import broker_url, get_redis, session_factory
+from services.core.clients import (
+    broker_transport_options,
+    broker_url,
+    get_redis,
+    session_factory,
+)
 from services.core.settings import Settings
 from services.metrics import counters as fields
 from services.metrics import snapshot
@@ -233,5 +238,5 @@ def for_settings(settings: Settings, queues: tuple[str, ...]) -> VigilCollector:
         get_redis(settings),
         settings,
         session_factory(settings),
-        snapshot.BrokerQueues(broker_url(settings), queues),
+        snapshot.BrokerQueues(broker_url(settings), queues, broker_transport_options(settings)),
     )

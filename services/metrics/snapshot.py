@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.envelopes import STREAM_TOPICS
 from services.core import declarations, health, keys, scripts
+from services.core.clients import broker_redis
 from services.core.settings import Settings
 from services.envelopes.consumers import quarantine_key
 from services.envelopes.streams import stream_key
@@ -72,10 +73,17 @@ class Snapshot:
 
 class BrokerQueues:
     """Depth of the broker's queues: LLEN of each priority list on Redis, a
-    passive declare on RabbitMQ (one connection, reused across scrapes)."""
+    passive declare on RabbitMQ (one connection, reused across scrapes).
+    ``transport_options``: kombu's, which name the master behind Sentinel."""
 
-    def __init__(self, broker_url: str, queues: Sequence[str]) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        queues: Sequence[str],
+        transport_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.broker_url = broker_url
+        self.transport_options = dict(transport_options or {})
         self.queues = tuple(queues)
         self.amqp = urlsplit(broker_url).scheme in AMQP_SCHEMES
         self._lock = threading.Lock()
@@ -90,8 +98,8 @@ class BrokerQueues:
 
     def _redis_depths(self) -> dict[str, int]:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(
-                self.broker_url, socket_timeout=5, socket_connect_timeout=5
+            self._redis = broker_redis(
+                self.broker_url, self.transport_options, socket_timeout=5, socket_connect_timeout=5
             )
         # kombu keeps priority p > 0 of queue q in the list q + sep + p.
         sep = kombu_redis.Channel.sep

@@ -10,7 +10,7 @@ once rather than per message.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -33,8 +33,14 @@ class AsyncVigilClient:
         app: Celery | None = None,
         *,
         keep_results: bool = False,
+        broker_transport_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.sync = VigilClient(broker_url, app, keep_results=keep_results)
+        self.sync = VigilClient(
+            broker_url,
+            app,
+            keep_results=keep_results,
+            broker_transport_options=broker_transport_options,
+        )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-client")
 
     async def _run(self, call: Any, *args: Any, **kwargs: Any) -> Any:

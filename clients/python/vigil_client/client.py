@@ -15,7 +15,7 @@ from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from itertools import islice
 from typing import Any
@@ -49,6 +49,11 @@ def is_amqp(broker_url: str) -> bool:
     return urlsplit(broker_url).scheme in AMQP_SCHEMES
 
 
+def is_sentinel(broker_url: str) -> bool:
+    """True for kombu's Redis-behind-Sentinel URL (``sentinel://h1:p1;sentinel://h2:p2``)."""
+    return urlsplit(broker_url.split(";", 1)[0].strip()).scheme == "sentinel"
+
+
 def plain_queue(name: str) -> Queue:
     """The queue as a Celery client configured with the broker URL alone declares it."""
     return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
@@ -77,9 +82,20 @@ def sender_app(
     *,
     name: str = "vigil-client",
     cls: type[Celery] = Celery,
+    broker_transport_options: Mapping[str, Any] | None = None,
 ) -> Celery:
     """A Celery app that only sends vigil tasks by name: JSON both ways, persistent
-    messages, vigil's queue declarations and, on RabbitMQ, publisher confirms."""
+    messages, vigil's queue declarations and, on RabbitMQ, publisher confirms.
+
+    ``broker_transport_options`` are kombu's, added to those: a ``sentinel://``
+    broker needs ``{"master_name": ...}`` (and ``"sentinel_kwargs":
+    {"password": ...}`` if the sentinels have one)."""
+    options = {**publish_transport_options(broker_url), **(broker_transport_options or {})}
+    if is_sentinel(broker_url) and not options.get("master_name"):
+        raise ValueError(
+            "a sentinel:// broker URL needs the master's name: "
+            "broker_transport_options={'master_name': ...}"
+        )
     app = cls(name, set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
@@ -91,7 +107,7 @@ def sender_app(
         task_queues=task_queues(),
         task_default_queue=names.QUEUE_INGEST,
         task_default_delivery_mode="persistent",
-        broker_transport_options=publish_transport_options(broker_url),
+        broker_transport_options=options,
         broker_connection_retry_on_startup=True,
     )
     return app
@@ -118,6 +134,8 @@ class VigilClient:
     Ingest answers are not kept unless ``keep_results``: Celery stores a result
     for every task whose sender does not say ``ignore_result``, and a frontend
     that never reads them would fill the result backend with one key per message.
+    ``broker_transport_options`` go to kombu (``{"master_name": ...}`` for a
+    ``sentinel://`` broker).
     """
 
     def __init__(
@@ -126,8 +144,12 @@ class VigilClient:
         app: Celery | None = None,
         *,
         keep_results: bool = False,
+        broker_transport_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.app = app or sender_app(broker_url or "redis://127.0.0.1:6379/0")
+        self.app = app or sender_app(
+            broker_url or "redis://127.0.0.1:6379/0",
+            broker_transport_options=broker_transport_options,
+        )
         self.keep_results = keep_results
 
     def connect(self) -> None:
