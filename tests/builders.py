@@ -68,3 +68,19 @@ def detection(
 def observation(primitive: str, value: str | float, kind: str = "categorical") -> dict[str, Any]:
     """One attribution observation of a detection's ``observations``."""
     return {"primitive": primitive, "kind": kind, "value": value}
+
+
+def spread(users: int, per_user: int, tag: str) -> list[dict[str, Any]]:
+    """``users * per_user`` messages, ids ``{tag}-{n}``, round-robin over users
+    ``{tag}u0``...; every third is calm, the rest sad."""
+    return [
+        message(
+            n,
+            "hello there" if n % 3 else "I feel sad today",
+            id=f"{tag}-{n}",
+            user=f"{tag}u{n % users}",
+            platform="discord",
+            channel_id="c1",
+        )
+        for n in range(users * per_user)
+    ]

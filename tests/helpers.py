@@ -13,9 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import redis
+from celery import Celery
 
 from services.core import dedupe, keys
 from services.core.settings import Settings
+from vigil_client.names import INGEST_MESSAGE, QUEUE_INGEST
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 120.0, what: str = "condition"):
@@ -27,6 +29,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 120.0, what: str = "
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def send_messages(app: Celery, payloads: list[dict[str, Any]], task: str = INGEST_MESSAGE) -> None:
+    """Send each payload as its own task, as a frontend does with nothing but
+    Celery and the README: queue ``ingest``, no answer kept, one producer."""
+    with app.producer_or_acquire() as producer:
+        for kwargs in payloads:
+            app.send_task(
+                task, kwargs=kwargs, queue=QUEUE_INGEST, producer=producer, ignore_result=True
+            )
 
 
 def capture_events(app, stop: threading.Event, out: list[dict[str, Any]]) -> threading.Thread:

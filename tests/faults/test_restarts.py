@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from models.tables import DeadLetter, Observation
 from tests.builders import detection, observation
+from tests.helpers import send_messages
 
 from .conftest import make_app, wait_for
 from .helpers import burst, count_markers, diff, run_reference, send_burst, snapshot
@@ -107,15 +108,7 @@ def test_redis_restart_and_postgres_restart_mid_burst(fresh, procs, broker):
 
     # PostgreSQL: fast shutdown, detections (which need it) arrive, start again.
     fresh.pg.stop()
-    with app.producer_or_acquire() as producer:
-        for d in dets:
-            app.send_task(
-                "vigil.ingest.detection",
-                kwargs=d,
-                queue="ingest",
-                producer=producer,
-                ignore_result=True,
-            )
+    send_messages(app, dets, task="vigil.ingest.detection")
     wait_for(
         lambda: _retries(worker.log()) > 0, timeout=60, what="a retry while PostgreSQL is down"
     )

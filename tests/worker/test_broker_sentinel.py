@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,16 +27,16 @@ from services.metrics import counters
 from services.metrics.snapshot import BrokerQueues
 from stack.processes import HOST, WorkerProcess
 from tasks.names import INGEST_MESSAGE, QUEUE_INGEST
+from tests import builders
 from tests.conftest import ROOT
 from tests.faults.helpers import count_markers
-from tests.helpers import wait_for
+from tests.helpers import send_messages, wait_for
 from tests.topologies import BROKER_MASTER_NAME, BROKER_PORT_RANGE, SentinelSetup
 from vigil_client import sender_app
 from worker import broker
 
 TRANSPORT = "worker.broker:SentinelTransport"
 CAP = 5
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 # -- settings and configuration (no servers) ------------------------------------
@@ -307,23 +306,6 @@ def test_queue_depths_are_read_on_the_master(broker_sentinel):
 # -- a real worker -------------------------------------------------------------
 
 
-def messages(users: int, per_user: int, tag: str) -> list[dict[str, Any]]:
-    out = []
-    for n in range(users * per_user):
-        out.append(
-            {
-                "message_id": f"{tag}-{n}",
-                "platform": "discord",
-                "guild_id": "g1",
-                "channel_id": "c1",
-                "user_id": f"{tag}u{n % users}",
-                "text": "hello there" if n % 3 else "I feel sad today",
-                "sent_at": (T0 + timedelta(seconds=n)).isoformat(),
-            }
-        )
-    return out
-
-
 def plain_app(setup: SentinelSetup) -> Celery:
     """A frontend's Celery: the broker URL and the master's name, nothing of vigil."""
     return Celery(
@@ -335,15 +317,7 @@ def plain_app(setup: SentinelSetup) -> Celery:
 def send_plain(setup: SentinelSetup, batch: list[dict[str, Any]]) -> None:
     app = plain_app(setup)
     try:
-        with app.producer_or_acquire() as producer:
-            for message in batch:
-                app.send_task(
-                    INGEST_MESSAGE,
-                    kwargs=message,
-                    queue=QUEUE_INGEST,
-                    ignore_result=True,
-                    producer=producer,
-                )
+        send_messages(app, batch)
     finally:
         app.close()
 
@@ -381,7 +355,7 @@ def test_a_worker_behind_sentinel_applies_plain_celery_sends(
     broker_sentinel, sentinel_broker_worker, state_redis, settings
 ):
     users, per_user = 20, 8
-    burst = messages(users, per_user, "p")
+    burst = builders.spread(users, per_user, "p")
     send_plain(broker_sentinel, burst)
     wait_for(
         lambda: sum(outcomes(state_redis, settings).values()) >= len(burst),
@@ -459,7 +433,7 @@ def test_broker_master_killed_mid_burst_the_worker_follows_and_nothing_counts_tw
     twice, and the loss is measured."""
     setup = broker_sentinel
     users, per_user = 30, 10
-    burst = messages(users, per_user, "k")
+    burst = builders.spread(users, per_user, "k")
     user_ids = sorted({m["user_id"] for m in burst})
     old_master = setup.master_port()
     assert old_master is not None

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,14 +21,14 @@ from services.core.errors import TransientError
 from services.core.settings import Settings
 from services.metrics import counters
 from stack.processes import WorkerProcess
-from tasks.names import INGEST_MESSAGE, QUEUE_INGEST
+from tasks.names import QUEUE_INGEST
+from tests import builders
 from tests.conftest import ROOT
 from tests.faults.helpers import count_markers
-from tests.helpers import wait_for
+from tests.helpers import send_messages, wait_for
 from tests.topologies import MASTER_NAME, SentinelSetup, sentinel_env
 
 CAP = 5
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 def sentinel_settings(setup: SentinelSetup, **extra: Any) -> Settings:
@@ -116,36 +115,13 @@ def test_wait_counts_replicas_in_the_same_round_trip(sentinel_setup, test_env, m
     assert int(client.get("vigil:wait-probe")) == 2
 
 
-def messages(users: int, per_user: int, tag: str) -> list[dict[str, Any]]:
-    out = []
-    for n in range(users * per_user):
-        out.append(
-            {
-                "message_id": f"{tag}-{n}",
-                "platform": "discord",
-                "guild_id": "g1",
-                "channel_id": "c1",
-                "user_id": f"{tag}u{n % users}",
-                "text": "hello there" if n % 3 else "I feel sad today",
-                "sent_at": (T0 + timedelta(seconds=n)).isoformat(),
-            }
-        )
-    return out
-
-
 def send_plain(broker_url: str, batch: list[dict[str, Any]]) -> None:
     """As a frontend does with nothing but Celery and the broker URL."""
     app = Celery(broker=broker_url)
-    with app.producer_or_acquire() as producer:
-        for message in batch:
-            app.send_task(
-                INGEST_MESSAGE,
-                kwargs=message,
-                queue=QUEUE_INGEST,
-                ignore_result=True,
-                producer=producer,
-            )
-    app.close()
+    try:
+        send_messages(app, batch)
+    finally:
+        app.close()
 
 
 @pytest.fixture
@@ -178,7 +154,7 @@ def test_worker_keeps_state_behind_sentinel_counts_exact(
     settings = sentinel_settings(sentinel_setup)
     state = clients.get_redis(settings)
     users, per_user = 20, 8
-    burst = messages(users, per_user, "s")
+    burst = builders.spread(users, per_user, "s")
     send_plain(private_broker.url(0), burst)
 
     def outcomes() -> dict[str, int]:
@@ -219,7 +195,7 @@ def test_master_killed_mid_burst_worker_follows_the_promoted_replica(
     the sentinels promote, and within 60 s every message is counted once."""
     settings = sentinel_settings(sentinel_setup)
     users, per_user = 60, 10
-    burst = messages(users, per_user, "f")
+    burst = builders.spread(users, per_user, "f")
     chunks = [burst[i : i + 20] for i in range(0, len(burst), 20)]
     old_master = sentinel_setup.master_port()
     assert old_master is not None
