@@ -40,7 +40,9 @@ elif is_sentinel_url(broker_url):
 # Results are off by default (task_ignore_result); tasks that a caller waits on
 # (the demo, tests, the CLI) store their small JSON outcome here: the state
 # Redis, or behind Sentinel its master (Celery's sentinel:// backend, told the
-# master's name and the sentinels' password by the transport options below).
+# master's name and the sentinels' password by the transport options below);
+# with state on a cluster, the broker's Redis or rpc:// (VIGIL_RESULT_BACKEND
+# chooses otherwise).
 result_backend = _clients.result_backend(_settings)
 result_expires = 3600
 
@@ -120,7 +122,10 @@ beat_scheduler = "redbeat.RedBeatScheduler"
 redbeat_redis_url, _redbeat_options = _clients.redbeat_redis(_settings)
 if _redbeat_options is not None:
     redbeat_redis_options = _redbeat_options
-redbeat_key_prefix = f"{_settings.vigil_prefix}redbeat:"
+# On a cluster every redbeat key carries one hash tag, so its scripts touch one slot.
+redbeat_key_prefix = (
+    f"{_settings.vigil_prefix}{'{redbeat}' if _settings.redis_cluster_nodes else 'redbeat'}:"
+)
 redbeat_lock_timeout = 300
 beat_max_loop_interval = 5
 

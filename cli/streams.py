@@ -104,7 +104,8 @@ def tail(
         fail("--consumer needs --group", 2)
     settings = load_settings()
     redis_client = state_redis(settings)
-    key = streams.stream_key(settings, stream)
+    shard_keys = streams.stream_keys(settings, stream)
+    key = shard_keys[0] if len(shard_keys) == 1 else f"{stream} ({len(shard_keys)} shards)"
     if consumer_group:
         where = (
             "from its oldest entry if the group is new"

@@ -289,29 +289,25 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-def _stream_marks(redis_client: redis.Redis, settings: Settings) -> dict[str, str]:
+def _stream_marks(redis_client: redis.Redis, settings: Settings) -> dict[tuple[str, str], str]:
+    """The newest entry id of each stream (each shard of it on a cluster)."""
     marks = {}
     for stream_name in STREAM_TOPICS:
-        newest = redis_client.execute_command(
-            "XREVRANGE",
-            streams.stream_key(settings, stream_name),
-            "+",
-            "-",
-            "COUNT",
-            1,
-            **{NEVER_DECODE: []},
-        )
-        marks[stream_name] = newest[0][0].decode() if newest else "0-0"
+        for key in streams.stream_keys(settings, stream_name):
+            newest = redis_client.execute_command(
+                "XREVRANGE", key, "+", "-", "COUNT", 1, **{NEVER_DECODE: []}
+            )
+            marks[(stream_name, key)] = newest[0][0].decode() if newest else "0-0"
     return marks
 
 
 def envelopes_since(
-    redis_client: redis.Redis, settings: Settings, marks: dict[str, str]
+    redis_client: redis.Redis, settings: Settings, marks: dict[tuple[str, str], str]
 ) -> dict[str, int]:
-    """Envelopes per topic added after ``marks`` (one entry id per stream)."""
+    """Envelopes per topic added after ``marks`` (one entry id per stream key)."""
     counts: Counter = Counter()
-    for stream_name, mark in marks.items():
-        key, start = streams.stream_key(settings, stream_name), f"({mark}"
+    for (stream_name, key), mark in marks.items():
+        start = f"({mark}"
         while True:
             entries = redis_client.execute_command(
                 "XRANGE", key, start, "+", "COUNT", 1000, **{NEVER_DECODE: []}

@@ -230,3 +230,139 @@ def sentinel_env(setup: SentinelSetup, broker_url: str, **extra: str) -> dict[st
         }
     )
     return env
+
+
+# A Redis Cluster: ports of its own (a node's cluster bus is its port + 10000).
+CLUSTER_PORT_RANGE = range(26600, 26700)
+CLUSTER_NODE_TIMEOUT_MS = 2000
+SLOTS = 16384
+
+
+class ClusterSetup:
+    """A Redis Cluster of ``masters`` masters with one replica each, formed with
+    CLUSTER MEET, ADDSLOTS and REPLICATE (so it works on Redis 6.2's embedded
+    binary as on 7.0), each master owning an equal, contiguous slot range, as
+    ``redis-cli --cluster create`` lays them out.
+
+    ``cluster-node-timeout`` is 2 s so a failover test takes seconds; that is
+    this test deployment's configuration, not a vigil setting."""
+
+    def __init__(
+        self, root: Path, *, masters: int = 3, port_range: range = CLUSTER_PORT_RANGE
+    ) -> None:
+        ports = free_ports(masters * 2, port_range)
+        data = [
+            "cluster-enabled yes",
+            "cluster-config-file nodes.conf",
+            f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}",
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            "maxmemory-policy noeviction",
+        ]
+        self.masters = [Node(root, port, data) for port in ports[:masters]]
+        self.replicas = [Node(root, port, data) for port in ports[masters:]]
+
+    @property
+    def nodes(self) -> list[Node]:
+        return self.masters + self.replicas
+
+    @property
+    def nodes_setting(self) -> str:
+        """The value of VIGIL_REDIS_CLUSTER_NODES for this setup."""
+        return ",".join(f"{HOST}:{node.port}" for node in self.masters)
+
+    def start(self) -> ClusterSetup:
+        try:
+            for node in self.nodes:
+                node.start()
+            self._form()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _form(self) -> None:
+        first = self.masters[0].client()
+        for node in self.nodes[1:]:
+            first.execute_command("CLUSTER", "MEET", HOST, node.port)
+        per = SLOTS // len(self.masters)
+        for i, node in enumerate(self.masters):
+            end = SLOTS if i == len(self.masters) - 1 else (i + 1) * per
+            node.client().execute_command("CLUSTER", "ADDSLOTS", *range(i * per, end))
+        self._wait(lambda: all(len(self._known(n)) == len(self.nodes) for n in self.nodes))
+        for master, replica in zip(self.masters, self.replicas, strict=True):
+            master_id = master.client().execute_command("CLUSTER", "MYID")
+            replica.client().execute_command("CLUSTER", "REPLICATE", master_id)
+        self.wait_healthy()
+
+    @staticmethod
+    def _known(node: Node) -> list[str]:
+        try:
+            return [line for line in node.client().execute_command("CLUSTER", "NODES").splitlines()]
+        except redis.RedisError:
+            return []
+
+    def _healthy(self) -> bool:
+        """Every live node sees the cluster ok, and every master has a synced replica."""
+        live = [n for n in self.nodes if n.process is not None and n.process.alive]
+        for node in live:
+            try:
+                info = node.client().execute_command("CLUSTER", "INFO")
+            except redis.RedisError:
+                return False
+            if "cluster_state:ok" not in str(info):
+                return False
+        masters = [m for m in self.master_ports() if m]
+        for port in masters:
+            info = _client(port).info("replication")
+            if int(info.get("connected_slaves", 0)) < 1:
+                return False
+            if not all(
+                info[f"slave{i}"]["state"] == "online" for i in range(int(info["connected_slaves"]))
+            ):
+                return False
+        return True
+
+    def wait_healthy(self, timeout: float = AGREE_TIMEOUT_S) -> None:
+        self._wait(self._healthy, timeout)
+
+    @staticmethod
+    def _wait(ready, timeout: float = AGREE_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the cluster did not settle within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def master_ports(self) -> list[int]:
+        """The ports of the live nodes that are masters now."""
+        out = []
+        for node in self.nodes:
+            if node.process is None or not node.process.alive:
+                continue
+            try:
+                role = node.client().execute_command("ROLE")[0]
+            except redis.RedisError:
+                continue
+            if role == "master":
+                out.append(node.port)
+        return sorted(out)
+
+    def node(self, port: int) -> Node:
+        return next(node for node in self.nodes if node.port == port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop()
+
+
+def cluster_env(setup: ClusterSetup, broker_url: str, **extra: str) -> dict[str, str]:
+    """A worker's whole environment for state on ``setup``: the shipped
+    settings, no VIGIL_REDIS_URL."""
+    env = {key: value for key, value in os.environ.items() if key != "VIGIL_REDIS_URL"}
+    env.update(
+        {"VIGIL_REDIS_CLUSTER_NODES": setup.nodes_setting, "VIGIL_BROKER_URL": broker_url, **extra}
+    )
+    return env

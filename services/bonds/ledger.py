@@ -23,6 +23,7 @@ from models.bond import Bond, BondEvent, RateLimit
 from models.envelopes import envelope_id
 from models.payloads import DetectionIn
 from services.core import dedupe, keys, scripts
+from services.core.scan import scan_page
 from services.core.settings import Settings
 from services.metrics import counters
 
@@ -52,18 +53,18 @@ def list_bonds(
     what is still missing until the page is full: a page holds ``count`` bonds
     (the last bucket visited may add one or two), and SCAN's guarantee stays
     whole: every bond that exists for the whole walk is returned."""
-    events_prefix = keys.events(settings, "")
+    events_prefix = keys.events_prefix(settings)
     bond_keys: list[str] = []
     while True:
         missing = count - len(bond_keys)
-        cursor, found = redis_client.scan(
-            cursor=cursor, match=f"{settings.bond_prefix}*", count=max(1, missing)
-        )
-        cursor = int(cursor)
+        cursor, found = scan_page(redis_client, cursor, f"{settings.bond_prefix}*", max(1, missing))
         bond_keys.extend(k for k in found if not k.startswith(events_prefix))
         if cursor == 0 or len(bond_keys) >= count:
             break
-    raws = redis_client.mget(bond_keys) if bond_keys else []
+    pipe = redis_client.pipeline(transaction=False)
+    for key in bond_keys:
+        pipe.get(key)
+    raws = pipe.execute() if bond_keys else []
     bonds = []
     for raw in raws:
         if raw is None:
@@ -171,7 +172,7 @@ def detection_args(
         keys.events(settings, det.user_id),
         dedupe_key,
         keys.history(settings, det.guild_id, det.user_id),
-        settings.stream_bond,
+        keys.bond_stream(settings, det.user_id),
     ]
     return bond_keys, doc
 
@@ -196,8 +197,8 @@ def _admin(
         [
             keys.bond(settings, user_id),
             keys.events(settings, user_id),
-            settings.stream_bond,
-            keys.metrics(settings),
+            keys.bond_stream(settings, user_id),
+            keys.metrics(settings, keys.shard_of(settings, user_id)),
         ],
         [json.dumps(doc)],
     )
@@ -263,17 +264,19 @@ def reset_daily_caps(
     SCAN returns every key present throughout at least once, and a bond already
     reset for this day is left alone."""
     day = keys.day_start(now or time.time())
-    events_prefix = keys.events(settings, "")
+    events_prefix = keys.events_prefix(settings)
     deadline = None if budget_s is None else time.monotonic() + budget_s
     scanned, reset = 0, 0
     while True:
-        cursor, found = redis_client.scan(
-            cursor=cursor, match=f"{settings.bond_prefix}*", count=batch
-        )
+        cursor, found = scan_page(redis_client, cursor, f"{settings.bond_prefix}*", batch)
         bond_keys = [k for k in found if not k.startswith(events_prefix)]
         scanned += len(bond_keys)
-        if bond_keys:
-            reset += int(scripts.run(redis_client, "reset_caps", bond_keys, [day]))
+        # One call per shard: a script's keys share a slot on a cluster.
+        by_shard: dict[int, list[str]] = {}
+        for key in bond_keys:
+            by_shard.setdefault(keys.shard_of_key(settings, key), []).append(key)
+        calls = [(shard_keys, [day]) for shard_keys in by_shard.values()]
+        reset += sum(int(n) for n in scripts.run_many(redis_client, "reset_caps", calls))
         if cursor == 0 or (deadline is not None and time.monotonic() >= deadline):
             break
     counters.counter(redis_client, settings, counters.CAP_RESETS).add(reset)

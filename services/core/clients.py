@@ -4,7 +4,8 @@ Both are built lazily and dropped after ``fork`` so a prefork child never
 shares a socket with its parent. Every state Redis client is built by
 ``get_redis``: one Redis from ``VIGIL_REDIS_URL``, or the master that the
 sentinels of ``VIGIL_REDIS_SENTINELS`` name (redis-py's ``Sentinel``, which
-asks them again after a failover). A Redis broker behind Sentinel
+asks them again after a failover), or a Redis Cluster from the seed nodes of
+``VIGIL_REDIS_CLUSTER_NODES`` (redis-py's ``RedisCluster``). A Redis broker behind Sentinel
 (``sentinel://`` in ``VIGIL_BROKER_URL``) is reached the same way: kombu is
 given ``broker_transport_options``, plain redis-py clients ``broker_redis``.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url
 from redis.sentinel import Sentinel
 from sqlalchemy import Engine, create_engine, event
@@ -47,6 +49,8 @@ STATE_CLIENT_OPTIONS: dict[str, object] = {
 # The sentinels are asked only where the master is; they answer at once or not at all.
 SENTINEL_TIMEOUT_S = 2.0
 _engines: dict[str, Engine] = {}
+# URL schemes of a Redis (one server, or behind Sentinel) in Celery's terms.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel"})
 
 
 def _with_password(url: str, password: str | None) -> str:
@@ -148,6 +152,8 @@ def _sentinel_options(password: str | None) -> dict[str, object]:
 
 
 def _state_key(settings: Settings) -> tuple[str | int | None, ...]:
+    if settings.redis_cluster_nodes:
+        return ("cluster", settings.redis_cluster_nodes, redis_password(settings))
     if not settings.redis_sentinels:
         return ("url", redis_url(settings))
     master = master_params(settings)
@@ -162,7 +168,22 @@ def _state_key(settings: Settings) -> tuple[str | int | None, ...]:
     )
 
 
+def redis_password(settings: Settings) -> str | None:
+    """The state Redis's password: VIGIL_REDIS_PASSWORD, else VIGIL_REDIS_URL's."""
+    return settings.redis_password or parse_url(redis_url(settings)).get("password")
+
+
 def _state_client(settings: Settings) -> redis.Redis:
+    if settings.redis_cluster_nodes:
+        # RedisCluster's retries are its own: MOVED and ASK are followed, and a
+        # master that stops answering makes it ask the cluster for the new
+        # slot map (a task then retries under its backoff, as on one Redis).
+        return RedisCluster(  # type: ignore[return-value]
+            startup_nodes=[ClusterNode(host, port) for host, port in settings.cluster_addresses],
+            password=redis_password(settings),
+            username=parse_url(redis_url(settings)).get("username"),
+            **STATE_CLIENT_OPTIONS,
+        )
     if not settings.redis_sentinels:
         return redis.Redis.from_url(redis_url(settings), **STATE_CLIENT_OPTIONS)
     sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=sentinel_kwargs(settings))
@@ -194,8 +215,16 @@ def _url_host(host: str) -> str:
 
 
 def result_backend(settings: Settings) -> str:
-    """Where Celery keeps the results a sender asks for: the state Redis (its
-    master behind Sentinel, through Celery's ``sentinel://`` backend)."""
+    """Where Celery keeps the results a sender asks for: ``VIGIL_RESULT_BACKEND``,
+    else the state Redis (its master behind Sentinel, through Celery's
+    ``sentinel://`` backend). Celery's Redis backends cannot use a cluster: with
+    state on one, results go to the broker when it is a Redis (or behind
+    Sentinel), else to ``rpc://`` (replies on the broker, to the sender only)."""
+    if settings.result_backend:
+        return settings.result_backend
+    if settings.redis_cluster_nodes:
+        url = broker_url(settings)
+        return url if urlsplit(url.split(";", 1)[0]).scheme in REDIS_SCHEMES else "rpc://"
     if not settings.redis_sentinels:
         return redis_url(settings)
     master = master_params(settings)
@@ -211,6 +240,10 @@ def result_backend(settings: Settings) -> str:
 
 def result_backend_transport_options(settings: Settings) -> dict[str, object]:
     options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.result_backend:
+        return options
+    if settings.redis_cluster_nodes:
+        return {**options, **broker_transport_options(settings)}
     if settings.redis_sentinels:
         options["master_name"] = settings.redis_sentinel_master
         options["sentinel_kwargs"] = sentinel_kwargs(settings)
@@ -225,8 +258,22 @@ def configure_results(app: Any, settings: Settings) -> None:
 
 
 def redbeat_redis(settings: Settings) -> tuple[str, dict[str, object] | None]:
-    """celery-redbeat's ``redbeat_redis_url`` and, behind Sentinel, its
-    ``redbeat_redis_options`` (redbeat builds its own ``Sentinel`` from them)."""
+    """celery-redbeat's ``redbeat_redis_url`` and, behind Sentinel or on a
+    cluster, its ``redbeat_redis_options`` (redbeat builds its own ``Sentinel``
+    or ``RedisCluster`` from them; on a cluster its keys share one hash tag,
+    ``celeryconfig.redbeat_key_prefix``)."""
+    if settings.redis_cluster_nodes:
+        # redbeat's ``cluster`` option: RedisCluster.from_url on one seed node.
+        host, port = settings.cluster_addresses[0]
+        auth = ""
+        password = redis_password(settings)
+        if password:
+            auth = f":{quote(password, safe='')}@"
+        return f"redis://{auth}{_url_host(host)}:{port}/0", {
+            "cluster": True,
+            "decode_responses": True,
+            "socket_timeout": STATE_CLIENT_OPTIONS["socket_timeout"],
+        }
     if not settings.redis_sentinels:
         return redis_url(settings), None
     master = master_params(settings)

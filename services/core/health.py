@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 from kombu import Connection
+from redis.cluster import RedisCluster
 from sqlalchemy import text
 
 from services.core import declarations
@@ -18,6 +19,7 @@ from services.core.clients import (
     get_engine,
     get_redis,
 )
+from services.core.scan import master_clients
 from services.core.settings import Settings
 from vigil_client import names
 
@@ -106,10 +108,15 @@ class RedisDurability:
         return self.aof is False and self.rdb_snapshots is False
 
 
-def redis_durability(client: redis.Redis) -> RedisDurability:
-    pipe = client.pipeline(transaction=False)
-    durability_reads(pipe)
-    return durability_from(*pipe.execute(raise_on_error=False))
+def redis_durability(client: redis.Redis | RedisCluster) -> RedisDurability:
+    """The state Redis's durability; on a cluster, its worst master's (one that
+    evicts, else one that keeps nothing on disk)."""
+    found = []
+    for master in master_clients(client):
+        pipe = master.pipeline(transaction=False)
+        durability_reads(pipe)
+        found.append(durability_from(*pipe.execute(raise_on_error=False)))
+    return min(found, key=lambda d: (not d.evicts, not d.keeps_nothing_on_disk))
 
 
 def durability_reads(pipe: redis.client.Pipeline) -> None:
@@ -160,10 +167,12 @@ def check_redis(settings: Settings) -> dict[str, Any]:
     ``problems`` (vigil refuses to run on it) and ``warnings``."""
 
     def run() -> dict[str, Any]:
-        client: redis.Redis = get_redis(settings)
-        client.ping()
+        client = get_redis(settings)
+        masters = master_clients(client)
+        for master in masters:
+            master.ping()
         durability = redis_durability(client)
-        setting, limit = compact_hash_limit(client)
+        setting, limit = compact_hash_limit(masters[0])
         problems = [p for p in (eviction_problem(settings, durability),) if p]
         warnings = [
             w
@@ -177,9 +186,11 @@ def check_redis(settings: Settings) -> dict[str, Any]:
         if settings.redis_sentinels:
             host, port = client.connection_pool.get_master_address()
             found["sentinel_master"] = f"{host}:{port}"
+        if settings.redis_cluster_nodes:
+            found["cluster_masters"] = len(masters)
         return {
             **found,
-            "version": client.info("server").get("redis_version"),
+            "version": masters[0].info("server").get("redis_version"),
             "maxmemory_policy": durability.maxmemory_policy,
             "problems": problems,
             "warnings": warnings,

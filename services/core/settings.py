@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     # VIGIL_REDIS_SENTINEL_MASTER and VIGIL_REDIS_SENTINEL_PASSWORD.
     broker_sentinel_master: str | None = None
     broker_sentinel_password: str | None = Field(default=None, repr=False)
+    # State on a Redis Cluster: comma-separated host:port of some of its nodes
+    # (redis-py's RedisCluster finds the rest). VIGIL_REDIS_PASSWORD applies to
+    # every node. Users are spread over a fixed number of logical shards, each
+    # one hash tag: a user's keys and their shard's stream and counters share a
+    # slot, so each message's scripts stay atomic. Changing the number of shards
+    # moves users: set it once (``vigil migrate-state`` copies into a new layout).
+    redis_cluster_nodes: str | None = None
+    redis_cluster_shards: int = Field(default=12, ge=1, le=256)
+    # Where Celery keeps the results a sender asks for (off unless asked).
+    # Unset: the state Redis, its master behind Sentinel; on a Cluster, which
+    # Celery's backends cannot use, the broker when it is a Redis, else rpc://.
+    result_backend: str | None = None
     # WAIT for this many replicas to hold a buffer's writes before its tasks are
     # acked (0: do not wait), up to redis_wait_timeout_ms; fewer acknowledging
     # replicas fail the buffer, which is retried (the scripts are idempotent).
@@ -337,12 +349,53 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _check_cluster_nodes(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_addresses(value, "VIGIL_REDIS_CLUSTER_NODES")
+        return value
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Settings:
+        """One state topology at a time, and a broker of its own."""
+        if not self.redis_cluster_nodes:
+            return self
+        if self.redis_sentinels:
+            raise ValueError(
+                "VIGIL_REDIS_CLUSTER_NODES and VIGIL_REDIS_SENTINELS are two topologies: set one"
+            )
+        if not self.broker_url:
+            raise ValueError(
+                "VIGIL_BROKER_URL must be set with VIGIL_REDIS_CLUSTER_NODES: RabbitMQ, a Redis, "
+                "or sentinel://host:port;sentinel://host:port (a cluster cannot be a broker)"
+            )
+        return self
+
     @field_validator("bond_prefix", "history_prefix", "vigil_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if not value or any(c in value for c in "*?[] "):
-            raise ValueError(f"key prefix {value!r} must be non-empty without glob characters")
+        # Braces would make a cluster hash tag of the prefix.
+        if not value or any(c in value for c in "*?[]{} "):
+            raise ValueError(
+                f"key prefix {value!r} must be non-empty without glob characters or braces"
+            )
         return value
+
+    @property
+    def cluster_addresses(self) -> list[tuple[str, int]]:
+        """The cluster's seed nodes as (host, port); empty without a cluster."""
+        if not self.redis_cluster_nodes:
+            return []
+        return parse_addresses(self.redis_cluster_nodes, "VIGIL_REDIS_CLUSTER_NODES")
+
+    @property
+    def state_topology(self) -> str:
+        """``redis``, ``sentinel`` or ``cluster``: where state lives."""
+        if self.redis_cluster_nodes:
+            return "cluster"
+        return "sentinel" if self.redis_sentinels else "redis"
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:

@@ -8,6 +8,10 @@ quarantined: moved to ``<stream key>:dead`` and acked, so one poison entry
 never blocks a consumer group. Delivery is at-least-once: consumers dedupe on
 ``envelope_id``.
 
+On a Redis Cluster a stream is one key per shard: a consumer group exists on
+each, the functions here take the ``shard`` they act on, and ``Consumer``
+reads every shard in turn.
+
 The quarantine is unrelated to ``services.deadletters`` (rejected task
 payloads in PostgreSQL); its Redis key suffix stays ``:dead`` so existing
 data keeps being found.
@@ -26,13 +30,16 @@ import redis
 from models.envelopes import Envelope
 from services.core.settings import Settings
 from services.envelopes.streams import (
+    SHARD_POLL_S,
     Entry,
     as_text,
     data_field,
     decode,
     execute_raw,
+    id_order,
     reply_entries,
     stream_key,
+    stream_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -131,13 +138,14 @@ def consume(
     stream_name: str,
     count: int = 10,
     block_ms: int | None = 2000,
+    shard: int = 0,
 ) -> list[Entry]:
     """New entries for ``consumer`` (XREADGROUP ``>``); they stay pending until acked.
 
     Undecodable entries go straight to the quarantine. A missing consumer
     group is created from the start of the stream, so no backlog is lost.
     """
-    key = stream_key(settings, stream_name)
+    key = stream_key(settings, stream_name, shard)
     args: list[Any] = ["XREADGROUP", "GROUP", consumer_group, consumer, "COUNT", int(count)]
     if block_ms is not None:
         args += ["BLOCK", int(block_ms)]
@@ -160,11 +168,13 @@ def ack(
     consumer_group: str,
     stream_name: str,
     entry_ids: list[str],
+    shard: int = 0,
 ) -> int:
     """XACK handled entries so they are not delivered again; returns how many were pending."""
     if not entry_ids:
         return 0
-    return int(redis_client.xack(stream_key(settings, stream_name), consumer_group, *entry_ids))
+    key = stream_key(settings, stream_name, shard)
+    return int(redis_client.xack(key, consumer_group, *entry_ids))
 
 
 def reclaim(
@@ -176,13 +186,14 @@ def reclaim(
     *,
     min_idle_ms: int,
     count: int = 100,
+    shard: int = 0,
 ) -> list[Entry]:
     """Take over entries idle for ``min_idle_ms`` in the consumer group (XAUTOCLAIM).
 
     Each claim counts as a delivery; an entry past ``stream_max_deliveries``
     is quarantined instead of being returned.
     """
-    key = stream_key(settings, stream_name)
+    key = stream_key(settings, stream_name, shard)
     claimed: list[tuple[str, Any]] = []
     start = "0-0"
     # Each XAUTOCLAIM scans at most 10 x COUNT pending entries; a few rounds keep
@@ -239,14 +250,18 @@ def reclaim(
 def read_quarantine(
     redis_client: redis.Redis, settings: Settings, stream_name: str, count: int = 100
 ) -> list[tuple[str, dict[str, str]]]:
-    """Quarantined entries of one stream, oldest first, as (id, fields) with text values."""
-    key = quarantine_key(stream_key(settings, stream_name))
+    """Quarantined entries of one stream (every shard's), oldest first, as
+    (id, fields) with text values."""
     out: list[tuple[str, dict[str, str]]] = []
-    for raw_id, fields in execute_raw(redis_client, "XRANGE", key, "-", "+", "COUNT", int(count)):
-        out.append(
-            (as_text(raw_id), {as_text(name): as_text(value) for name, value in fields.items()})
-        )
-    return out
+    for key in map(quarantine_key, stream_keys(settings, stream_name)):
+        for raw_id, fields in execute_raw(
+            redis_client, "XRANGE", key, "-", "+", "COUNT", int(count)
+        ):
+            out.append(
+                (as_text(raw_id), {as_text(name): as_text(value) for name, value in fields.items()})
+            )
+    out.sort(key=lambda entry: id_order(entry[0]))
+    return out[: int(count)]
 
 
 def replay_quarantine(
@@ -257,23 +272,23 @@ def replay_quarantine(
 
     Undecodable ones stay where they are for an operator to look at.
     """
-    key = stream_key(settings, stream_name)
-    quarantined = quarantine_key(key)
     replayed = kept = 0
-    for raw_id, fields in execute_raw(
-        redis_client, "XRANGE", quarantined, "-", "+", "COUNT", int(count)
-    ):
-        entry_id = as_text(raw_id)
-        if decode(fields, stream_name=stream_name, entry_id=entry_id) is None:
-            kept += 1
-            continue
-        pipe = redis_client.pipeline(transaction=True)
-        pipe.xadd(
-            key, {"data": data_field(fields)}, maxlen=settings.stream_maxlen, approximate=True
-        )
-        pipe.xdel(quarantined, entry_id)
-        pipe.execute()
-        replayed += 1
+    for key in stream_keys(settings, stream_name):
+        quarantined = quarantine_key(key)
+        for raw_id, fields in execute_raw(
+            redis_client, "XRANGE", quarantined, "-", "+", "COUNT", int(count)
+        ):
+            entry_id = as_text(raw_id)
+            if decode(fields, stream_name=stream_name, entry_id=entry_id) is None:
+                kept += 1
+                continue
+            pipe = redis_client.pipeline(transaction=True)
+            pipe.xadd(
+                key, {"data": data_field(fields)}, maxlen=settings.stream_maxlen, approximate=True
+            )
+            pipe.xdel(quarantined, entry_id)
+            pipe.execute()
+            replayed += 1
     return {"status": "ok", "replayed": replayed, "kept": kept}
 
 
@@ -312,42 +327,34 @@ class Consumer:
         self.min_idle_ms = min_idle_ms
         self.reclaim_interval_s = reclaim_interval_s
         self.start_id = start_id
-        self.key = stream_key(settings, stream_name)
+        self.keys = stream_keys(settings, stream_name)
         self._next_reclaim = 0.0
         self._ready = False
 
     def setup(self) -> None:
-        ensure_consumer_group(self.redis_client, self.key, self.consumer_group, self.start_id)
+        for key in self.keys:
+            ensure_consumer_group(self.redis_client, key, self.consumer_group, self.start_id)
         self._ready = True
 
     def step(self, *, reclaim_now: bool | None = None) -> dict[str, int]:
-        """One round: maybe reclaim, read new entries, handle them."""
+        """One round: maybe reclaim, read new entries of every shard, handle them.
+        One shard blocks for new entries; many are read without blocking and
+        the round pauses ``SHARD_POLL_S`` when none had anything."""
         if not self._ready:
             self.setup()
         due = reclaim_now if reclaim_now is not None else time.monotonic() >= self._next_reclaim
-        entries: list[Entry] = []
+        entries: list[tuple[int, str, Envelope]] = []
+        for shard in range(len(self.keys)):
+            if due:
+                entries += self._of(shard, self._reclaim(shard))
+            block = self.block_ms if len(self.keys) == 1 and not entries else None
+            entries += self._of(shard, self._consume(shard, block))
         if due:
-            entries = reclaim(
-                self.redis_client,
-                self.settings,
-                self.consumer_group,
-                self.consumer_name,
-                self.stream_name,
-                min_idle_ms=self.min_idle_ms,
-                count=self.count,
-            )
             self._next_reclaim = time.monotonic() + self.reclaim_interval_s
-        entries += consume(
-            self.redis_client,
-            self.settings,
-            self.consumer_group,
-            self.consumer_name,
-            self.stream_name,
-            count=self.count,
-            block_ms=None if entries else self.block_ms,
-        )
+        if not entries and len(self.keys) > 1:
+            time.sleep(min(SHARD_POLL_S, self.block_ms / 1000))
         handled = failed = 0
-        for entry_id, envelope in entries:
+        for shard, entry_id, envelope in entries:
             try:
                 self.handler(entry_id, envelope)
             except Exception as exc:
@@ -360,9 +367,44 @@ class Consumer:
                     type(exc).__name__,
                 )
                 continue
-            ack(self.redis_client, self.settings, self.consumer_group, self.stream_name, [entry_id])
+            ack(
+                self.redis_client,
+                self.settings,
+                self.consumer_group,
+                self.stream_name,
+                [entry_id],
+                shard,
+            )
             handled += 1
         return {"handled": handled, "failed": failed}
+
+    @staticmethod
+    def _of(shard: int, entries: list[Entry]) -> list[tuple[int, str, Envelope]]:
+        return [(shard, entry_id, envelope) for entry_id, envelope in entries]
+
+    def _reclaim(self, shard: int) -> list[Entry]:
+        return reclaim(
+            self.redis_client,
+            self.settings,
+            self.consumer_group,
+            self.consumer_name,
+            self.stream_name,
+            min_idle_ms=self.min_idle_ms,
+            count=self.count,
+            shard=shard,
+        )
+
+    def _consume(self, shard: int, block_ms: int | None) -> list[Entry]:
+        return consume(
+            self.redis_client,
+            self.settings,
+            self.consumer_group,
+            self.consumer_name,
+            self.stream_name,
+            count=self.count,
+            block_ms=block_ms,
+            shard=shard,
+        )
 
     def run(self, stop: threading.Event | None = None, *, max_steps: int | None = None) -> None:
         """Loop until ``stop`` is set; Redis outages are waited out, not raised."""

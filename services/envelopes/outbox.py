@@ -33,15 +33,18 @@ from models.envelopes import Envelope
 from models.tables import Outbox
 from services.core import keys, scripts
 from services.core.settings import Settings
-from services.envelopes.streams import stream_key_of_topic
+from services.envelopes.streams import stream_key_of, stream_key_of_topic
 
 log = logging.getLogger(__name__)
 
 SENT_MARKER_TTL_S = 7 * 86_400
 
 
-def sent_marker_key(settings: Settings, envelope_id: str) -> str:
-    return f"{settings.vigil_prefix}outbox:sent:{envelope_id}"
+def sent_marker_key(settings: Settings, envelope_id: str, stream: str | None = None) -> str:
+    """The marker of one published row; on a cluster it carries the tag of the
+    row's stream shard, so the publish script touches one slot."""
+    shard = keys.shard_of_key(settings, stream or "")
+    return keys.sharded(settings, f"{settings.vigil_prefix}outbox:sent:{envelope_id}", shard)
 
 
 def enqueue(
@@ -61,7 +64,7 @@ def enqueue(
         insert(Outbox)
         .values(
             envelope_id=uuid.UUID(envelope.envelope_id),
-            stream=stream_key_of_topic(settings, envelope.topic),
+            stream=stream_key_of(settings, envelope),
             topic=envelope.topic,
             body=envelope.model_dump_json(),
             identity_id=identity_id,
@@ -83,14 +86,29 @@ def _claim(session: Session, limit: int, envelope_ids: list[str] | None) -> list
     return list(session.execute(query).all())
 
 
+def _row_stream(settings: Settings, row: Any) -> str:
+    """The stream key recorded with the row, unless it was recorded under the
+    other layout (a row left pending across ``vigil migrate-state``)."""
+    if ("{" in row.stream) == bool(settings.redis_cluster_nodes):
+        return str(row.stream)
+    return stream_key_of_topic(settings, row.topic, keys.shard_of(settings, str(row.envelope_id)))
+
+
 def _publish(redis_client: redis.Redis, settings: Settings, rows: list[Any]) -> list[Any]:
-    calls = [
-        (
-            (sent_marker_key(settings, str(row.envelope_id)), row.stream, keys.metrics(settings)),
-            (SENT_MARKER_TTL_S, settings.stream_maxlen, row.body, row.topic),
+    calls = []
+    for row in rows:
+        stream = _row_stream(settings, row)
+        shard = keys.shard_of_key(settings, stream)
+        calls.append(
+            (
+                (
+                    sent_marker_key(settings, str(row.envelope_id), stream),
+                    stream,
+                    keys.metrics(settings, shard),
+                ),
+                (SENT_MARKER_TTL_S, settings.stream_maxlen, row.body, row.topic),
+            )
         )
-        for row in rows
-    ]
     return scripts.run_many(redis_client, "outbox_publish", calls)
 
 

@@ -7,6 +7,9 @@ Streams are trimmed with ``MAXLEN ~`` so they stay bounded. Readers that must
 not lose entries while they are down use a consumer group
 (``services.envelopes.consumers``); ``follow`` here remembers nothing.
 
+On a Redis Cluster each stream is one key per shard (``services.core.keys``):
+an envelope goes to its user's shard, and readers read every shard.
+
 Entries are read without response decoding even from a ``decode_responses``
 client: one entry with invalid UTF-8 would otherwise make every read of the
 stream fail inside redis-py, before any decoder could skip it.
@@ -32,6 +35,7 @@ from models.envelopes import (
     Envelope,
     stream_of_topic,
 )
+from services.core import keys
 from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,28 +45,45 @@ _SHOWN_CHARS = 100
 Entry = tuple[str, Envelope]
 
 
-def stream_key(settings: Settings, stream_name: str) -> str:
-    """The Redis key of stream ``stream_name``; keys are settings, names are fixed."""
-    keys = {
+def stream_key(settings: Settings, stream_name: str, shard: int = 0) -> str:
+    """The Redis key of stream ``stream_name`` (on a cluster, of one shard of it);
+    keys are settings, names are fixed."""
+    bases = {
         "bond": settings.stream_bond,
         "attribution": settings.stream_attribution,
         "user": settings.stream_user,
     }
     try:
-        return keys[stream_name]
+        return keys.sharded(settings, bases[stream_name], shard)
     except KeyError:
         raise ValueError(f"unknown stream {stream_name!r}") from None
 
 
-def stream_key_of_topic(settings: Settings, topic: str) -> str:
-    """The Redis key of the stream that carries ``topic``."""
-    return stream_key(settings, stream_of_topic(topic))
+def stream_keys(settings: Settings, stream_name: str) -> list[str]:
+    """Every shard's key of stream ``stream_name`` (one key on one Redis)."""
+    return [stream_key(settings, stream_name, shard) for shard in keys.shards(settings)]
+
+
+def stream_key_of_topic(settings: Settings, topic: str, shard: int = 0) -> str:
+    """The Redis key of (one shard of) the stream that carries ``topic``."""
+    return stream_key(settings, stream_of_topic(topic), shard)
+
+
+def envelope_shard(settings: Settings, envelope: Envelope) -> int:
+    """The shard an envelope goes to: its user's, else its id's."""
+    user_id = getattr(envelope.payload, "user_id", None)
+    return keys.shard_of(settings, str(user_id or envelope.envelope_id))
+
+
+def stream_key_of(settings: Settings, envelope: Envelope) -> str:
+    """The Redis key an envelope is published to: its topic's stream, its shard."""
+    return stream_key_of_topic(settings, envelope.topic, envelope_shard(settings, envelope))
 
 
 def publish(redis_client: redis.Redis, settings: Settings, envelope: Envelope) -> str:
     """XADD one envelope to its topic's stream; returns the entry id."""
     entry_id = redis_client.xadd(
-        stream_key_of_topic(settings, envelope.topic),
+        stream_key_of(settings, envelope),
         {"data": envelope.model_dump_json()},
         maxlen=settings.stream_maxlen,
         approximate=True,
@@ -165,16 +186,35 @@ def reply_entries(response: Any) -> list[tuple[str, Any]]:
     return out
 
 
+def id_order(entry_id: str) -> tuple[int, int]:
+    """An entry id as (ms, seq), to merge the shards of a stream by time."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def newest(
+    redis_client: redis.Redis, stream_keys: list[str], count: int, start: str = "-"
+) -> list[tuple[str, Any]]:
+    """The newest ``count`` raw (id, fields) over the given keys (a stream's
+    shards), newest first, down to ``start``."""
+    merged: list[tuple[str, Any]] = []
+    for key in stream_keys:
+        for raw_id, fields in execute_raw(
+            redis_client, "XREVRANGE", key, "+", start, "COUNT", int(count)
+        ):
+            merged.append((as_text(raw_id), fields))
+    if len(stream_keys) > 1:
+        merged.sort(key=lambda entry: id_order(entry[0]), reverse=True)
+    return merged[: int(count)]
+
+
 def read_latest(
     redis_client: redis.Redis, settings: Settings, stream_name: str, count: int
 ) -> list[Entry]:
-    """The newest ``count`` entries, newest first; undecodable ones are skipped."""
-    key = stream_key(settings, stream_name)
+    """The newest ``count`` entries of every shard, newest first; undecodable
+    ones are skipped."""
     out: list[Entry] = []
-    for raw_id, fields in execute_raw(
-        redis_client, "XREVRANGE", key, "+", "-", "COUNT", int(count)
-    ):
-        entry_id = as_text(raw_id)
+    for entry_id, fields in newest(redis_client, stream_keys(settings, stream_name), count):
         envelope = decode(fields, stream_name=stream_name, entry_id=entry_id)
         if envelope is not None:
             out.append((entry_id, envelope))
@@ -202,26 +242,41 @@ def follow(
     between two blocking reads is skipped. Keep ``block_ms`` below the
     client's socket timeout. Nothing is remembered across restarts; use
     ``services.envelopes.consumers.Consumer`` for that.
+
+    On a cluster every shard is read in turn without blocking (one XREAD
+    cannot span slots), pausing ``SHARD_POLL_S`` when none had anything.
     """
-    key = stream_key(settings, stream_name)
-    cursor = _last_id(redis_client, key) if last_id == "$" else last_id
-    return _follow(redis_client, key, stream_name, cursor, block_ms, stop)
+    cursors = {
+        key: _last_id(redis_client, key) if last_id == "$" else last_id
+        for key in stream_keys(settings, stream_name)
+    }
+    return _follow(redis_client, cursors, stream_name, block_ms, stop)
+
+
+# How long a reader of many shards pauses when none of them had anything.
+SHARD_POLL_S = 0.2
 
 
 def _follow(
     redis_client: redis.Redis,
-    key: str,
+    cursors: dict[str, str],
     stream_name: str,
-    cursor: str,
     block_ms: int,
     stop: threading.Event | None,
 ) -> Iterator[Entry]:
-    while stop is None or not stop.is_set():
-        response = execute_raw(
-            redis_client, "XREAD", "COUNT", 100, "BLOCK", int(block_ms), "STREAMS", key, cursor
-        )
-        for entry_id, fields in reply_entries(response):
-            cursor = entry_id
-            envelope = decode(fields, stream_name=stream_name, entry_id=entry_id)
-            if envelope is not None:
-                yield entry_id, envelope
+    block = ["BLOCK", int(block_ms)] if len(cursors) == 1 else []
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        got = 0
+        for key, cursor in cursors.items():
+            response = execute_raw(
+                redis_client, "XREAD", "COUNT", 100, *block, "STREAMS", key, cursor
+            )
+            for entry_id, fields in reply_entries(response):
+                got += 1
+                cursors[key] = entry_id
+                envelope = decode(fields, stream_name=stream_name, entry_id=entry_id)
+                if envelope is not None:
+                    yield entry_id, envelope
+        if not got and not block:
+            stop.wait(min(SHARD_POLL_S, block_ms / 1000))

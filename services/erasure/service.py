@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.envelopes import envelope_id, make_envelope
+from models.envelopes import STREAM_TOPICS, envelope_id, make_envelope
 from services.attribution import repository
 from services.bonds import history
 from services.core import keys
@@ -73,7 +73,8 @@ def erase_user(
 
     stream_hits = 0
 
-    mains = (settings.stream_bond, settings.stream_attribution, settings.stream_user)
+    # Every shard of every stream: an envelope may name the user in another's shard.
+    mains = [key for name in STREAM_TOPICS for key in streams.stream_keys(settings, name)]
     for stream in (*mains, *map(quarantine_key, mains)):
         ids = _stream_entries_of(redis_client, stream, user_id)
         if ids:

@@ -117,7 +117,7 @@ class IngestService:
             "ingest_gate",
             [self._gate_item(m, now, i) for i, m in valid],
             shared={**shared, "context_limit": self.context_limit},
-            metrics_key=keys.metrics(self.settings),
+            settings=self.settings,
             wait=scripts.wait_of(self.settings),
         )
         to_apply: list[tuple[int, MessageIn, DetectionIn, dict[str, Any] | None, bool]] = []
@@ -179,7 +179,7 @@ class IngestService:
             "apply_detection",
             calls,
             shared=shared,
-            metrics_key=keys.metrics(self.settings),
+            settings=self.settings,
             wait=scripts.wait_of(self.settings),
         )
         for (i, msg, det, _, _), reply in zip(to_apply, applied, strict=True):
@@ -201,7 +201,7 @@ class IngestService:
             keys.bond(self.settings, msg.user_id),
             dedupe_key,
             keys.history(self.settings, msg.guild_id, msg.user_id),
-            self.settings.stream_bond,
+            keys.bond_stream(self.settings, msg.user_id),
         ]
         doc = {
             "user_id": msg.user_id,
@@ -236,7 +236,7 @@ class IngestService:
             "apply_detection",
             calls,
             shared=ledger.detection_shared(self.settings, now),
-            metrics_key=keys.metrics(self.settings),
+            settings=self.settings,
             wait=scripts.wait_of(self.settings),
         )
         for (i, det), reply in zip(valid, applied, strict=True):

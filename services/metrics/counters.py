@@ -62,9 +62,15 @@ def counter(redis_client: redis.Redis, settings: Settings, field: str) -> Counte
 
 
 def read_all(redis_client: redis.Redis, settings: Settings) -> dict[str, int]:
-    """Every counter, by field (one HGETALL)."""
-    raw = redis_client.hgetall(keys.metrics(settings))
-    return {_text(k): int(v) for k, v in raw.items()}
+    """Every counter, by field (one HGETALL; one per shard on a cluster, added up)."""
+    pipe = redis_client.pipeline(transaction=False)
+    for key in keys.metrics_keys(settings):
+        pipe.hgetall(key)
+    totals: dict[str, int] = {}
+    for raw in pipe.execute():
+        for k, v in raw.items():
+            totals[_text(k)] = totals.get(_text(k), 0) + int(v)
+    return totals
 
 
 def _text(value: str | bytes) -> str:

@@ -11,7 +11,7 @@ import redis
 
 from models.envelopes import RiskChangeEnvelope
 from services.core.settings import Settings
-from services.envelopes.streams import decode, execute_raw, stream_key
+from services.envelopes.streams import decode, newest, stream_keys
 
 ALERT_RISKS = ("high", "critical")
 # Entries read per call at most: a busy hour is shown from its newest end.
@@ -38,18 +38,9 @@ def risk_alerts(
     seconds, newest first, each user once (their latest such change)."""
     now = time.time() if now is None else now
     start_ms = int((now - within_s) * 1000)
-    entries = execute_raw(
-        redis_client,
-        "XREVRANGE",
-        stream_key(settings, "bond"),
-        "+",
-        f"{start_ms}-0",
-        "COUNT",
-        MAX_ENTRIES,
-    )
+    entries = newest(redis_client, stream_keys(settings, "bond"), MAX_ENTRIES, f"{start_ms}-0")
     seen: dict[str, RiskAlert] = {}
-    for raw_id, fields in entries:
-        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+    for entry_id, fields in entries:
         if b"bond.risk_change" not in _raw_data(fields):
             continue  # skip the JSON parse of every other topic
         envelope = decode(fields, stream_name="bond", entry_id=entry_id)

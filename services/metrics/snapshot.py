@@ -1,7 +1,8 @@
 """One read of everything the exporter and ``vigil top`` show.
 
 Redis is read in one pipelined round trip (the counters hash, and per stream
-its length, its quarantine's length and its consumer groups); PostgreSQL in
+its length, its quarantine's length and its consumer groups; on a cluster,
+of every shard, added up) and its durability settings; PostgreSQL in
 one session (``queries.store_gauges``); the broker's queue depths through
 ``BrokerQueues``. Nothing scans keys, so the cost does not grow with the
 number of users. A store that cannot be read is reported as down, and the
@@ -29,7 +30,7 @@ from services.core import declarations, health, keys, scripts
 from services.core.clients import broker_redis
 from services.core.settings import Settings
 from services.envelopes.consumers import quarantine_key
-from services.envelopes.streams import stream_key
+from services.envelopes.streams import stream_keys
 from services.metrics import queries
 
 log = logging.getLogger(__name__)
@@ -155,30 +156,54 @@ class BrokerQueues:
 
 def _read_redis(redis_client: redis.Redis, settings: Settings, snap: Snapshot) -> None:
     names = list(STREAM_TOPICS)
+    shard_keys = {name: stream_keys(settings, name) for name in names}
+    metrics_keys = keys.metrics_keys(settings)
     pipe = redis_client.pipeline(transaction=False)
-    pipe.hgetall(keys.metrics(settings))
-    health.durability_reads(pipe)
+    for key in metrics_keys:
+        pipe.hgetall(key)
     for name in names:
-        key = stream_key(settings, name)
-        pipe.xlen(key)
-        pipe.xlen(quarantine_key(key))
-        pipe.xinfo_groups(key)
+        for key in shard_keys[name]:
+            pipe.xlen(key)
+            pipe.xlen(quarantine_key(key))
+            pipe.xinfo_groups(key)
     replies = pipe.execute(raise_on_error=False)
-    if isinstance(replies[0], Exception):
-        raise replies[0]
-    snap.counters = {_text(k): int(v) for k, v in replies[0].items()}
-    snap.redis_durability = health.durability_from(*replies[1:4])
-    for i, name in enumerate(names):
-        length, quarantined, groups = replies[4 + 3 * i : 7 + 3 * i]
-        key = stream_key(settings, name)
-        snap.streams[name] = StreamInfo(
-            length=_int(length),
-            quarantined=_int(quarantined),
+    counters: dict[str, int] = {}
+    for reply in replies[: len(metrics_keys)]:
+        if isinstance(reply, Exception):
+            raise reply
+        for k, v in reply.items():
+            counters[_text(k)] = counters.get(_text(k), 0) + int(v)
+    snap.counters = counters
+    snap.redis_durability = health.redis_durability(redis_client)
+    at = len(metrics_keys)
+    for name in names:
+        length = quarantined = 0
+        groups: list[GroupInfo] = []
+        for key in shard_keys[name]:
+            shard_length, shard_quarantined, shard_groups = replies[at : at + 3]
+            at += 3
+            length += _int(shard_length)
+            quarantined += _int(shard_quarantined)
             # XINFO GROUPS on a stream that does not exist yet is an error: no groups.
-            groups=[]
-            if isinstance(groups, Exception)
-            else [_group(redis_client, key, g) for g in groups],
+            if not isinstance(shard_groups, Exception):
+                groups += [_group(redis_client, key, g) for g in shard_groups]
+        snap.streams[name] = StreamInfo(
+            length=length, quarantined=quarantined, groups=_merge_groups(groups)
         )
+
+
+def _merge_groups(groups: list[GroupInfo]) -> list[GroupInfo]:
+    """A consumer group over every shard of a stream: pending and lag added up
+    (the lag unknown if any shard's is)."""
+    merged: dict[str, GroupInfo] = {}
+    for group in groups:
+        seen = merged.get(group.name)
+        if seen is None:
+            merged[group.name] = group
+            continue
+        lag = None if seen.lag is None or group.lag is None else seen.lag + group.lag
+        merged[group.name] = GroupInfo(group.name, seen.pending + group.pending, lag)
+    return list(merged.values())
 
 
 def _group(redis_client: redis.Redis, stream: str, info: dict[str, Any]) -> GroupInfo:
