@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from alembic import command
 from stack.processes import RedisServer, WorkerProcess
-from tests.topologies import SentinelSetup, free_ports
+from tests.topologies import ClusterSetup, SentinelSetup, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 # Overridable so two test runs on one machine do not share a database.
@@ -201,6 +201,16 @@ def start_worker(celery_app, test_env, migrated, tmp_path):
 def sentinel_setup(tmp_path_factory) -> Iterator[SentinelSetup]:
     """A master, a replica and three sentinels on loopback, agreed on the master."""
     setup = SentinelSetup(tmp_path_factory.mktemp("sentinel")).start()
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_setup(tmp_path_factory) -> Iterator[ClusterSetup]:
+    """A Redis Cluster of three masters with a replica each, on loopback."""
+    setup = ClusterSetup(tmp_path_factory.mktemp("cluster")).start()
     try:
         yield setup
     finally:
