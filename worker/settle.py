@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.outcomes import Outcome
 from services.core.clients import get_redis, session_factory
+from services.core.errors import TransientError
 from services.core.settings import Settings, get_settings
 from services.deadletters import store
 from services.ingest.service import Batch, IngestService
@@ -204,11 +205,10 @@ class RequestSettler:
     def retry_all(self, requests: Sequence[SimpleRequest], exc: BaseException) -> None:
         """A buffer that failed as a whole for a transient reason: each request
         again after the policy's countdown, or dead-lettered past its budget."""
+        # TransientError's text is vigil's own (which store, why), never a payload's.
+        reason = str(exc)[:200] if isinstance(exc, TransientError) else type(exc).__name__
         logger.warning(
-            "%s: buffer of %d failed (%s); retrying each request",
-            self.name,
-            len(requests),
-            type(exc).__name__,
+            "%s: buffer of %d failed (%s); retrying each request", self.name, len(requests), reason
         )
         for request in requests:
             countdown = self.policy.countdown(retries_of(request))

@@ -126,6 +126,11 @@ def _run_on_cluster(
         client = cluster.get_redis_connection(node)
         try:
             replies = _run_on(client, name, [calls[i] for i in positions], wait)
+        except TransientError:
+            # WAIT refused or short: the node may be a replica now (a master
+            # that came back after its replica's promotion).
+            _refresh(cluster)
+            raise
         except (redis.ConnectionError, redis.TimeoutError, *_MOVED) as exc:
             _refresh(cluster)
             raise TransientError(
