@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from alembic import command
 from stack.processes import RedisServer, WorkerProcess
-from tests.topologies import ClusterSetup, SentinelSetup, free_ports
+from stack.topologies import ClusterSetup, SentinelSetup, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 # Overridable so two test runs on one machine do not share a database.

@@ -1,5 +1,5 @@
 """vigil's Redis broker behind Sentinel: the settings, the transport on a real
-master/replica/sentinels deployment of its own (tests/topologies.py, ports
+master/replica/sentinels deployment of its own (stack/topologies.py, ports
 26500-26599), a real worker fed the plain Celery way, and a failover of the
 broker's master mid-burst with what it loses measured."""
 
@@ -26,12 +26,12 @@ from services.core.settings import Settings
 from services.metrics import counters
 from services.metrics.snapshot import BrokerQueues
 from stack.processes import HOST, WorkerProcess
+from stack.topologies import BROKER_MASTER_NAME, BROKER_PORT_RANGE, SentinelSetup
 from tasks.names import INGEST_MESSAGE, QUEUE_INGEST
 from tests import builders
 from tests.conftest import ROOT
 from tests.faults.helpers import count_markers
 from tests.helpers import send_messages, wait_for
-from tests.topologies import BROKER_MASTER_NAME, BROKER_PORT_RANGE, SentinelSetup
 from vigil_client import sender_app
 from worker import broker
 

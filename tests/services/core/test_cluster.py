@@ -1,7 +1,7 @@
 """State on a Redis Cluster: the settings, the shard layout, and a real worker
 fed by a plain Celery producer through a broker of its own, with the readers
 of every shard (consumer groups, exporter, bond list, admin, erasure, the cap
-reset) run against what it wrote (tests/topologies.py starts three masters
+reset) run against what it wrote (stack/topologies.py starts three masters
 with a replica each)."""
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from services.envelopes import consumers, streams
 from services.erasure.service import erase_user
 from services.metrics import collector, counters
 from stack.processes import WorkerProcess
+from stack.topologies import ClusterSetup, cluster_env
 from tasks.names import QUEUE_INGEST
 from tests import builders
 from tests.faults.helpers import count_markers
 from tests.helpers import send_messages, wait_for
-from tests.topologies import ClusterSetup, cluster_env
 
 CAP = 3
 

@@ -1,5 +1,5 @@
 """State behind Redis Sentinel: the settings, the one state client, WAIT, and
-a real worker fed by a plain Celery producer (tests/topologies.py starts the
+a real worker fed by a plain Celery producer (stack/topologies.py starts the
 master, replica and sentinels)."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from services.core.errors import TransientError
 from services.core.settings import Settings
 from services.metrics import counters
 from stack.processes import WorkerProcess
+from stack.topologies import MASTER_NAME, SentinelSetup, sentinel_env
 from tasks.names import QUEUE_INGEST
 from tests import builders
 from tests.conftest import ROOT
 from tests.faults.helpers import count_markers
 from tests.helpers import send_messages, wait_for
-from tests.topologies import MASTER_NAME, SentinelSetup, sentinel_env
 
 CAP = 5
 

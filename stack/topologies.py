@@ -1,11 +1,12 @@
-"""Redis deployments the tests start on loopback: a Sentinel setup of one
-master, one replica and three sentinels, from the machine's ``redis-server``
-or the embedded one (``stack.processes.redis_binary``), so it runs on a bare
-machine too.
+"""Redis deployments started on loopback for the tests and benchmarks: a
+Sentinel setup of one master, one replica and three sentinels, and a Redis
+Cluster of three masters with a replica each, from the machine's
+``redis-server`` or the embedded one (``stack.processes.redis_binary``), so
+they run on a bare machine too.
 
-The failure detection is fast (``down-after-milliseconds`` 1000) so a
-failover test takes seconds; that is this test deployment's configuration,
-not a vigil setting.
+The failure detection is fast (``down-after-milliseconds`` 1000, a 2 s
+``cluster-node-timeout``) so a failover test takes seconds; that is these
+deployments' configuration, not a vigil setting.
 """
 
 from __future__ import annotations
