@@ -11,7 +11,7 @@ import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -205,6 +205,43 @@ def sentinel_setup(tmp_path_factory) -> Iterator[SentinelSetup]:
         yield setup
     finally:
         setup.stop()
+
+
+class State(NamedTuple):
+    """Where a topology-parametrized test keeps state: its settings and client."""
+
+    client: Any
+    settings: Any
+
+
+@pytest.fixture(params=["redis", "sentinel", "cluster"])
+def state(request, settings, test_env) -> Iterator[State]:
+    """The state store on each topology, emptied: the suite's Redis, a master
+    behind Sentinel, a 3-master cluster (the deployments start on first use)."""
+    from services.core.clients import get_redis
+    from services.core.scan import master_clients
+
+    topology = request.param
+    if topology == "redis":
+        target = settings
+    elif topology == "sentinel":
+        setup = request.getfixturevalue("sentinel_setup")
+        target = settings.model_copy(
+            update={
+                "redis_url": None,
+                "redis_sentinels": setup.sentinel_setting,
+                "redis_sentinel_master": setup.master_name,
+            }
+        )
+    else:
+        setup = request.getfixturevalue("cluster_setup")
+        target = settings.model_copy(
+            update={"redis_url": None, "redis_cluster_nodes": setup.nodes_setting}
+        )
+    client = get_redis(target)
+    for master in master_clients(client):
+        master.flushdb()
+    yield State(client, target)
 
 
 @pytest.fixture(scope="session")

@@ -196,7 +196,9 @@ def newest(
     redis_client: redis.Redis, stream_keys: list[str], count: int, start: str = "-"
 ) -> list[tuple[str, Any]]:
     """The newest ``count`` raw (id, fields) over the given keys (a stream's
-    shards), newest first, down to ``start``."""
+    shards), newest first, down to ``start``. Shards are merged by entry id,
+    so by time to the millisecond: entries of one millisecond on different
+    shards come in no particular order."""
     merged: list[tuple[str, Any]] = []
     for key in stream_keys:
         for raw_id, fields in execute_raw(

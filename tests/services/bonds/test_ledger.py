@@ -101,23 +101,25 @@ def test_new_bond_keeps_json_shapes_of_seed(state_redis, settings):
     assert set(SEED_BOND) - {"legacy_field"} <= set(raw)
 
 
-def test_same_detection_twice_changes_nothing(state_redis, settings):
+def test_same_detection_twice_changes_nothing(state):
+    state_redis, settings = state
     det = _det(phase="attached", risk_level="high")
     assert _apply(state_redis, settings, det)[0] == "applied"
     state = (
-        state_redis.get("abl:42"),
-        state_redis.lrange("abl:events:42", 0, -1),
-        state_redis.xlen(settings.stream_bond),
+        state_redis.get(keys.bond(settings, "42")),
+        state_redis.lrange(keys.events(settings, "42"), 0, -1),
+        state_redis.xlen(keys.bond_stream(settings, "42")),
     )
     assert _apply(state_redis, settings, det)[0] == "duplicate"
     assert state == (
-        state_redis.get("abl:42"),
-        state_redis.lrange("abl:events:42", 0, -1),
-        state_redis.xlen(settings.stream_bond),
+        state_redis.get(keys.bond(settings, "42")),
+        state_redis.lrange(keys.events(settings, "42"), 0, -1),
+        state_redis.xlen(keys.bond_stream(settings, "42")),
     )
 
 
-def test_set_cap_and_notes(state_redis, settings):
+def test_set_cap_and_notes(state):
+    state_redis, settings = state
     ledger.set_cap(state_redis, settings, "42", 5)
     assert ledger.check_rate_limit(state_redis, settings, "42").model_dump() == {
         "allowed": True,
@@ -139,11 +141,13 @@ def test_set_cap_and_notes(state_redis, settings):
         "rate limit: 5 -> 0 msgs/day",
         "rate limit: 0 -> 5 msgs/day",
     ]
-    topics = [json.loads(f["data"])["topic"] for _, f in state_redis.xrange(settings.stream_bond)]
+    stream = keys.bond_stream(settings, "42")
+    topics = [json.loads(f["data"])["topic"] for _, f in state_redis.xrange(stream)]
     assert topics == ["bond.admin_action"] * 27
 
 
-def test_events_capped_at_500_newest_first(state_redis, settings):
+def test_events_capped_at_500_newest_first(state):
+    state_redis, settings = state
     for i in range(510):
         ledger.set_cap(state_redis, settings, "42", i)
     events = ledger.get_events(state_redis, settings, "42", limit=1000)
@@ -151,7 +155,8 @@ def test_events_capped_at_500_newest_first(state_redis, settings):
     assert events[0].data["new_cap"] == 509 and events[-1].data["new_cap"] == 10
 
 
-def test_list_bonds_pages_through_all_in_even_pages(state_redis, settings):
+def test_list_bonds_pages_through_all_in_even_pages(state):
+    state_redis, settings = state
     for i in range(250):
         ledger.set_cap(state_redis, settings, f"user{i}", 1)
         ledger.add_note(state_redis, settings, f"user{i}", "n")  # an events key beside each bond
@@ -168,12 +173,13 @@ def test_list_bonds_pages_through_all_in_even_pages(state_redis, settings):
     assert sum(sizes) - len(seen) <= 3 * len(sizes)  # SCAN may repeat, never drop
 
 
-def test_reset_daily_caps_runs_twice_safely(state_redis, settings):
+def test_reset_daily_caps_runs_twice_safely(state):
+    state_redis, settings = state
     day1 = datetime(2026, 11, 21, 23, 59, tzinfo=UTC).timestamp()
     day2 = datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC).timestamp()
     for uid in ("a", "b"):
         state_redis.set(
-            f"abl:{uid}",
+            keys.bond(settings, uid),
             json.dumps(
                 {
                     **SEED_BOND,
@@ -190,14 +196,15 @@ def test_reset_daily_caps_runs_twice_safely(state_redis, settings):
     assert ledger.load(state_redis, settings, "a").legacy_field == "kept"
 
 
-def test_reset_daily_caps_in_chunks_resumes_from_the_cursor(state_redis, settings):
+def test_reset_daily_caps_in_chunks_resumes_from_the_cursor(state):
     """A zero budget stops after each SCAN page; resuming from the answered cursor
     covers every bond once, and a chunk run again resets nothing twice."""
+    state_redis, settings = state
     day1 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC).timestamp()
     day2 = datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC).timestamp()
     for i in range(300):
         state_redis.set(
-            f"abl:chunk{i}",
+            keys.bond(settings, f"chunk{i}"),
             json.dumps(
                 {
                     **SEED_BOND,

@@ -3,9 +3,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
+from models.envelopes import EXAMPLE_PAYLOADS, make_envelope
 from services.envelopes import consumers, streams
 from tests.services.envelopes.test_streams import example_envelope, malformed_entries
 
@@ -189,3 +191,43 @@ def test_run_stops_on_event(redis_client, settings):
     consumer = consumers.Consumer(redis_client, settings, "user", "g", "c", handler, block_ms=50)
     consumer.run(stop, max_steps=100)
     assert len(seen) == 1
+
+
+def test_consumer_on_every_topology_gets_each_envelope_once(state):
+    """Envelopes of many users (every shard on a cluster): a consumer group gets
+    each once, a second group fans out, an entry whose consumer died is
+    reclaimed, and the newest-first read merges the shards in time order."""
+    client, settings = state
+    sent = [
+        make_envelope("user.erased", {**EXAMPLE_PAYLOADS["user.erased"], "user_id": f"e{n}"})
+        for n in range(60)
+    ]
+    for n, envelope in enumerate(sent):
+        streams.publish(client, settings, envelope)
+        if n >= len(sent) - 11:
+            time.sleep(0.002)  # shards order by time to the millisecond only
+
+    def member(group: str, name: str, into: list, **options) -> consumers.Consumer:
+        return consumers.Consumer(
+            client, settings, "user", group, name, lambda _id, env: into.append(env), **options
+        )
+
+    seen: list = []
+    first = member("ops", "c1", seen, count=25, block_ms=50)
+    while len(seen) < len(sent):
+        assert first.step()["failed"] == 0
+    assert sorted(e.envelope_id for e in seen) == sorted(e.envelope_id for e in sent)
+    assert first.step()["handled"] == 0
+
+    fanned: list = []
+    dying = member("audit", "d1", fanned, count=100, block_ms=50)
+    dying.handler = lambda _id, env: (_ for _ in ()).throw(RuntimeError("died"))
+    dying.step()
+    assert fanned == []
+    heir = member("audit", "d2", fanned, count=100, block_ms=50, min_idle_ms=0)
+    while len(fanned) < len(sent):
+        heir.step(reclaim_now=True)
+    assert sorted(e.envelope_id for e in fanned) == sorted(e.envelope_id for e in sent)
+
+    latest = streams.read_latest(client, settings, "user", 10)
+    assert [env.envelope_id for _, env in latest] == [e.envelope_id for e in sent[-10:]][::-1]

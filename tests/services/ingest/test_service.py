@@ -16,9 +16,10 @@ from models.tables import DeadLetter, Outbox
 from services.bonds import history, ledger
 from services.core.clients import get_engine
 from services.core.settings import Settings
-from services.envelopes import outbox
+from services.envelopes import outbox, streams
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
+from services.metrics import counters
 from tasks import names
 from tests.builders import detection, observation
 from tests.builders import message as msg
@@ -383,3 +384,39 @@ def test_detection_task_succeeds_when_its_relay_fails_and_the_sweep_publishes(
         what="the sweep marked the row published",
     )
     assert attribution_envelopes(state_redis, settings) == ["relay-user-d2"]  # exactly once
+
+
+def test_pipeline_on_every_topology_counts_once_and_replays_as_duplicates(state, db):
+    """The worker's per-buffer call on one Redis, behind Sentinel and on a
+    cluster: caps exact per user, a buffer spanning every shard, and the same
+    buffer again answers duplicates, counts nothing and publishes nothing."""
+    client, settings = state
+    settings = settings.model_copy(update={"default_daily_cap": 2})
+    svc = Ingest(IngestService(client, settings, db, LexiconDetector()))
+    users = 40
+    buffer = [
+        msg(n, "I feel sad today" if n % 2 else "hello", id=f"t{n}", user=f"tu{n % users}")
+        for n in range(users * 3)
+    ]
+    first = svc.messages(buffer, now=T0.timestamp()).outcomes
+    assert [o["status"] for o in first].count("accepted") == users * 2
+    assert [o["status"] for o in first].count("rate_limited") == users
+    published = [
+        json.loads(fields["data"])["envelope_id"]
+        for key in streams.stream_keys(settings, "bond")
+        for _, fields in client.xrange(key)
+    ]
+    again = svc.messages(buffer, now=T0.timestamp() + 60).outcomes
+    assert {o["status"] for o in again} == {"duplicate"}
+    replayed = [
+        json.loads(fields["data"])["envelope_id"]
+        for key in streams.stream_keys(settings, "bond")
+        for _, fields in client.xrange(key)
+    ]
+    assert replayed == published and len(set(published)) == len(published)
+    totals = counters.read_all(client, settings)
+    assert totals["messages:accepted"] == users * 2
+    assert totals["messages:rate_limited"] == users
+    assert totals["messages:duplicate"] == len(buffer)
+    for n in range(users):
+        assert ledger.load(client, settings, f"tu{n}").daily_msg_count == 2
