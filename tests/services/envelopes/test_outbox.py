@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from models.envelopes import EXAMPLE_PAYLOADS, make_envelope, parse_envelope
 from models.tables import Outbox
-from services.envelopes import consumers, outbox
+from services.envelopes import consumers, outbox, streams
+from services.metrics import counters
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -190,3 +191,28 @@ def test_enqueue_refuses_a_bad_identity_id(db, settings):
     with db() as session, session.begin(), pytest.raises(ValueError):
         outbox.enqueue(session, settings, state_changed(), identity_id="nope")
     assert uuid.UUID(state_changed().envelope_id)
+
+
+def test_relay_on_every_topology_publishes_each_row_once(state, db):
+    """Rows whose envelopes go to different shards on a cluster: each published
+    once with its counter, and a relay that died before marking its rows
+    republishes nothing."""
+    client, settings = state
+    sent = enqueue_committed(db, settings, 30)
+    with db() as session, session.begin():
+        rows = session.scalars(select(Outbox)).all()
+    # A relay died after publishing, before its commit: the rows are still pending.
+    outbox._publish(client, settings, rows)
+    assert outbox.relay(db, client, settings) == {
+        "status": "ok",
+        "published": 0,
+        "already_sent": 30,
+    }
+    published = [
+        parse_envelope("attribution", fields["data"]).envelope_id
+        for key in streams.stream_keys(settings, "attribution")
+        for _, fields in client.xrange(key)
+    ]
+    assert sorted(published) == sorted(e.envelope_id for e in sent)
+    totals = counters.read_all(client, settings)
+    assert totals["envelopes:attribution.profile.state_changed"] == 30
