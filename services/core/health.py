@@ -189,6 +189,7 @@ def check_redis(settings: Settings) -> dict[str, Any]:
         if settings.redis_cluster_nodes:
             found["cluster_masters"] = len(masters)
         return {
+            "topology": settings.state_topology,
             **found,
             "version": masters[0].info("server").get("redis_version"),
             "maxmemory_policy": durability.maxmemory_policy,

@@ -75,8 +75,10 @@ def shard_tag(settings: Settings, shard: int) -> str:
 
 def shard_of_key(settings: Settings, key: str) -> int:
     """The shard a key carries the tag of (0 for an untagged key)."""
+    if not settings.redis_cluster_nodes:
+        return 0
     found = _TAG.search(key)
-    if found is None or not settings.redis_cluster_nodes:
+    if found is None:
         return 0
     return _tags(shard_count(settings)).index(found.group(0))
 
