@@ -7,7 +7,19 @@ from __future__ import annotations
 
 import typer
 
-from cli import admin, attribution, bond, deadletters, demo, history, metrics, ops, streams, top
+from cli import (
+    admin,
+    attribution,
+    bond,
+    deadletters,
+    demo,
+    history,
+    metrics,
+    migration,
+    ops,
+    streams,
+    top,
+)
 from cli.common import VigilGroup
 
 app = typer.Typer(
@@ -31,6 +43,7 @@ app.add_typer(streams.app, name="streams")
 app.command("health")(ops.health)
 app.add_typer(ops.schema_app, name="schema")
 app.command("migrate")(ops.migrate)
+app.command("migrate-state")(migration.migrate_state)
 app.command("up")(ops.up)
 app.command("flower")(ops.flower)
 app.command("demo")(demo.demo)

@@ -48,8 +48,11 @@ from services.core.settings import Settings
 
 _DIR = Path(__file__).parent / "redis_scripts"
 _HELPERS = "_bond.lua"
-# Scripts that run without the bond helpers (the broker transport's, the lag count).
-_STANDALONE = frozenset({"broker_fetch", "broker_heartbeat", "broker_orphans", "stream_lag"})
+# Scripts that run without the bond helpers (the broker transport's, the lag
+# count, the counters merge of ``vigil migrate-state``).
+_STANDALONE = frozenset(
+    {"broker_fetch", "broker_heartbeat", "broker_orphans", "stream_lag", "migrate_metrics"}
+)
 
 
 @cache

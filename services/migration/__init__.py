@@ -1,0 +1,1 @@
+"""Moving vigil's state from a single Redis to a Redis Cluster (``vigil migrate-state``)."""
