@@ -42,9 +42,10 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_ports(count: int, port_range: range = PORT_RANGE) -> list[int]:
-    """``count`` ports of ``port_range`` free right now."""
-    found = [port for port in port_range if _free(port)][:count]
+def free_ports(count: int, port_range: range = PORT_RANGE, *, offset: int = 0) -> list[int]:
+    """``count`` ports of ``port_range`` free right now (and, with ``offset``,
+    each port + offset too: a cluster node's bus)."""
+    found = [p for p in port_range if _free(p) and (not offset or _free(p + offset))][:count]
     if len(found) < count:
         raise RuntimeError(f"fewer than {count} free loopback ports in {port_range}")
     return found
@@ -233,8 +234,11 @@ def sentinel_env(setup: SentinelSetup, broker_url: str, **extra: str) -> dict[st
     return env
 
 
-# A Redis Cluster: ports of its own (a node's cluster bus is its port + 10000).
-CLUSTER_PORT_RANGE = range(26600, 26700)
+# A Redis Cluster: ports of its own. A node's cluster bus is its port + 10000
+# (Redis 6.2 has no cluster-port setting), so both stay below the kernel's
+# ephemeral range (32768 up), where an outgoing connection could hold one.
+CLUSTER_PORT_RANGE = range(16600, 16700)
+CLUSTER_BUS_OFFSET = 10000
 CLUSTER_NODE_TIMEOUT_MS = 2000
 SLOTS = 16384
 
@@ -251,7 +255,7 @@ class ClusterSetup:
     def __init__(
         self, root: Path, *, masters: int = 3, port_range: range = CLUSTER_PORT_RANGE
     ) -> None:
-        ports = free_ports(masters * 2, port_range)
+        ports = free_ports(masters * 2, port_range, offset=CLUSTER_BUS_OFFSET)
         data = [
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
