@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     # every node. Users are spread over a fixed number of logical shards, each
     # one hash tag: a user's keys and their shard's stream and counters share a
     # slot, so each message's scripts stay atomic. Changing the number of shards
-    # moves users: set it once (``vigil migrate-state`` copies into a new layout).
+    # moves users to other keys: set it once (``vigil migrate-state`` copies a
+    # single Redis into this layout).
     redis_cluster_nodes: str | None = None
     redis_cluster_shards: int = Field(default=12, ge=1, le=256)
     # Where Celery keeps the results a sender asks for (off unless asked).
