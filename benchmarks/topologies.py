@@ -247,41 +247,55 @@ def idle_cpu(topology: Topology, seconds: float) -> list[float]:
 def summarise(
     topology: Topology, wait: int, path: str, runs: list[dict[str, Any]], per_master: list[int]
 ) -> dict[str, Any]:
-    """One row: measured rates and CPU over all runs, and the projected ceiling."""
-    total = sum(per_master) * len(runs)
-    handled = [n * len(runs) for n in per_master]
-    cpu = [sum(run["masters_cpu_s"][i] for run in runs) for i in range(len(per_master))]
-    us_per_msg = [round(c * 1e6 / n, 2) if n else None for c, n in zip(cpu, handled, strict=True)]
-    busiest = max(u for u in us_per_msg if u is not None)
+    """One row: measured rates and CPU (medians over the runs, so one run
+    disturbed by the rest of the machine does not move it), and the projected
+    ceiling."""
+    count = sum(per_master)
+
+    def median(values: list[float], digits: int = 2) -> float:
+        return round(statistics.median(values), digits)
+
+    # us of each master's CPU per message it handled, run by run.
+    us_runs = [
+        [round(cpu * 1e6 / n, 2) for cpu, n in zip(run["masters_cpu_s"], per_master, strict=True)]
+        for run in runs
+    ]
+    us_per_msg = [median([run[i] for run in us_runs]) for i in range(len(per_master))]
+    busiest = max(us_per_msg)
     statuses: Counter[str] = Counter()
     for run in runs:
         statuses.update(run["statuses"])
-    rates = [sum(per_master) / run["seconds"] for run in runs]
+    rates = [count / run["seconds"] for run in runs]
     return {
         "topology": topology.name,
         "wait_replicas": wait,
         "path": path,
         "buffer": PATHS[path],
         "masters": len(per_master),
-        "messages": total,
+        "messages": count * len(runs),
         "statuses": dict(statuses),
         "measured": {
             "messages_per_s": round(statistics.median(rates)),
             "messages_per_s_runs": [round(r) for r in rates],
-            "messages_per_master": handled,
+            "messages_per_master_per_run": per_master,
             "redis_cpu_us_per_msg_per_master": us_per_msg,
+            "redis_cpu_us_per_msg_per_master_runs": us_runs,
             "busiest_master_us_per_msg": busiest,
-            "redis_cpu_us_per_msg_all_masters": round(sum(cpu) * 1e6 / total, 2),
-            "replica_cpu_us_per_msg_all_replicas": round(
-                sum(run["replicas_cpu_s"] for run in runs) * 1e6 / total, 2
+            "redis_cpu_us_per_msg_all_masters": median(
+                [sum(run["masters_cpu_s"]) * 1e6 / count for run in runs]
             ),
-            "client_cpu_us_per_msg": round(sum(run["client_cpu_s"] for run in runs) * 1e6 / total),
+            "replica_cpu_us_per_msg_all_replicas": median(
+                [run["replicas_cpu_s"] * 1e6 / count for run in runs]
+            ),
+            "client_cpu_us_per_msg": median([run["client_cpu_s"] * 1e6 / count for run in runs]),
         },
         "projected": {
             # Even spread over the masters, each master on a core of its own.
             "ceiling_messages_per_s": round(len(per_master) * 1e6 / busiest),
             # The spread of this run's users as it was: the busiest master's CPU time.
-            "ceiling_messages_per_s_at_measured_spread": round(total / max(cpu)),
+            "ceiling_messages_per_s_at_measured_spread": round(
+                statistics.median([count / max(run["masters_cpu_s"]) for run in runs])
+            ),
         },
     }
 
