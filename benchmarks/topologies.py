@@ -357,6 +357,7 @@ def run(
     msgs = messages(message_count, users)
     warm = messages(WARMUP_MESSAGES, users, tag="w")
     load_before = os.getloadavg()
+    loads: list[float] = []  # 1-minute load average after each run
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, deployments(Path(tmp)) as topologies:
         log(f"deployments up in {time.monotonic() - started:.1f} s")
@@ -382,6 +383,7 @@ def run(
                 bufs = buffers(msgs, PATHS[path])
                 result = run_once(topologies[name], services[(name, wait)], bufs)
                 runs[(name, wait, path)].append(result)
+                loads.append(os.getloadavg()[0])
                 log(
                     f"round {repeat + 1}/{repeats} {name:8} WAIT {wait} {path:6} "
                     f"{message_count / result['seconds']:8.0f} msg/s"
@@ -400,6 +402,8 @@ def run(
             "cpus": os.cpu_count(),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            # This benchmark itself keeps about one to one and a half cores busy.
+            "loadavg_1min_during": [round(min(loads), 2), round(max(loads), 2)],
             "seconds": round(time.monotonic() - started, 1),
         },
         "config": {
@@ -425,8 +429,8 @@ def run(
     }
 
 
-def _fmt_list(values: list[float | None]) -> str:
-    return ", ".join("-" if v is None else f"{v:g}" for v in values)
+def _fmt_list(values: list[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -435,8 +439,9 @@ def table(result: dict[str, Any]) -> str:
         f"Redis {result['redis_version']} on loopback, every master with one replica, "
         f"{cfg['messages_per_run']} messages x {cfg['repeats']} runs per row over "
         f"{cfg['users']} users; {cfg['cluster_shards']} shards on the cluster",
-        f"load average {machine['loadavg_before'][0]} before, {machine['loadavg_after'][0]} "
-        f"after, {machine['cpus']} CPUs",
+        f"load average {machine['loadavg_before'][0]} before, "
+        f"{machine['loadavg_1min_during'][0]} to {machine['loadavg_1min_during'][1]} during, "
+        f"{machine['loadavg_after'][0]} after, {machine['cpus']} CPUs",
         "",
         "| topology | WAIT | path | msgs/s (measured) | Redis CPU us/msg per master "
         "(measured) | busiest master us/msg | ceiling msgs/s (projected) |",
@@ -452,9 +457,10 @@ def table(result: dict[str, Any]) -> str:
         )
     vs = result["messages_per_s_vs_masters"]
     heads = list(vs[0]["messages_per_s"])
+    titles = [h.replace("_wait", ", WAIT ") for h in heads]
     lines += [
         "",
-        "| masters | figure | from | " + " | ".join(h.replace("_", " ") for h in heads) + " |",
+        "| masters | figure | from | " + " | ".join(titles) + " |",
         "|---:|---|---|" + "---:|" * len(heads),
     ]
     for line in vs:
