@@ -87,6 +87,8 @@ class Topology:
     masters: list[redis.Redis]
     master_ports: list[int]
     replicas: list[redis.Redis]
+    # Servers that hold no data (the sentinels): only their CPU is read.
+    others: list[redis.Redis] = field(default_factory=list)
     client: redis.Redis = field(init=False)
 
     def __post_init__(self) -> None:
@@ -174,6 +176,7 @@ def deployments(root: Path) -> Iterator[dict[str, Topology]]:
                 [sentinel.node(sentinel_master).client()],
                 [sentinel_master],
                 [node.client() for node in sentinel.nodes if node.port != sentinel_master],
+                [node.client() for node in sentinel.sentinels],
             ),
             "cluster": Topology(
                 "cluster",
@@ -230,6 +233,41 @@ def run_once(
         "masters_cpu_s": masters_cpu,
         "replicas_cpu_s": replicas_cpu,
         "statuses": dict(statuses),
+    }
+
+
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """Machine-wide busy, stolen and total CPU ticks (/proc/stat; None off Linux):
+    what else ran during the run, which the load average hides (a busy host
+    under this VM shows as steal, not load)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle, steal, total = values[3] + values[4], values[7], sum(values)
+    return total - idle - steal, steal, total
+
+
+def own_cpu(topologies: dict[str, Topology]) -> float:
+    """CPU seconds of this process and every server it started."""
+    servers = [c for t in topologies.values() for c in t.masters + t.replicas + t.others]
+    return time.process_time() + sum(cpu_seconds(c) for c in servers)
+
+
+def machine_share(
+    before: tuple[int, int, int] | None, after: tuple[int, int, int] | None, own_s: float
+) -> dict[str, float | None]:
+    """Percent of all cores over the run: busy, this benchmark, everyone else, stolen."""
+    if before is None or after is None:
+        return {"busy": None, "this_benchmark": None, "others": None, "steal": None}
+    busy, steal, total = (a - b for a, b in zip(after, before, strict=True))
+    tick = os.sysconf("SC_CLK_TCK")
+    own = own_s * tick * 100 / total
+    return {
+        "busy": round(busy * 100 / total, 1),
+        "this_benchmark": round(own, 1),
+        "others": round(max(busy * 100 / total - own, 0.0), 1),
+        "steal": round(steal * 100 / total, 1),
     }
 
 
@@ -361,6 +399,7 @@ def run(
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, deployments(Path(tmp)) as topologies:
         log(f"deployments up in {time.monotonic() - started:.1f} s")
+        ticks_before, own_before = cpu_ticks(), own_cpu(topologies)
         idle = {name: idle_cpu(t, idle_s) for name, t in topologies.items()}
         services = {
             (name, wait): IngestService(t.client, t.settings(wait), sessions, detector)
@@ -388,6 +427,7 @@ def run(
                     f"round {repeat + 1}/{repeats} {name:8} WAIT {wait} {path:6} "
                     f"{message_count / result['seconds']:8.0f} msg/s"
                 )
+        share = machine_share(ticks_before, cpu_ticks(), own_cpu(topologies) - own_before)
         first = topologies["redis"].masters[0].info("server")
         version = first["redis_version"]
     rows = [
@@ -404,6 +444,8 @@ def run(
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             # This benchmark itself keeps about one to one and a half cores busy.
             "loadavg_1min_during": [round(min(loads), 2), round(max(loads), 2)],
+            # Percent of all cores from the deployments' start to the last run.
+            "cpu_percent": share,
             "seconds": round(time.monotonic() - started, 1),
         },
         "config": {
@@ -441,7 +483,8 @@ def table(result: dict[str, Any]) -> str:
         f"{cfg['users']} users; {cfg['cluster_shards']} shards on the cluster",
         f"load average {machine['loadavg_before'][0]} before, "
         f"{machine['loadavg_1min_during'][0]} to {machine['loadavg_1min_during'][1]} during, "
-        f"{machine['loadavg_after'][0]} after, {machine['cpus']} CPUs",
+        f"{machine['loadavg_after'][0]} after, {machine['cpus']} CPUs; CPU during the runs "
+        f"(% of all cores): {', '.join(f'{k} {v}' for k, v in machine['cpu_percent'].items())}",
         "",
         "| topology | WAIT | path | msgs/s (measured) | Redis CPU us/msg per master "
         "(measured) | busiest master us/msg | ceiling msgs/s (projected) |",
