@@ -97,3 +97,35 @@ def test_flush_interval_smoke(service_urls, tmp_path):
         assert row["msgs_per_s"] > 0
         assert row["latency"]["seen"] == row["latency"]["messages"] > 0
     assert "| 0.05 |" in proc.stdout
+
+
+def test_topologies_smoke(tmp_path):
+    """Every topology x WAIT x path runs, every message is accepted, and each
+    master's share of messages and CPU is accounted for; no timing is checked."""
+    out = tmp_path / "topologies.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.topologies", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["topology"], r["wait_replicas"], r["path"]): r for r in result["rows"]}
+    assert set(rows) == {
+        (topology, wait, path)
+        for topology in ("redis", "sentinel", "cluster")
+        for wait in (0, 1)
+        for path in ("single", "batch")
+    }
+    for (topology, _, _), row in rows.items():
+        measured = row["measured"]
+        assert row["statuses"] == {"accepted": row["messages"]}, row
+        per_run = row["messages"] // result["config"]["repeats"]
+        assert sum(measured["messages_per_master_per_run"]) == per_run
+        assert len(measured["messages_per_master_per_run"]) == (3 if topology == "cluster" else 1)
+        assert all(n > 0 for n in measured["messages_per_master_per_run"])
+        assert all(us > 0 for us in measured["redis_cpu_us_per_msg_per_master"])
+        assert row["projected"]["ceiling_messages_per_s"] > 0
+    vs = result["messages_per_s_vs_masters"]
+    assert [line["masters"] for line in vs] == [1, 1, 1, 3, 3, 6, 12]
+    assert {line["kind"] for line in vs if line["masters"] in (6, 12)} == {"projected"}
+    assert "| cluster | 1 | batch (100) |" in proc.stdout
