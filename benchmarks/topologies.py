@@ -56,11 +56,12 @@ from stack.processes import HOST, RedisServer, redis_binary
 from stack.topologies import ClusterSetup, SentinelSetup, free_ports
 
 RESULTS = Path(__file__).parent / "results" / "topologies.json"
-# Loopback ports of this benchmark's own (the tests take 26400-26699; a cluster
-# node's bus is its port + 10000).
+# Loopback ports of this benchmark's own (the tests take 26400-26599 and
+# 16600-16699). A cluster node's bus is its port + 10000: both stay below the
+# ephemeral range, as in stack.topologies.
 PLAIN_PORTS = range(26700, 26720)
 SENTINEL_PORTS = range(26720, 26740)
-CLUSTER_PORTS = range(26740, 26800)
+CLUSTER_PORTS = range(16700, 16760)
 CLUSTER_MASTERS = 3
 SHARDS = 12  # VIGIL_REDIS_CLUSTER_SHARDS' default
 TOPOLOGIES = ("redis", "sentinel", "cluster")
