@@ -14,6 +14,7 @@ from services.bonds import ledger
 from services.core import dedupe, keys
 from services.core.health import compact_hash_limit
 from services.core.settings import Settings
+from services.envelopes import streams
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
 from tests import builders
@@ -40,7 +41,12 @@ def statuses(batch) -> list[str]:
 
 
 def bond_stream(state_redis, settings) -> list[dict[str, Any]]:
-    return [json.loads(f["data"]) for _, f in state_redis.xrange(settings.stream_bond)]
+    """Every bond envelope (of every shard on a cluster)."""
+    return [
+        json.loads(f["data"])
+        for key in streams.stream_keys(settings, "bond")
+        for _, f in state_redis.xrange(key)
+    ]
 
 
 def count(state_redis, settings, user: str = "u1") -> int:
@@ -129,10 +135,12 @@ def test_past_the_cap_the_oldest_ids_are_accepted_again(state_redis, db):
     assert statuses(svc.messages([msg(0)], now=later + 2)) == ["accepted"]
 
 
-def test_a_replay_within_the_horizon_is_recognised_whatever_the_rate(state_redis, db, settings):
+def test_a_replay_within_the_horizon_is_recognised_whatever_the_rate(state, db):
     """One user's 1,000 messages (cap 100) sent, then the same 1,000 again: the
     second time every one is a duplicate, nothing counts and nothing is
-    published again, though 1,000 is ten times the per-user cap of ids."""
+    published again, though 1,000 is ten times the per-user cap of ids. On
+    every topology."""
+    state_redis, settings = state
     ledger.set_cap(state_redis, settings, "u1", 100)
     svc = service(state_redis, db, settings)
     burst = [msg(i, text="hello") for i in range(1_000)]
