@@ -311,3 +311,17 @@ def test_master_killed_mid_burst_nothing_missing_or_doubled(
     assert len(published) == len(set(published))
     cluster_setup.wait_healthy()
     print(f"cluster failover: every count right {recovered_s:.1f} s after the kill")
+
+
+def test_one_evicting_master_is_named(cluster_setup):
+    """The eviction check reads every master: one set to evict is enough."""
+    settings = cluster_settings(cluster_setup, "redis://127.0.0.1:1/0")
+    master = cluster_setup.node(cluster_setup.master_ports()[1]).client()
+    master.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        report = health.check_redis(settings)
+    finally:
+        master.config_set("maxmemory-policy", "noeviction")
+    assert report["ok"] and report["topology"] == "cluster"
+    assert any("maxmemory-policy allkeys-lru" in problem for problem in report["problems"])
+    assert not health.check_redis(settings)["problems"]
