@@ -18,6 +18,7 @@ import typer
 from celery import Celery
 from celery.exceptions import TimeoutError as ResultTimeout
 from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ClusterError, RedisClusterException
 from rich.console import Console
 from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,6 +57,8 @@ err_console = Console(stderr=True, highlight=False)
 UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
+    ClusterError,
+    RedisClusterException,
     DatabaseError,
     BrokerError,
     ConnectionError,

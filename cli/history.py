@@ -42,8 +42,7 @@ def _where(guild: str | None, dm: bool, *, required: bool) -> tuple[bool, str | 
 
 
 def _guild_of(settings, key: str, user_id: str) -> str | None:
-    guild = key[len(settings.history_prefix) : -(len(user_id) + 1)]
-    return None if guild == keys.DM_GUILD else guild
+    return keys.history_guild(settings, key, user_id)
 
 
 @app.command("show")

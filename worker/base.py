@@ -11,6 +11,7 @@ from celery import Celery, Task
 from celery.exceptions import MaxRetriesExceededError, Reject
 from celery.worker import request as _request
 from celery.worker.consumer import consumer as _consumer
+from redis.exceptions import ClusterError, RedisClusterException
 from sqlalchemy.exc import OperationalError
 
 from services.core.errors import TransientError
@@ -25,6 +26,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.BusyLoadingError,
+    # A cluster mid-failover, or none of its nodes answering yet.
+    ClusterError,
+    RedisClusterException,
     OperationalError,
     TransientError,
 )

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.envelopes import envelope_id, make_envelope
 from services.attribution import repository as repo
 from services.core.clients import get_redis
+from services.core.errors import TransientError
 from services.core.settings import Settings
 from services.envelopes import outbox
 from services.metrics import counters
@@ -96,7 +97,7 @@ def run(
     if result["fired"]:
         try:
             relayed = outbox.relay(session_factory, client, settings)
-        except (redis.RedisError, SQLAlchemyError) as exc:
+        except (redis.RedisError, SQLAlchemyError, TransientError) as exc:
             logger.warning("outbox relay deferred: %s", type(exc).__name__)
             result["relay"] = f"deferred: {type(exc).__name__}"
         else:

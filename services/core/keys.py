@@ -120,6 +120,13 @@ def history(settings: Settings, guild_id: str | None, user_id: str) -> str:
     return f"{settings.history_prefix}{scope}{guild_id or DM_GUILD}:{user_id}"
 
 
+def history_guild(settings: Settings, key: str, user_id: str) -> str | None:
+    """The guild of one of the user's history keys (None for direct messages)."""
+    head = f"{settings.history_prefix}{_scope(settings, user_id)}"
+    guild = key[len(head) : -(len(user_id) + 1)]
+    return None if guild == DM_GUILD else guild
+
+
 def history_pattern(settings: Settings, user_id: str) -> str:
     return f"{settings.history_prefix}{_scope(settings, user_id)}*:{user_id}"
 

@@ -3,18 +3,31 @@
 A cluster has no keyspace-wide SCAN: each master scans its own keys. The
 cursor handed back is one integer either way, so callers that page (``bond
 list``, the daily cap reset) resume the same way on both: on a cluster it
-holds which master (in name order) and that master's own cursor.
+holds which master (by the lowest slot it owns) and that master's own cursor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
 # Redis's own SCAN cursor is an unsigned 64-bit integer.
 _NODE_STRIDE = 2**64
+
+
+def _masters_by_first_slot(cluster: RedisCluster) -> list[tuple[int, Any]]:
+    """Each master with the lowest slot it owns, in slot order. A master is
+    named in the cursor by that slot, not its address, so a promotion (the
+    replica takes the same slots) does not make a paged walk skip a master."""
+    first: dict[str, tuple[int, Any]] = {}
+    for slot, nodes in cluster.nodes_manager.slots_cache.items():
+        primary = nodes[0]
+        if primary.name not in first or slot < first[primary.name][0]:
+            first[primary.name] = (slot, primary)
+    return sorted(first.values(), key=lambda pair: pair[0])
 
 
 def scan_page(
@@ -24,16 +37,23 @@ def scan_page(
     if not isinstance(redis_client, RedisCluster):
         next_cursor, found = redis_client.scan(cursor=cursor, match=match, count=count)
         return int(next_cursor), list(found)
-    nodes = sorted(redis_client.get_primaries(), key=lambda node: node.name)
-    index, node_cursor = divmod(int(cursor), _NODE_STRIDE)
-    if index >= len(nodes):
+    masters = _masters_by_first_slot(redis_client)
+    first_slot, node_cursor = divmod(int(cursor), _NODE_STRIDE)
+    # The master that owns that first slot now, else (after a reshard) the next one.
+    index = next((i for i, (slot, _) in enumerate(masters) if slot >= first_slot), len(masters))
+    if index == len(masters):
         return 0, []
-    node_client = redis_client.get_redis_connection(nodes[index])
+    if masters[index][0] != first_slot:
+        node_cursor = 0
+    node_client = redis_client.get_redis_connection(masters[index][1])
     next_cursor, found = node_client.scan(cursor=node_cursor, match=match, count=count)
-    if int(next_cursor) == 0:
-        index += 1
-        return (0 if index >= len(nodes) else index * _NODE_STRIDE), list(found)
-    return index * _NODE_STRIDE + int(next_cursor), list(found)
+    if int(next_cursor) != 0:
+        return masters[index][0] * _NODE_STRIDE + int(next_cursor), list(found)
+    if index + 1 == len(masters):
+        return 0, list(found)
+    # The next master from its start; its first slot is never 0, so the
+    # cursor is not mistaken for the end.
+    return masters[index + 1][0] * _NODE_STRIDE, list(found)
 
 
 def scan_all(

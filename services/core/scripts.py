@@ -37,6 +37,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     NoScriptError,
+    RedisClusterException,
     ResponseError,
     TryAgainError,
 )
@@ -121,7 +122,7 @@ def _run_on_cluster(
         for i, (call_keys, _) in enumerate(calls):
             node = cluster.get_node_from_key(call_keys[0])
             groups.setdefault(node.name, (node, []))[1].append(i)
-    except (redis.ConnectionError, redis.TimeoutError, *_MOVED) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, RedisClusterException, *_MOVED) as exc:
         _refresh(cluster)
         raise TransientError(f"{name}: no slot map ({type(exc).__name__}); retried") from exc
     results: list[Any] = [None] * len(calls)
@@ -147,7 +148,7 @@ def _run_on_cluster(
 def _refresh(cluster: RedisCluster) -> None:
     """Ask the cluster for its slot map again (after a failover or a reshard)."""
     # Every seed unreachable for now: the retry asks again.
-    with contextlib.suppress(redis.RedisError):
+    with contextlib.suppress(redis.RedisError, RedisClusterException):
         cluster.nodes_manager.initialize()
 
 

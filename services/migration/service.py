@@ -420,7 +420,11 @@ def _restore_error(source: redis.Redis, target: RedisCluster, exc: Exception) ->
             f"(Redis {ours}): a DUMP is read only by the same or a newer Redis; run the "
             "cluster on the source's version or newer"
         )
-    return MigrationError(f"the cluster refused a RESTORE: {str(exc)[:200]}")
+    # The server's reason only: redis-py prefixes it with the failed command,
+    # whose arguments hold the dumped value (history holds message text).
+    text = str(exc)
+    reason = text.split("caused error: ", 1)[1] if "caused error: " in text else type(exc).__name__
+    return MigrationError(f"the cluster refused a RESTORE: {reason[:120]}")
 
 
 # Streams ----------------------------------------------------------------------

@@ -109,6 +109,8 @@ def test_single_redis_layout_is_the_seed_layout(settings):
     assert keys.history(settings, "g1", "42") == "ash:history:g1:42"
     assert keys.metrics(settings) == "vigil:metrics"
     assert streams.stream_keys(settings, "bond") == [settings.stream_bond]
+    assert keys.history_guild(settings, "ash:history:g1:42", "42") == "g1"
+    assert keys.history_guild(settings, "ash:history:@dm:42", "42") is None
 
 
 def test_shards_spread_over_every_master_and_a_user_stays_in_one_slot(cluster_setup):
@@ -131,6 +133,8 @@ def test_shards_spread_over_every_master_and_a_user_stays_in_one_slot(cluster_se
             keys.metrics(settings, keys.shard_of(settings, user)),
         ]
         assert len({state.keyslot(key) for key in user_keys}) == 1, user_keys
+        assert keys.history_guild(settings, keys.history(settings, "g", user), user) == "g"
+        assert keys.history_guild(settings, keys.history(settings, None, user), user) is None
 
 
 @pytest.fixture
