@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -33,6 +32,7 @@ from services.core.settings import Settings
 from services.ingest.detector import LexiconDetector
 from services.ingest.service import IngestService
 from stack.processes import HOST, RedisServer
+from stack.topologies import free_ports
 
 RESULTS = Path(__file__).parent / "results" / "redis_wait.json"
 # Loopback ports this benchmark may take for its two servers.
@@ -41,28 +41,20 @@ T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 TEXTS = ("hello there", "I feel sad today", "bad day but fine", "thanks, feeling better")
 
 
-def free_ports(count: int) -> list[int]:
-    found = []
-    for port in PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise RuntimeError(f"fewer than {count} free ports in {PORTS}")
-
-
-def buffer(tag: str, size: int) -> list[dict[str, Any]]:
+def buffer(
+    tag: str, size: int, users: int = 10, user_tag: str | None = None
+) -> list[dict[str, Any]]:
+    """``size`` new messages over ``users`` users in turn (ids ``{user_tag}u<n>``,
+    ``user_tag`` defaulting to ``tag``); no observations, so nothing reaches
+    PostgreSQL."""
+    user_tag = tag if user_tag is None else user_tag
     return [
         {
             "message_id": f"{tag}-{n}",
             "platform": "discord",
             "guild_id": "g1",
             "channel_id": "c1",
-            "user_id": f"{tag}u{n % 10}",
+            "user_id": f"{user_tag}u{n % users}",
             "text": TEXTS[n % len(TEXTS)],
             "sent_at": (T0 + timedelta(seconds=n)).isoformat(),
         }
@@ -92,7 +84,7 @@ def summary(took: list[float], size: int) -> dict[str, float]:
 
 def run(buffers: int, repeats: int) -> dict[str, Any]:
     sessions = sessionmaker(create_engine("postgresql+psycopg://unused@127.0.0.1:1/unused"))
-    master_port, replica_port = free_ports(2)
+    master_port, replica_port = free_ports(2, PORTS)
     with tempfile.TemporaryDirectory() as tmp:
         master = RedisServer(Path(tmp) / "master", master_port, appendonly=True).start()
         replica = RedisServer(Path(tmp) / "replica", replica_port, appendonly=True).start()

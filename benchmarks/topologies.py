@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ import redis
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
+from benchmarks import redis_wait
 from services.core import keys
 from services.core.clients import close_all, get_redis
 from services.core.settings import Settings
@@ -73,8 +74,6 @@ UNUSED_BROKER = "redis://127.0.0.1:1/0"
 # IngestService wants sessions; with no observations it never opens one (and
 # nothing listens on port 1, so a run that did would fail loudly).
 UNUSED_DATABASE = "postgresql+psycopg://unused@127.0.0.1:1/unused"
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-TEXTS = ("hello there", "I feel sad today", "bad day but fine", "thanks, feeling better")
 WARMUP_MESSAGES = 300
 
 
@@ -191,20 +190,9 @@ def deployments(root: Path) -> Iterator[dict[str, Topology]]:
 
 
 def messages(count: int, users: int, tag: str = "m") -> list[dict[str, Any]]:
-    """``count`` new messages (redis_wait.py's shape) over ``users`` users in
-    turn, so a buffer of 100 holds 100 users spread over the shards."""
-    return [
-        {
-            "message_id": f"{tag}{n}",
-            "platform": "discord",
-            "guild_id": "g1",
-            "channel_id": "c1",
-            "user_id": f"u{n % users}",
-            "text": TEXTS[n % len(TEXTS)],
-            "sent_at": (T0 + timedelta(seconds=n)).isoformat(),
-        }
-        for n in range(count)
-    ]
+    """``count`` new messages (redis_wait.py's) over ``users`` users in turn, so
+    a buffer of 100 holds 100 users spread over the shards."""
+    return redis_wait.buffer(tag, count, users, user_tag="")
 
 
 def buffers(msgs: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:

@@ -41,6 +41,16 @@ def send_messages(app: Celery, payloads: list[dict[str, Any]], task: str = INGES
             )
 
 
+def send_plain(broker_url: str, payloads: list[dict[str, Any]]) -> None:
+    """``send_messages`` from a Celery app that knows only the broker URL, as a
+    frontend builds one."""
+    app = Celery(broker=broker_url)
+    try:
+        send_messages(app, payloads)
+    finally:
+        app.close()
+
+
 def capture_events(app, stop: threading.Event, out: list[dict[str, Any]]) -> threading.Thread:
     """Collect every Celery event ``app`` sees into ``out`` until ``stop`` is set."""
     ready = threading.Event()

@@ -73,5 +73,6 @@ def master_clients(redis_client: redis.Redis | RedisCluster) -> list[redis.Redis
     (for what is per server: INFO, CONFIG)."""
     if not isinstance(redis_client, RedisCluster):
         return [redis_client]
-    nodes = sorted(redis_client.get_primaries(), key=lambda node: node.name)
-    return [redis_client.get_redis_connection(node) for node in nodes]
+    return [
+        redis_client.get_redis_connection(node) for _, node in _masters_by_first_slot(redis_client)
+    ]

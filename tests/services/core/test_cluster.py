@@ -29,7 +29,7 @@ from stack.topologies import ClusterSetup, cluster_env
 from tasks.names import QUEUE_INGEST
 from tests import builders
 from tests.faults.helpers import count_markers
-from tests.helpers import send_messages, wait_for
+from tests.helpers import send_plain, wait_for
 
 CAP = 3
 
@@ -43,15 +43,6 @@ def cluster_settings(setup: ClusterSetup, broker_url: str, **extra: Any) -> Sett
 def flush(state: Any) -> None:
     for master in master_clients(state):
         master.flushdb()
-
-
-def send_plain(broker_url: str, batch: list[dict[str, Any]]) -> None:
-    """As a frontend does with nothing but Celery and the broker URL."""
-    app = Celery(broker=broker_url)
-    try:
-        send_messages(app, batch)
-    finally:
-        app.close()
 
 
 def envelope_ids(state: Any, settings: Settings) -> list[str]:

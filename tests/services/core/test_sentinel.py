@@ -26,7 +26,7 @@ from tasks.names import QUEUE_INGEST
 from tests import builders
 from tests.conftest import ROOT
 from tests.faults.helpers import count_markers
-from tests.helpers import send_messages, wait_for
+from tests.helpers import send_plain, wait_for
 
 CAP = 5
 
@@ -113,15 +113,6 @@ def test_wait_counts_replicas_in_the_same_round_trip(sentinel_setup, test_env, m
         monkeypatch.undo()
         scripts.sha.cache_clear()
     assert int(client.get("vigil:wait-probe")) == 2
-
-
-def send_plain(broker_url: str, batch: list[dict[str, Any]]) -> None:
-    """As a frontend does with nothing but Celery and the broker URL."""
-    app = Celery(broker=broker_url)
-    try:
-        send_messages(app, batch)
-    finally:
-        app.close()
 
 
 @pytest.fixture
