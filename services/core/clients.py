@@ -126,8 +126,9 @@ def database_url(settings: Settings) -> str:
 
 
 def master_params(settings: Settings) -> dict[str, str | int | None]:
-    """Behind Sentinel, what of ``VIGIL_REDIS_URL`` still applies to the master:
-    its db number, user name and password (``VIGIL_REDIS_PASSWORD`` wins)."""
+    """Behind Sentinel or on a cluster, what of ``VIGIL_REDIS_URL`` still applies
+    to the master(s): its db number, user name and password
+    (``VIGIL_REDIS_PASSWORD`` wins)."""
     parsed = parse_url(redis_url(settings))
     return {
         "db": int(parsed.get("db") or 0),
@@ -153,7 +154,8 @@ def _sentinel_options(password: str | None) -> dict[str, object]:
 
 def _state_key(settings: Settings) -> tuple[str | int | None, ...]:
     if settings.redis_cluster_nodes:
-        return ("cluster", settings.redis_cluster_nodes, redis_password(settings))
+        master = master_params(settings)
+        return ("cluster", settings.redis_cluster_nodes, master["username"], master["password"])
     if not settings.redis_sentinels:
         return ("url", redis_url(settings))
     master = master_params(settings)
@@ -168,20 +170,16 @@ def _state_key(settings: Settings) -> tuple[str | int | None, ...]:
     )
 
 
-def redis_password(settings: Settings) -> str | None:
-    """The state Redis's password: VIGIL_REDIS_PASSWORD, else VIGIL_REDIS_URL's."""
-    return settings.redis_password or parse_url(redis_url(settings)).get("password")
-
-
 def _state_client(settings: Settings) -> redis.Redis:
     if settings.redis_cluster_nodes:
         # RedisCluster's retries are its own: MOVED and ASK are followed, and a
         # master that stops answering makes it ask the cluster for the new
         # slot map (a task then retries under its backoff, as on one Redis).
+        master = master_params(settings)
         return RedisCluster(  # type: ignore[return-value]
             startup_nodes=[ClusterNode(host, port) for host, port in settings.cluster_addresses],
-            password=redis_password(settings),
-            username=parse_url(redis_url(settings)).get("username"),
+            username=master["username"],
+            password=master["password"],
             **STATE_CLIENT_OPTIONS,
         )
     if not settings.redis_sentinels:
@@ -210,6 +208,13 @@ def get_redis(settings: Settings | None = None) -> redis.Redis:
     return client
 
 
+def _url_auth(master: Mapping[str, Any]) -> str:
+    """``user:password@`` of ``master_params`` for a URL (empty without a password)."""
+    if not master["password"]:
+        return ""
+    return f"{quote(str(master['username'] or ''), safe='')}:{quote(str(master['password']), safe='')}@"
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -228,10 +233,7 @@ def result_backend(settings: Settings) -> str:
     if not settings.redis_sentinels:
         return redis_url(settings)
     master = master_params(settings)
-    auth = ""
-    if master["password"]:
-        auth = f"{quote(str(master['username'] or ''), safe='')}:"
-        auth += f"{quote(str(master['password']), safe='')}@"
+    auth = _url_auth(master)
     return ";".join(
         f"sentinel://{auth}{_url_host(host)}:{port}/{master['db']}"
         for host, port in settings.sentinel_addresses
@@ -265,11 +267,8 @@ def redbeat_redis(settings: Settings) -> tuple[str, dict[str, object] | None]:
     if settings.redis_cluster_nodes:
         # redbeat's ``cluster`` option: RedisCluster.from_url on one seed node.
         host, port = settings.cluster_addresses[0]
-        auth = ""
-        password = redis_password(settings)
-        if password:
-            auth = f":{quote(password, safe='')}@"
-        return f"redis://{auth}{_url_host(host)}:{port}/0", {
+        master = master_params(settings)
+        return f"redis://{_url_auth(master)}{_url_host(host)}:{port}/0", {
             "cluster": True,
             "decode_responses": True,
             "socket_timeout": STATE_CLIENT_OPTIONS["socket_timeout"],
