@@ -212,7 +212,8 @@ def _url_auth(master: Mapping[str, Any]) -> str:
     """``user:password@`` of ``master_params`` for a URL (empty without a password)."""
     if not master["password"]:
         return ""
-    return f"{quote(str(master['username'] or ''), safe='')}:{quote(str(master['password']), safe='')}@"
+    user = quote(str(master["username"] or ""), safe="")
+    return f"{user}:{quote(str(master['password']), safe='')}@"
 
 
 def _url_host(host: str) -> str:
